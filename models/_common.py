@@ -1,0 +1,134 @@
+"""Private helpers shared by the models: input checks, top-N selection, (de)serialisation."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .idmap import IdMap
+
+FORMAT_VERSION = 1
+#: top-N scoring works on at most this many (user, item) scores at once.
+_SCORE_BLOCK = 1 << 22
+
+
+def check_ids(ids: object, name: str) -> None:
+    if isinstance(ids, (str, bytes)):
+        raise InvalidInputError(f"{name} must be a sequence of ids, not a single string")
+
+
+def check_pairs(users: Sequence[str], items: Sequence[str]) -> None:
+    check_ids(users, "users")
+    check_ids(items, "items")
+    if len(users) != len(items):
+        raise InvalidInputError(f"got {len(users)} users but {len(items)} items")
+
+
+def as_weights(weights: np.ndarray | Sequence[float] | None, n: int) -> np.ndarray:
+    """Validated float64 copy of ``weights`` (ones if None): shape ``(n,)``, finite, >= 0."""
+    if weights is None:
+        return np.ones(n)
+    w = np.array(weights, dtype=np.float64)  # always a copy: the caller's array is never touched
+    if w.shape != (n,):
+        raise InvalidInputError(f"weights has shape {w.shape}, expected ({n},)")
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise InvalidInputError("weights must be finite and >= 0")
+    return w
+
+
+def check_weight(weight: float) -> float:
+    w = float(weight)
+    if not (np.isfinite(w) and w >= 0):
+        raise InvalidInputError(f"weight must be finite and >= 0, got {weight!r}")
+    return w
+
+
+def check_n(n: int) -> int:
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise InvalidInputError(f"n must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+def mask_excluded(scores: np.ndarray, items: IdMap, exclude: Sequence[Iterable[str]]) -> None:
+    """Set ``scores[r, j] = -inf`` for every known item ``j`` in ``exclude[r]`` (in place)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    get = items.get
+    for r, ex in enumerate(exclude):
+        check_ids(ex, "exclude")
+        for x in ex:
+            j = get(x)
+            if j is not None:
+                rows.append(r)
+                cols.append(j)
+    if rows:
+        scores[rows, cols] = -np.inf
+
+
+def select_top(scores: np.ndarray, n: int, ids: list[str]) -> list[list[tuple[str, float]]]:
+    """Best ``n`` finite scores per row, highest first (ties: lower index first)."""
+    b, m = scores.shape
+    n = min(n, m)
+    if n == 0:
+        return [[] for _ in range(b)]
+    if n < m:
+        cand = np.argpartition(scores, m - n, axis=1)[:, m - n :]
+    else:
+        cand = np.broadcast_to(np.arange(m), (b, m))
+    vals = np.take_along_axis(scores, cand, axis=1)
+    order = np.lexsort((cand, -vals), axis=-1)
+    cand = np.take_along_axis(cand, order, axis=1).tolist()
+    vals = np.take_along_axis(vals, order, axis=1)
+    keep = np.isfinite(vals).sum(axis=1).tolist()  # -inf (excluded) sorts last
+    vals = vals.tolist()
+    return [[(ids[j], s) for j, s in zip(c[:k], v[:k])] for c, v, k in zip(cand, vals, keep)]
+
+
+def rank_rows(
+    score_rows: Any, n_rows: int, n_items: int, n: int, items: IdMap,
+    exclude: Sequence[Iterable[str]] | None,
+) -> list[list[tuple[str, float]]]:
+    """Top-N for ``n_rows`` users; ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block."""
+    n = check_n(n)
+    if exclude is not None and len(exclude) != n_rows:
+        raise InvalidInputError(f"exclude has {len(exclude)} entries for {n_rows} users")
+    out: list[list[tuple[str, float]]] = []
+    if n_rows == 0:
+        return out
+    ids = items._ids  # read-only use, avoids a copy per call
+    step = max(1, _SCORE_BLOCK // max(n_items, 1))
+    for lo in range(0, n_rows, step):
+        hi = min(lo + step, n_rows)
+        s = score_rows(lo, hi)
+        if exclude is not None:
+            mask_excluded(s, items, exclude[lo:hi])
+        out += select_top(s, n, ids)
+    return out
+
+
+def pack(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise JSON metadata plus named arrays into one ``.npz`` blob (no pickle)."""
+    header = json.dumps({"format": kind, "version": FORMAT_VERSION, **meta}).encode()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(header, dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of :func:`pack`; raises :class:`InvalidInputError` on foreign or corrupt data."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("meta").tobytes())
+    except Exception as e:  # zipfile/ValueError/JSON errors: all mean "not our blob"
+        raise InvalidInputError(f"cannot decode {kind} bytes: {e}") from e
+    if meta.get("format") != kind or meta.get("version") != FORMAT_VERSION:
+        raise InvalidInputError(
+            f"expected {kind} v{FORMAT_VERSION} bytes, got {meta.get('format')!r} v{meta.get('version')!r}"
+        )
+    return meta, arrays

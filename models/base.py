@@ -1,0 +1,171 @@
+"""The shared recommender interface and event weighting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["Recommender", "DEFAULT_KIND_WEIGHTS", "event_weight", "event_weights"]
+
+#: Base weight of each event kind (read-only).
+DEFAULT_KIND_WEIGHTS: Mapping[str, float] = MappingProxyType({"view": 1.0, "like": 3.0, "share": 5.0})
+
+#: The watch-time ratio is capped here, so a re-watched item counts at most double.
+_MAX_WATCH_RATIO = 2.0
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """The verbs every model in :mod:`models` implements.
+
+    ``learn_*`` feed positive (implicit) interactions, ``score``/``top_n*``
+    rank items for a user, ``to_bytes`` serialises the whole state (each class
+    also has a ``from_bytes`` classmethod). Models may accept extra optional
+    arguments (e.g. :class:`~models.Popularity` takes event timestamps).
+
+    Examples
+    --------
+    >>> from models import BPRMF, Popularity, Recommender
+    >>> isinstance(BPRMF(), Recommender), isinstance(Popularity(), Recommender)
+    (True, True)
+    """
+
+    def learn_one(self, user: str, item: str, weight: float = 1.0) -> None: ...
+
+    def learn_batch(
+        self, users: Sequence[str], items: Sequence[str], weights: np.ndarray | None = None
+    ) -> None: ...
+
+    def score(self, user: str, items: Sequence[str] | None = None) -> np.ndarray: ...
+
+    def top_n(self, user: str, n: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]: ...
+
+    def top_n_batch(
+        self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
+    ) -> list[list[tuple[str, float]]]: ...
+
+    def to_bytes(self) -> bytes: ...
+
+
+def _check_watch_params(watch_time_weight: float, watch_time_ref_ms: float) -> None:
+    if not watch_time_weight >= 0.0:
+        raise InvalidInputError(f"watch_time_weight must be >= 0, got {watch_time_weight!r}")
+    if not watch_time_ref_ms > 0.0:
+        raise InvalidInputError(f"watch_time_ref_ms must be > 0, got {watch_time_ref_ms!r}")
+
+
+def _kind_weight(kind: str, kind_weights: Mapping[str, float]) -> float:
+    try:
+        return float(kind_weights[kind])
+    except KeyError:
+        raise InvalidInputError(
+            f"unknown event kind {kind!r}; expected one of {sorted(kind_weights)}"
+        ) from None
+
+
+def event_weight(
+    kind: str,
+    watch_ms: int | None = None,
+    duration_ms: int | None = None,
+    *,
+    kind_weights: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
+    watch_time_weight: float = 0.0,
+    watch_time_ref_ms: float = 15000.0,
+) -> float:
+    r"""Learning weight of one implicit-feedback event.
+
+    .. math::
+
+        w = w_{\mathrm{kind}} \, (1 + \alpha \, \min(r, 2)), \qquad
+        r = \begin{cases} t_{\mathrm{watch}} / t_{\mathrm{duration}} & \text{if the duration is known} \\
+                          t_{\mathrm{watch}} / t_{\mathrm{ref}} & \text{otherwise} \end{cases}
+
+    so ``r = 1`` means "watched it all" (or one reference watch) and
+    re-watches count at most double. A missing (``None``, negative or NaN)
+    ``watch_ms`` gives ``r = 0``. With the default ``watch_time_weight``
+    (``alpha``) of 0 only the kind matters.
+
+    Parameters
+    ----------
+    kind
+        Event kind, a key of ``kind_weights``.
+    watch_ms
+        Watch time in milliseconds, if known.
+    duration_ms
+        Item length in milliseconds, if known; non-positive means unknown.
+    kind_weights
+        Base weight per kind.
+    watch_time_weight
+        ``alpha`` above, >= 0.
+    watch_time_ref_ms
+        Reference watch time used when the duration is unknown, > 0.
+
+    Raises
+    ------
+    InvalidInputError
+        (a :class:`~models.errors.ModelError`) for an unknown kind or bad parameters.
+
+    Examples
+    --------
+    >>> event_weight("like")
+    3.0
+    >>> event_weight("view", watch_ms=30000, watch_time_weight=0.5)
+    2.0
+    >>> event_weight("view", watch_ms=5000, duration_ms=10000, watch_time_weight=1.0)
+    1.5
+    """
+    _check_watch_params(watch_time_weight, watch_time_ref_ms)
+    w = _kind_weight(kind, kind_weights)
+    if watch_time_weight and watch_ms is not None and watch_ms >= 0:  # NaN fails >= 0
+        ref = duration_ms if duration_ms is not None and duration_ms > 0 else watch_time_ref_ms
+        w *= 1.0 + watch_time_weight * min(watch_ms / ref, _MAX_WATCH_RATIO)
+    return w
+
+
+def event_weights(
+    kinds: Sequence[str],
+    watch_ms: np.ndarray | Sequence[float] | None = None,
+    duration_ms: np.ndarray | Sequence[float] | None = None,
+    *,
+    kind_weights: Mapping[str, float] = DEFAULT_KIND_WEIGHTS,
+    watch_time_weight: float = 0.0,
+    watch_time_ref_ms: float = 15000.0,
+) -> np.ndarray:
+    """Vectorised :func:`event_weight`; returns ``float32`` of shape ``(len(kinds),)``.
+
+    Missing watch or duration times are encoded as ``-1`` (any negative) or NaN.
+    Inputs are not modified.
+
+    Examples
+    --------
+    >>> event_weights(["view", "like", "view"], [-1, 0, 15000], watch_time_weight=1.0).tolist()
+    [1.0, 3.0, 2.0]
+    """
+    _check_watch_params(watch_time_weight, watch_time_ref_ms)
+    if isinstance(kinds, str):
+        raise InvalidInputError("expected a sequence of kinds, got a single string")
+    table = {k: float(v) for k, v in kind_weights.items()}
+    try:
+        w = np.fromiter(map(table.__getitem__, kinds), np.float64, len(kinds))
+    except KeyError as e:
+        _kind_weight(e.args[0], table)  # raises with a clear message
+        raise  # pragma: no cover
+    if watch_time_weight and watch_ms is not None:
+        t = np.asarray(watch_ms, dtype=np.float64)
+        if t.shape != w.shape:
+            raise InvalidInputError(f"watch_ms has shape {t.shape}, expected {w.shape}")
+        ref = np.full_like(t, watch_time_ref_ms)
+        if duration_ms is not None:
+            d = np.asarray(duration_ms, dtype=np.float64)
+            if d.shape != w.shape:
+                raise InvalidInputError(f"duration_ms has shape {d.shape}, expected {w.shape}")
+            ref = np.where(d > 0, d, ref)  # NaN > 0 is False
+        with np.errstate(invalid="ignore"):
+            r = np.where(t >= 0, np.minimum(t / ref, _MAX_WATCH_RATIO), 0.0)
+        w *= 1.0 + watch_time_weight * r
+    return w.astype(np.float32)

@@ -1,0 +1,198 @@
+"""All-time or recently-popular items: the cold-start fallback."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from . import _common as C
+from .errors import InvalidInputError
+from .idmap import IdMap
+
+__all__ = ["Popularity"]
+
+_KIND = "streamrec.models.Popularity"
+#: Re-base the decayed counts once the clock is this many half-lives past the base time.
+_REBASE_HALF_LIVES = 256.0
+
+
+class Popularity:
+    r"""Rank items by (optionally time-decayed) weighted event counts; the user is ignored.
+
+    Without ``half_life_s`` the score of item :math:`i` is the all-time sum of
+    its event weights. With it, events decay exponentially in *event time*:
+
+    .. math:: s_i(t) = \sum_{e \to i} w_e \, 2^{-(t - t_e)/h}
+
+    where :math:`t` is the latest event time seen and :math:`h` the half-life.
+    Internally counts are stored "forward decayed" against a base time
+    (:math:`c_i = \sum w_e 2^{(t_e - t_0)/h}`), so the result does not depend
+    on the order events arrive in, and batches equal one-by-one learning.
+    Events without a timestamp are stamped with the current clock (the
+    latest event time seen, 0 initially). Any user, known or not, gets the
+    same list, which makes this the cold-start fallback.
+
+    Parameters
+    ----------
+    half_life_s
+        Half-life in seconds, or ``None`` for all-time counts.
+
+    Examples
+    --------
+    >>> pop = Popularity(half_life_s=3600)
+    >>> pop.learn_batch(["u1", "u2", "u3"], ["old", "old", "new"], ts_ms=[0, 0, 7_200_000])
+    >>> pop.top_n("anyone", 2)
+    [('new', 1.0), ('old', 0.5)]
+    >>> Popularity().learn_one("u", "a", weight=3.0)
+    """
+
+    def __init__(self, half_life_s: float | None = None) -> None:
+        if half_life_s is not None and not half_life_s > 0:
+            raise InvalidInputError(f"half_life_s must be > 0 or None, got {half_life_s!r}")
+        self.half_life_s = None if half_life_s is None else float(half_life_s)
+        self._items = IdMap()
+        self._c = np.zeros(0)  # forward-decayed counts, float64
+        self._t0 = 0.0  # base time (ms) of the forward decay
+        self._now = 0.0  # latest event time seen (ms)
+
+    @property
+    def n_items(self) -> int:
+        """Number of known items."""
+        return len(self._items)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Known item ids in index order (a copy)."""
+        return self._items.ids
+
+    def has_item(self, item: str) -> bool:
+        """Whether ``item`` has been seen."""
+        return item in self._items
+
+    # ------------------------------------------------------------- learning
+    def learn_one(self, user: str, item: str, weight: float = 1.0, ts_ms: float | None = None) -> None:
+        """Count one event of ``item`` (``user`` is ignored) at ``ts_ms``."""
+        self._learn([item], np.array([C.check_weight(weight)]), None if ts_ms is None else [ts_ms])
+
+    def learn_batch(
+        self,
+        users: Sequence[str],
+        items: Sequence[str],
+        weights: np.ndarray | None = None,
+        ts_ms: np.ndarray | Sequence[float] | None = None,
+    ) -> None:
+        """Count a batch of events; ``ts_ms`` (one per event) matters only with a half-life."""
+        C.check_pairs(users, items)
+        self._learn(items, C.as_weights(weights, len(items)), ts_ms)
+
+    def _learn(self, items: Sequence[str], w: np.ndarray, ts_ms: np.ndarray | Sequence[float] | None) -> None:
+        i = self._items.index(items)
+        if len(self._c) < len(self._items):
+            c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
+            c[: len(self._c)] = self._c
+            self._c = c
+        if self.half_life_s is not None:
+            h = self.half_life_s * 1000.0
+            if ts_ms is None:
+                t = np.full(len(w), self._now)
+            else:
+                t = np.array(ts_ms, dtype=np.float64)
+                if t.shape != w.shape or not np.isfinite(t).all():
+                    raise InvalidInputError(f"ts_ms must be finite with shape {w.shape}")
+            if len(t):
+                self._now = max(self._now, float(t.max()))
+            if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
+                self._c *= 2.0 ** ((self._t0 - self._now) / h)
+                self._t0 = self._now
+            w = w * np.exp2((t - self._t0) / h)
+        np.add.at(self._c, i, w)
+
+    # -------------------------------------------------------------- scoring
+    def _current(self) -> np.ndarray:
+        """Counts decayed to the clock, for all known items."""
+        c = self._c[: len(self._items)]
+        if self.half_life_s is None:
+            return c.copy()
+        return c * 2.0 ** ((self._t0 - self._now) / (self.half_life_s * 1000.0))
+
+    def score(self, user: str, items: Sequence[str] | None = None) -> np.ndarray:
+        """(Decayed) counts of ``items`` (all known items if None); unknown items score 0."""
+        s = self._current()
+        if items is None:
+            return s
+        C.check_ids(items, "items")
+        idx = self._items.lookup(items)
+        return np.where(idx >= 0, s[np.maximum(idx, 0)] if len(s) else 0.0, 0.0)
+
+    def top_n(self, user: str, n: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """The ``n`` most popular ``(item, score)``, never an excluded item; fewer if fewer remain."""
+        return self.top_n_batch([user], n, [exclude])[0]
+
+    def top_n_batch(
+        self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """:meth:`top_n` for many users (the same list unless ``exclude`` differs)."""
+        C.check_ids(users, "users")
+        s, ni = self._current(), len(self._items)
+        return C.rank_rows(
+            lambda lo, hi: np.tile(s, (hi - lo, 1)), len(users), ni, n, self._items, exclude
+        )
+
+    # -------------------------------------------------------- serialisation
+    def to_bytes(self) -> bytes:
+        """Serialise the counts, id map and clock (no pickle)."""
+        meta = {"half_life_s": self.half_life_s, "t0": self._t0, "now": self._now, "items": self._items.to_list()}
+        return C.pack(_KIND, meta, {"c": self._c[: len(self._items)]})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Popularity:
+        """Rebuild a model from :meth:`to_bytes`."""
+        meta, a = C.unpack(data, _KIND)
+        try:
+            model = cls(meta["half_life_s"])
+            model._items = IdMap.from_list(meta["items"])
+            model._t0, model._now = float(meta["t0"]), float(meta["now"])
+            model._c = np.array(a["c"], dtype=np.float64)
+            if model._c.shape != (model.n_items,) or not (math.isfinite(model._t0) and math.isfinite(model._now)):
+                raise ValueError("counts do not match the id map")
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
+        return model
+
+    # ------------------------------------------------------ per-item state
+    def item_weights(self, items: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Scores of ``items`` at the clock, and the clock (ms): a per-item checkpoint.
+
+        >>> pop = Popularity(half_life_s=1)
+        >>> pop.learn_batch(["u"], ["a"], ts_ms=[1000])
+        >>> other = Popularity(half_life_s=1)
+        >>> other.set_item_weights(["a"], *pop.item_weights(["a"]))
+        >>> other.top_n("anyone", 1) == pop.top_n("anyone", 1)
+        True
+        """
+        return self.score("", items), int(self._now)
+
+    def set_item_weights(self, items: Sequence[str], weights: np.ndarray, ts_ms: int) -> None:
+        """Set the scores of ``items`` as they were at event time ``ts_ms`` (restoring a checkpoint)."""
+        C.check_ids(items, "items")
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(items),) or not np.isfinite(w).all():
+            raise InvalidInputError(f"weights must be finite with shape ({len(items)},)")
+        i = self._items.index(items)
+        if len(self._c) < len(self._items):
+            c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
+            c[: len(self._c)] = self._c
+            self._c = c
+        if self.half_life_s is not None:
+            h = self.half_life_s * 1000.0
+            self._now = max(self._now, float(ts_ms))
+            if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
+                self._c *= 2.0 ** ((self._t0 - self._now) / h)
+                self._t0 = self._now
+            w = w * np.exp2((float(ts_ms) - self._t0) / h)
+        self._c[i] = w
+
+    def __repr__(self) -> str:
+        return f"Popularity(half_life_s={self.half_life_s}, n_items={self.n_items})"

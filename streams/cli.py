@@ -1,0 +1,241 @@
+"""The ``streamrec`` command line.
+
+    streamrec worker                      run a worker (all settings from STREAMREC_* variables)
+    streamrec produce --file events.jsonl produce events from JSON lines ('-' = stdin)
+    streamrec produce --synthetic 10000   produce synthetic short-video traffic
+    streamrec recs USER_ID [-n 10]        print a user's cached recommendations
+    streamrec metrics                     tail the metrics topic as a live table
+    streamrec dev up|down|status          the embedded broker and Redis
+    streamrec demo [--events N]           everything at once, on the embedded services
+    streamrec settings                    every setting with its variable and default
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import orjson
+
+from streams.events import InvalidEvent
+from streams.settings import Settings, SettingsError, describe_settings
+
+__all__ = ["main", "build_parser"]
+
+DEV_STATE_DIR = Path(".streamrec-dev")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description="Streaming recommender: Kafka in, Redis out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a Faust worker")
+    worker.add_argument("-l", "--loglevel", default=None, help="log level (default STREAMREC_LOG_LEVEL)")
+
+    produce = sub.add_parser("produce", help="produce events to <prefix>.events")
+    source = produce.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="JSON lines file of events, '-' for stdin")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N synthetic short-video events")
+    produce.add_argument("--users", type=int, default=10_000, help="synthetic users (default 10000)")
+    produce.add_argument("--items", type=int, default=5_000, help="synthetic items (default 5000)")
+    produce.add_argument("--seed", type=int, default=0)
+    produce.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+
+    recs = sub.add_parser("recs", help="print a user's cached recommendations")
+    recs.add_argument("user_id")
+    recs.add_argument("-n", type=int, default=10)
+    recs.add_argument("--json", action="store_true", help="print JSON")
+
+    metrics = sub.add_parser("metrics", help="tail the metrics topic as a live table")
+    metrics.add_argument("--json", action="store_true", help="print the raw records as JSON lines")
+    metrics.add_argument("--from-beginning", action="store_true")
+    metrics.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+
+    dev = sub.add_parser("dev", help="start or stop the embedded broker and Redis")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--dir", type=Path, default=DEV_STATE_DIR, help="state directory (default .streamrec-dev)")
+
+    demo = sub.add_parser("demo", help="embedded broker + Redis + worker + synthetic traffic, live")
+    demo.add_argument("--events", type=int, default=60_000, help="events to play (default 60000)")
+    demo.add_argument("--rate", type=float, default=3_000.0, help="events per second (default 3000)")
+    demo.add_argument("--users", type=int, default=5_000)
+    demo.add_argument("--items", type=int, default=3_000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--plain", action="store_true", help="plain progress lines instead of a live screen")
+
+    sub.add_parser("settings", help="list every setting with its environment variable and default")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except SettingsError as exc:
+        print(f"streamrec: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.app import app, settings
+
+    level = args.loglevel or settings.log_level
+    # Faust parses sys.argv; the web server follows STREAMREC_WEB_ENABLED (off by default).
+    sys.argv = ["streamrec", "worker", "--loglevel", level]
+    app.main()
+    return 0
+
+
+def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    with stream:
+        for number, line in enumerate(stream, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidEvent("not_json", f"line {number}: {exc}") from None
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from streams.client import EventProducer
+
+    settings = Settings.from_env()
+
+    async def run() -> int:
+        started = time.perf_counter()
+        async with EventProducer(settings) as producer:
+            if args.file:
+                try:
+                    for number, event in enumerate(_read_jsonl(args.file), 1):
+                        try:
+                            await producer.send(event)
+                        except InvalidEvent as exc:
+                            raise InvalidEvent(exc.reason, f"event {number}: {exc.detail}") from None
+                except InvalidEvent as exc:
+                    await producer.flush()
+                    print(f"streamrec produce: invalid input, stopped after {producer.sent} events: {exc}", file=sys.stderr)
+                    return 1
+            else:
+                from streams.synthetic import SyntheticWorld, WorldConfig
+
+                world = SyntheticWorld(WorldConfig(users=args.users, items=args.items, seed=args.seed))
+                await _paced(producer, world.events(args.synthetic), args.rate)
+            await producer.flush()
+        elapsed = time.perf_counter() - started
+        print(f"produced {producer.sent} events to {settings.events_topic} in {elapsed:.2f} s "
+              f"({producer.sent / max(elapsed, 1e-9):,.0f} events/s)", file=sys.stderr)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except FileNotFoundError as exc:
+        print(f"streamrec produce: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _paced(producer: Any, events: Iterator[dict[str, Any]], rate: float | None) -> None:
+    started = time.perf_counter()
+    for count, event in enumerate(events):
+        await producer.send(event)
+        if rate and count % 100 == 0:
+            ahead = count / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+def _recs(args: argparse.Namespace) -> int:
+    from streams.client import RecsReader
+
+    reader = RecsReader(Settings.from_env())
+    recs = reader.get(args.user_id, n=args.n)
+    reader.close()
+    if args.json:
+        print(orjson.dumps({"user_id": recs.user_id, "source": recs.source, "items": recs.items, "scores": recs.scores,
+                            "updated_ms": recs.updated_ms, "model_version": recs.model_version,
+                            "error": recs.error}).decode())
+        return 0 if recs.source != "unavailable" else 1
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if recs.source == "unavailable":
+        console.print(f"[red]Redis unavailable[/]: {recs.error}")
+        return 1
+    age = f"{recs.age_ms / 1000:.1f} s ago" if recs.age_ms is not None else "never"
+    table = Table(title=f"{args.user_id}: {recs.source} list, updated {age}, model {recs.model_version}")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for rank, (item, score) in enumerate(zip(recs.items, recs.scores), 1):
+        table.add_row(str(rank), item, f"{score:.4f}")
+    console.print(table)
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from streams.monitor import tail_metrics
+
+    return asyncio.run(tail_metrics(Settings.from_env(), as_json=args.json, from_beginning=args.from_beginning,
+                                    seconds=args.seconds))
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from streams import dev
+
+    if args.action == "up":
+        settings = Settings.from_env()
+        broker_port = int(settings.bootstrap_servers[0].rsplit(":", 1)[1])
+        redis_port = int(settings.redis_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        info = dev.dev_up(args.dir, broker_port=broker_port, redis_port=redis_port)
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    elif args.action == "down":
+        stopped = dev.dev_down(args.dir)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
+        print(orjson.dumps(dev.dev_status(args.dir), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(events=args.events, rate=args.rate, users=args.users, items=args.items,
+                                seed=args.seed, plain=args.plain))
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="streamrec settings (environment variables)")
+    for column in ("variable", "default", "meaning"):
+        table.add_column(column)
+    for row in describe_settings():
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+_COMMANDS = {
+    "worker": _worker,
+    "produce": _produce,
+    "recs": _recs,
+    "metrics": _metrics,
+    "dev": _dev,
+    "demo": _demo,
+    "settings": _settings,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

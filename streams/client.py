@@ -1,0 +1,217 @@
+"""Clients for the two sides of streamrec: producing events and reading recommendations.
+
+Producing (events are validated before they are sent; an invalid one raises
+:class:`~streams.events.InvalidEvent` and nothing is sent)::
+
+    async with EventProducer(Settings.from_env()) as producer:
+        await producer.send({"event_id": "e1", "user_id": "u1", "item_id": "i1", "kind": "view", "ts": 1700000000000})
+
+    with SyncEventProducer(Settings.from_env()) as producer:
+        producer.send({...})
+
+Reading (one Redis round trip; unknown users get the popular list)::
+
+    reader = RecsReader(Settings.from_env())
+    recs = reader.get("u1", n=10)
+    recs.items, recs.source  # source: "personal", "popular", "none" or "unavailable"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping
+
+import orjson
+import redis
+from aiokafka import AIOKafkaProducer
+
+from streams.cache import async_redis, sync_redis
+from streams.events import Event, encode_event
+from streams.kafka import aiokafka_options, ensure_topics
+from streams.settings import Settings
+
+__all__ = ["EventProducer", "SyncEventProducer", "RecsReader", "AsyncRecsReader", "Recommendations", "RecSource"]
+
+logger = logging.getLogger(__name__)
+
+EventLike = Event | Mapping[str, Any]
+RecSource = Literal["personal", "popular", "none", "unavailable"]
+
+
+class EventProducer:
+    """Async producer of validated events to ``<prefix>.events`` (key = user_id)."""
+
+    def __init__(self, settings: Settings, *, linger_ms: int = 5, create_topics: bool = True) -> None:
+        self.settings = settings
+        self.topic = settings.events_topic
+        self._create_topics = create_topics
+        self._producer = AIOKafkaProducer(
+            **aiokafka_options(settings), acks="all", linger_ms=linger_ms, enable_idempotence=False
+        )
+        self.sent = 0
+
+    async def start(self) -> None:
+        if self._create_topics:
+            await ensure_topics(self.settings)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def __aenter__(self) -> "EventProducer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def send(self, event: EventLike) -> None:
+        """Validate and enqueue one event (delivered by the next flush or linger)."""
+        key, value = encode_event(event)
+        await self._producer.send(self.topic, value=value, key=key)
+        self.sent += 1
+
+    async def send_raw(self, key: bytes | None, value: bytes) -> None:
+        """Send bytes as they are, unvalidated (for tests and tools that exercise the dead-letter path)."""
+        await self._producer.send(self.topic, value=value, key=key)
+
+    async def send_many(self, events: Iterable[EventLike]) -> int:
+        """Validate every event first, then send them all and wait until the broker has them."""
+        encoded = [encode_event(e) for e in events]
+        for key, value in encoded:
+            await self._producer.send(self.topic, value=value, key=key)
+        await self._producer.flush()
+        self.sent += len(encoded)
+        return len(encoded)
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+
+class SyncEventProducer:
+    """Blocking wrapper of :class:`EventProducer` for scripts and non-async back ends."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self._runner = asyncio.Runner()
+        self._producer = EventProducer(settings, **kwargs)
+
+    def __enter__(self) -> "SyncEventProducer":
+        self._runner.run(self._producer.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, event: EventLike) -> None:
+        self._runner.run(self._producer.send(event))
+
+    def send_many(self, events: Iterable[EventLike]) -> int:
+        return self._runner.run(self._producer.send_many(events))
+
+    def flush(self) -> None:
+        self._runner.run(self._producer.flush())
+
+    def close(self) -> None:
+        try:
+            self._runner.run(self._producer.stop())
+        finally:
+            self._runner.close()
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A user's cached list as read from Redis."""
+
+    user_id: str
+    items: list[str]
+    scores: list[float]
+    source: RecSource
+    updated_ms: int | None = None
+    model_version: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def age_ms(self) -> int | None:
+        return None if self.updated_ms is None else int(time.time() * 1000) - self.updated_ms
+
+
+class _ReaderBase:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._last_popular: Recommendations | None = None
+
+    def _keys(self, user_id: str) -> list[str]:
+        return [self.settings.rec_key(user_id), self.settings.popular_key]
+
+    def _parse(self, user_id: str, values: list[bytes | None], n: int | None) -> Recommendations:
+        personal, popular = values
+        for raw, source in ((personal, "personal"), (popular, "popular")):
+            if raw is not None:
+                data = orjson.loads(raw)
+                recs = Recommendations(
+                    user_id=user_id,
+                    items=data["items"][:n],
+                    scores=data["scores"][:n],
+                    source=source,  # type: ignore[arg-type]
+                    updated_ms=data.get("updated_ms"),
+                    model_version=data.get("model_version"),
+                )
+                if source == "popular":
+                    self._last_popular = recs
+                return recs
+        return Recommendations(user_id, [], [], "none")
+
+    def _unavailable(self, user_id: str, exc: Exception, n: int | None) -> Recommendations:
+        """Redis is down: answer with the last popular list this reader saw, flagged, not an exception."""
+        logger.warning("Redis unavailable while reading recommendations: %s", exc)
+        last = self._last_popular
+        items = last.items[:n] if last else []
+        scores = last.scores[:n] if last else []
+        return Recommendations(user_id, items, scores, "unavailable", last.updated_ms if last else None,
+                               last.model_version if last else None, error=str(exc))
+
+
+class RecsReader(_ReaderBase):
+    """Reads cached lists in one round trip (MGET of the user's key and the popular key).
+
+    >>> reader = RecsReader(Settings(redis_url="redis://127.0.0.1:1/0"))  # nothing listens on port 1
+    >>> recs = reader.get("u1")
+    >>> recs.source, recs.items
+    ('unavailable', [])
+    """
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        super().__init__(settings)
+        self.client = client if client is not None else sync_redis(settings)
+
+    def get(self, user_id: str, n: int | None = None) -> Recommendations:
+        try:
+            values = self.client.mget(self._keys(user_id))
+        except (redis.RedisError, OSError) as exc:
+            return self._unavailable(user_id, exc, n)
+        return self._parse(user_id, values, n)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncRecsReader(_ReaderBase):
+    """The asyncio twin of :class:`RecsReader`."""
+
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        super().__init__(settings)
+        self.client = client if client is not None else async_redis(settings)
+
+    async def get(self, user_id: str, n: int | None = None) -> Recommendations:
+        try:
+            values = await self.client.mget(self._keys(user_id))
+        except (redis.RedisError, OSError) as exc:
+            return self._unavailable(user_id, exc, n)
+        return self._parse(user_id, values, n)
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,88 @@
+"""Kafka connection options from settings: SASL/SSL for Faust and for plain aiokafka clients."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+
+from streams.settings import Settings
+
+__all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics"]
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """A verifying TLS context when the protocol uses SSL, else None."""
+    if settings.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.ssl_certfile:
+        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    return context
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """``broker_credentials`` for the Faust app (None for PLAINTEXT)."""
+    context = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def aiokafka_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments shared by every aiokafka producer, consumer and admin client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.security_protocol,
+    }
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.sasl_mechanism,
+            sasl_plain_username=settings.sasl_username,
+            sasl_plain_password=settings.sasl_password,
+        )
+    return options
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the events, dead-letter and metrics topics if missing; returns those created.
+
+    The worker creates them too; producers call this so that events sent before the
+    first worker starts land in a topic with the configured partition count.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    wanted = {
+        settings.events_topic: settings.partitions,
+        settings.dlq_topic: settings.partitions,
+        settings.metrics_topic: 1,
+    }
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            for name, n in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by a worker
+        return [t.name for t in missing]
+    finally:
+        await admin.close()

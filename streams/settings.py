@@ -1,0 +1,227 @@
+"""All configuration of streamrec, in one frozen object built from the environment.
+
+Every field names its environment variable and default; nothing else in the
+package reads the environment. Secrets (passwords) come only from the
+environment and never appear in ``repr``.
+
+>>> s = Settings.from_env({"STREAMREC_TOP_N": "20", "STREAMREC_TOPIC_PREFIX": "demo"})
+>>> s.top_n, s.events_topic, s.dlq_topic, s.metrics_topic
+(20, 'demo.events', 'demo.events.dlq', 'demo.metrics')
+>>> s.rec_key("u1")
+'streamrec:rec:u1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, get_args, get_type_hints
+
+__all__ = ["Settings", "SettingsError", "ENV_PREFIX", "describe_settings"]
+
+ENV_PREFIX = "STREAMREC_"
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value that cannot be used."""
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"doc": doc, "secret": secret})
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """streamrec settings; the environment variable of field ``x`` is ``STREAMREC_X``."""
+
+    # --- Kafka -----------------------------------------------------------------------------
+    app_id: str = _setting("streamrec", "Faust app id: the Kafka consumer group and changelog topic prefix.")
+    broker_url: str = _setting(
+        "kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma-separated (kafka://host:port,host:port)."
+    )
+    topic_prefix: str = _setting("streamrec", "Prefix of every topic: <prefix>.events, .events.dlq, .metrics.")
+    partitions: int = _setting(4, "Partitions of the events topic (and of the state changelogs).")
+    replication_factor: int = _setting(1, "Replication factor of the topics streamrec creates.")
+    security_protocol: SecurityProtocol = _setting("PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: SaslMechanism = _setting("PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str = _setting("", "SASL user name.")
+    sasl_password: str = _setting("", "SASL password (secret: environment only).", secret=True)
+    ssl_cafile: str = _setting("", "CA bundle to verify the brokers (SSL / SASL_SSL).")
+    ssl_certfile: str = _setting("", "Client certificate for mutual TLS with the brokers.")
+    ssl_keyfile: str = _setting("", "Private key of the client certificate.")
+    session_timeout_s: float = _setting(10.0, "Kafka consumer session timeout: how fast a dead worker's partitions move.")
+    rebalance_timeout_s: float = _setting(10.0, "Kafka rebalance timeout (Faust's 60 s default makes joins slow).")
+
+    # --- Redis -----------------------------------------------------------------------------
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0", "Redis URL; rediss:// turns TLS on. Put no password in it: use STREAMREC_REDIS_PASSWORD."
+    )
+    redis_username: str = _setting("", "Redis ACL user name (AUTH username password).")
+    redis_password: str = _setting("", "Redis password (secret: environment only).", secret=True)
+    redis_ssl_ca_certs: str = _setting("", "CA bundle to verify a TLS Redis (rediss://).")
+    redis_ssl_certfile: str = _setting("", "Client certificate for a TLS Redis.")
+    redis_ssl_keyfile: str = _setting("", "Private key of the Redis client certificate.")
+    redis_prefix: str = _setting("streamrec", "Prefix of every Redis key: <prefix>:rec:<user_id>, <prefix>:popular, ...")
+
+    # --- Recommendations -------------------------------------------------------------------
+    top_n: int = _setting(50, "Length of each cached top-N list.")
+    rec_ttl_s: int = _setting(7 * 24 * 3600, "Time to live of a cached list in Redis, seconds.")
+    popular_half_life_s: float = _setting(3600.0, "Half-life of the 'popular recently' fallback list, seconds of event time.")
+    max_history: int = _setting(5000, "Items remembered per user (most recent) to exclude from their list.")
+
+    # --- Learning (online SGD, BPR matrix factorisation) ----------------------------------
+    n_factors: int = _setting(32, "Latent factors per user and per item.")
+    learning_rate: float = _setting(0.1, "SGD learning rate.")
+    regularization: float = _setting(0.01, "L2 regularisation.")
+    n_negatives: int = _setting(10, "Negative items sampled per positive event.")
+    init_std: float = _setting(0.1, "Standard deviation of the initial factors of new users and items.")
+    seed: int = _setting(0, "Seed of the model's random generator.")
+    weight_view: float = _setting(1.0, "Learning weight of a view.")
+    weight_like: float = _setting(3.0, "Learning weight of a like.")
+    weight_share: float = _setting(5.0, "Learning weight of a share.")
+    watch_time_weight: float = _setting(0.0, "Extra weight for watch time: w *= 1 + this * min(watch_ms / ref, 2); 0 turns it off.")
+    watch_time_ref_ms: float = _setting(15000.0, "Watch time that counts as one full unit for watch_time_weight, ms.")
+
+    # --- Processing --------------------------------------------------------------------------
+    batch_max_events: int = _setting(2000, "Most messages taken from the stream per processing batch.")
+    batch_within_s: float = _setting(0.05, "Longest wait to fill a batch, seconds (debounces top-N refreshes).")
+    max_message_bytes: int = _setting(65536, "Messages larger than this are dead-lettered before decoding.")
+    metrics_window_s: float = _setting(10.0, "Tumbling window of the engagement aggregates, seconds of event time.")
+    metrics_grace_s: float = _setting(2.0, "Wall-clock wait after a window's end before it is emitted, seconds.")
+    worker_id: str = _setting("", "Name of this worker in health records and Redis; default <hostname>-<pid>.")
+
+    # --- Faust worker --------------------------------------------------------------------
+    web_enabled: bool = _setting(False, "Start Faust's web server (off by default; its table views stay disabled).")
+    web_host: str = _setting("127.0.0.1", "Address Faust's web server binds to when enabled.")
+    web_port: int = _setting(6066, "Port of Faust's web server when enabled.")
+    log_level: str = _setting("info", "Worker log level.")
+
+    # --- derived names -------------------------------------------------------------------
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.events.dlq"
+
+    @property
+    def metrics_topic(self) -> str:
+        return f"{self.topic_prefix}.metrics"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``broker_url`` as plain ``host:port`` strings for aiokafka."""
+        servers = []
+        for part in self.broker_url.split(","):
+            part = part.strip()
+            if "://" in part:
+                part = part.split("://", 1)[1]
+            if part:
+                servers.append(part.rstrip("/"))
+        return servers
+
+    @property
+    def kind_weights(self) -> dict[str, float]:
+        return {"view": self.weight_view, "like": self.weight_like, "share": self.weight_share}
+
+    @property
+    def effective_worker_id(self) -> str:
+        return self.worker_id or _default_worker_id()
+
+    def rec_key(self, user_id: str) -> str:
+        """Redis key of a user's cached top-N list."""
+        return f"{self.redis_prefix}:rec:{user_id}"
+
+    @property
+    def popular_key(self) -> str:
+        """Redis key of the non-personalised fallback list."""
+        return f"{self.redis_prefix}:popular"
+
+    def worker_key(self, worker_id: str) -> str:
+        """Redis key of a worker's health heartbeat."""
+        return f"{self.redis_prefix}:worker:{worker_id}"
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return ENV_PREFIX + field_name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``environ`` (default ``os.environ``); keyword overrides win."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(cls.env_name(f.name))
+            if raw is not None:
+                values[f.name] = _parse(f.name, hints[f.name], raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``STREAMREC_*`` environment variables (secrets included: for child processes)."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            env[self.env_name(f.name)] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` for values that cannot work."""
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
+            if allowed and getattr(self, f.name) not in allowed:
+                raise SettingsError(f"{self.env_name(f.name)} must be one of {', '.join(allowed)}")
+        positive = ("partitions", "replication_factor", "top_n", "rec_ttl_s", "n_factors", "batch_max_events",
+                    "max_message_bytes", "max_history")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
+        if self.metrics_window_s <= 0 or self.batch_within_s <= 0:
+            raise SettingsError("STREAMREC_METRICS_WINDOW_S and STREAMREC_BATCH_WITHIN_S must be > 0")
+        if not self.bootstrap_servers:
+            raise SettingsError("STREAMREC_BROKER_URL names no server")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("STREAMREC_REDIS_URL must start with redis://, rediss:// or unix://")
+
+
+def _parse(name: str, hint: Any, raw: str) -> Any:
+    env = Settings.env_name(name)
+    try:
+        if hint is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{env}={raw!r} is not a valid {getattr(hint, '__name__', hint)}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for docs and ``--help``."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = "" if f.metadata["secret"] else str(f.default)
+        rows.append((Settings.env_name(f.name), default, f.metadata["doc"]))
+    return rows
