@@ -32,11 +32,22 @@ def _clip_rows(g: np.ndarray, max_norm: float) -> np.ndarray:
     return g
 
 
-def _scatter_add(m: np.ndarray, rows: np.ndarray, g: np.ndarray) -> None:
+def _scatter_add(m: np.ndarray, rows: np.ndarray, g: np.ndarray, mode: str = "sum", cap: float = 0.0) -> None:
     """``m[rows] += g`` with repeated rows accumulating (fast flat ``np.add.at``)."""
     k = m.shape[1]
-    flat = m.reshape(-1)  # a view: the factor arrays are C-contiguous
-    np.add.at(flat, (rows[:, None] * k + np.arange(k)).ravel(), g.reshape(-1))
+    if mode == "sum":
+        np.add.at(m.reshape(-1), (rows[:, None] * k + np.arange(k)).ravel(), g.reshape(-1))
+        return
+    uniq, inv, cnt = np.unique(rows, return_inverse=True, return_counts=True)
+    acc = np.zeros((len(uniq), k), m.dtype)
+    np.add.at(acc.reshape(-1), (inv[:, None] * k + np.arange(k)).ravel(), g.reshape(-1))
+    if mode == "mean":
+        acc /= cnt[:, None]
+    elif mode == "sqrt":
+        acc /= np.sqrt(cnt)[:, None]
+    elif mode == "clip":
+        _clip_rows(acc, cap)
+    m[uniq] += acc
 
 
 class BPRMF:
@@ -101,18 +112,21 @@ class BPRMF:
     (2, 4)
     """
 
+    _umode = "sum"; _imode = "sum"; _ucap = 0.0; _icap = 0.0
+
     def __init__(
         self,
         n_factors: int = 32,
-        learning_rate: float = 0.1,
+        learning_rate: float = 0.05,
         regularization: float = 0.01,
         n_negatives: int = 10,
         init_std: float = 0.1,
-        max_grad_norm: float = 5.0,
+        max_grad_norm: float = 10.0,
         seed: int | None = 0,
         dtype: type[np.floating[Any]] | np.dtype[Any] | str = np.float32,
         *,
         max_weight: float = 5.0,
+        bias_lr_scale: float = 0.25,
     ) -> None:
         dt = np.dtype(dtype)
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -125,6 +139,7 @@ class BPRMF:
             "init_std": init_std >= 0,
             "max_grad_norm": max_grad_norm > 0,
             "max_weight": max_weight > 0,
+            "bias_lr_scale": bias_lr_scale >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -138,6 +153,7 @@ class BPRMF:
         self.seed = seed
         self.dtype = dt
         self.max_weight = float(max_weight)
+        self.bias_lr_scale = float(bias_lr_scale)
         self._rng = np.random.default_rng(seed)
         self._users = IdMap()
         self._items = IdMap()
@@ -241,20 +257,23 @@ class BPRMF:
         j = self._rng.integers(0, n - 1, size=(len(u), m))
         j += j >= i[:, None]
         U, V, b = self._U, self._V, self._b
-        p, qi, qj, bj = U[u], V[i], V[j], b[j]  # (B,k) (B,k) (B,m,k) (B,m)
-        x = np.einsum("bk,bk->b", p, qi)[:, None] + b[i][:, None] - (qj @ p[:, :, None])[..., 0] - bj
-        g = (0.5 * (1.0 - np.tanh(0.5 * x))).astype(dt)  # sigma(-x) = d ln sigma(x) / dx
+        p, qi, qj, bi, bj = U[u], V[i], V[j], b[i], b[j]  # (B,k) (B,k) (B,m,k) (B,) (B,m)
+        x = np.einsum("bk,bk->b", p, qi)[:, None] + bi[:, None] - (qj @ p[:, :, None])[..., 0] - bj
+        g = (0.5 * (1.0 - np.tanh(0.5 * x))).astype(dt)  # sigma(-x) = d ln sigma(x) / dx, (B,m)
         gs = g.sum(axis=1)
+        # 1) users step
         grad_u = _clip_rows(gs[:, None] * qi - (g[:, None, :] @ qj)[:, 0, :] - reg * p, cap)
+        _scatter_add(U, u, grad_u * lr[:, None], self._umode, self._ucap)
+        # 2) items step, along the users' updated vectors
+        p = U[u]
         grad_i = _clip_rows(gs[:, None] * p - reg * qi, cap)
         grad_j = _clip_rows(-g[:, :, None] * p[:, None, :] - reg * qj, cap)
-        grad_bi = np.clip(gs - reg * b[i], -cap, cap)
-        grad_bj = np.clip(-g - reg * bj, -cap, cap)
-        # apply (gradients above are all taken at the pre-batch snapshot)
-        _scatter_add(U, u, grad_u * lr[:, None])
         rows = np.concatenate([i, j.ravel()])
-        _scatter_add(V, rows, np.concatenate([grad_i * lr[:, None], (grad_j * lr[:, None, None]).reshape(-1, self.n_factors)]))
-        np.add.at(b, rows, np.concatenate([grad_bi * lr, (grad_bj * lr[:, None]).ravel()]))
+        grads = np.concatenate([grad_i * lr[:, None], (grad_j * lr[:, None, None]).reshape(-1, self.n_factors)])
+        _scatter_add(V, rows, grads, self._imode, self._icap)
+        grad_b = np.concatenate([gs - reg * bi, (-g - reg * bj).ravel()])
+        lr_b = np.concatenate([lr, np.repeat(lr, m)]) * dt.type(self.bias_lr_scale)
+        np.add.at(b, rows, np.clip(grad_b, -cap, cap) * lr_b)
 
     # -------------------------------------------------------------- scoring
     def score(self, user: str, items: Sequence[str] | None = None) -> np.ndarray:
@@ -371,7 +390,7 @@ class BPRMF:
             "n_factors": self.n_factors, "learning_rate": self.learning_rate,
             "regularization": self.regularization, "n_negatives": self.n_negatives,
             "init_std": self.init_std, "max_grad_norm": self.max_grad_norm, "seed": self.seed,
-            "dtype": self.dtype.name, "max_weight": self.max_weight,
+            "dtype": self.dtype.name, "max_weight": self.max_weight, "bias_lr_scale": self.bias_lr_scale,
         }
 
     def to_bytes(self) -> bytes:

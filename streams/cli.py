@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Iterator, Sequence
 
 import orjson
@@ -195,8 +196,8 @@ def _dev(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         settings = Settings.from_env()
-        broker_port = int(settings.bootstrap_servers[0].rsplit(":", 1)[1])
-        redis_port = int(settings.redis_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        broker_port = urlsplit("//" + settings.bootstrap_servers[0]).port or 9092
+        redis_port = urlsplit(settings.redis_url).port or 6379
         info = dev.dev_up(args.dir, broker_port=broker_port, redis_port=redis_port)
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
     elif args.action == "down":

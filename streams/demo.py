@@ -92,7 +92,7 @@ def run_demo(options: DemoOptions) -> int:
 async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> None:
     world = SyntheticWorld(WorldConfig(users=options.users, items=options.items, seed=options.seed))
     rng = random.Random(options.seed)
-    state.spotlight_user = world.users[0]
+    state.spotlight_user = world.user_ids[0]
     fans = set(world.user_top_communities(state.spotlight_user, 3))
     state.spotlight_tag = next(t for t in world.communities if t not in fans)
     bad = malformed_payloads(max(options.events // options.malformed_every, 1), seed=options.seed)

@@ -428,7 +428,9 @@ class DevServices:
         redis_port: int | None = None,
         redis_password: str | None = None,
         host: str = "127.0.0.1",
+        with_broker: bool = True,
     ) -> None:
+        self.with_broker = with_broker
         self.state_dir: Path | None = Path(state_dir) if state_dir is not None else None
         self._own_state_dir = state_dir is None
         self.host = host
@@ -460,7 +462,8 @@ class DevServices:
             if self.state_dir is None:
                 self.state_dir = Path(tempfile.mkdtemp(prefix="streamrec-dev-"))
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            self.broker = start_broker(self.broker_port, self.state_dir, self.host)
+            if self.with_broker:
+                self.broker = start_broker(self.broker_port, self.state_dir, self.host)
             self.start_redis()
         except BaseException:
             self.stop()

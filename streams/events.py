@@ -57,6 +57,7 @@ REASONS: Final = (
     "out_of_range",  # empty id, negative watch_ms, ts outside [0, 2**53)
     "too_long",  # a string or the tag list is longer than allowed
     "key_mismatch",  # message key missing, not UTF-8, or not equal to user_id
+    "internal_error",  # the worker failed on a batch: the whole batch is dead-lettered, not dropped
 )
 
 

@@ -117,7 +117,8 @@ async def tail_metrics(settings: Settings, *, as_json: bool = False, from_beginn
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
     try:
-        partitions = await consumer.partitions_for_topic(settings.metrics_topic) or set()
+        await consumer.topics()  # refreshes metadata
+        partitions = consumer.partitions_for_topic(settings.metrics_topic) or set()
         if not partitions:
             print(f"streamrec metrics: topic {settings.metrics_topic} does not exist yet (is a worker running?)",
                   file=sys.stderr)
