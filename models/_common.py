@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,11 @@ def check_weight(weight: float) -> float:
     return w
 
 
+def id_set(ids: Iterable[str]) -> set[str]:
+    check_ids(ids, "exclude")
+    return ids if isinstance(ids, set) else set(ids)
+
+
 def check_n(n: int) -> int:
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise InvalidInputError(f"n must be a non-negative integer, got {n!r}")
@@ -91,18 +96,19 @@ def select_top(scores: np.ndarray, n: int, ids: list[str]) -> list[list[tuple[st
 
 
 def rank_rows(
-    score_rows: Any, n_rows: int, n_items: int, n: int, items: IdMap,
+    score_rows: Callable[[int, int], np.ndarray],
+    n_rows: int,
+    n: int,
+    items: IdMap,
     exclude: Sequence[Iterable[str]] | None,
 ) -> list[list[tuple[str, float]]]:
     """Top-N for ``n_rows`` users; ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block."""
     n = check_n(n)
-    if exclude is not None and len(exclude) != n_rows:
-        raise InvalidInputError(f"exclude has {len(exclude)} entries for {n_rows} users")
     out: list[list[tuple[str, float]]] = []
     if n_rows == 0:
         return out
     ids = items._ids  # read-only use, avoids a copy per call
-    step = max(1, _SCORE_BLOCK // max(n_items, 1))
+    step = max(1, _SCORE_BLOCK // max(len(items), 1))
     for lo in range(0, n_rows, step):
         hi = min(lo + step, n_rows)
         s = score_rows(lo, hi)

@@ -42,10 +42,10 @@ class IdMap:
     __slots__ = ("_index", "_ids")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
+        _check_ids(ids)
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
         ids = list(ids)
-        _check_ids(ids)
         self.index(ids)
         if len(self._ids) != len(ids):
             raise InvalidInputError("initial ids must be unique")

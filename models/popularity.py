@@ -45,7 +45,10 @@ class Popularity:
     >>> pop.learn_batch(["u1", "u2", "u3"], ["old", "old", "new"], ts_ms=[0, 0, 7_200_000])
     >>> pop.top_n("anyone", 2)
     [('new', 1.0), ('old', 0.5)]
-    >>> Popularity().learn_one("u", "a", weight=3.0)
+    >>> counts = Popularity()  # all-time
+    >>> counts.learn_batch(["u1", "u2", "u2"], ["a", "b", "a"], weights=[1.0, 3.0, 1.0])
+    >>> counts.top_n("u1", 5, exclude=["b"])
+    [('a', 2.0)]
     """
 
     def __init__(self, half_life_s: float | None = None) -> None:
@@ -80,7 +83,7 @@ class Popularity:
         self,
         users: Sequence[str],
         items: Sequence[str],
-        weights: np.ndarray | None = None,
+        weights: np.ndarray | Sequence[float] | None = None,
         ts_ms: np.ndarray | Sequence[float] | None = None,
     ) -> None:
         """Count a batch of events; ``ts_ms`` (one per event) matters only with a half-life."""
@@ -88,6 +91,9 @@ class Popularity:
         self._learn(items, C.as_weights(weights, len(items)), ts_ms)
 
     def _learn(self, items: Sequence[str], w: np.ndarray, ts_ms: np.ndarray | Sequence[float] | None) -> None:
+        t = np.full(len(w), self._now) if ts_ms is None else np.array(ts_ms, dtype=np.float64)
+        if t.shape != w.shape or not np.isfinite(t).all():
+            raise InvalidInputError(f"ts_ms must be finite with shape {w.shape}")
         i = self._items.index(items)
         if len(self._c) < len(self._items):
             c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
@@ -95,14 +101,7 @@ class Popularity:
             self._c = c
         if self.half_life_s is not None:
             h = self.half_life_s * 1000.0
-            if ts_ms is None:
-                t = np.full(len(w), self._now)
-            else:
-                t = np.array(ts_ms, dtype=np.float64)
-                if t.shape != w.shape or not np.isfinite(t).all():
-                    raise InvalidInputError(f"ts_ms must be finite with shape {w.shape}")
-            if len(t):
-                self._now = max(self._now, float(t.max()))
+            self._now = max(self._now, float(t.max(initial=self._now)))
             if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
                 self._c *= 2.0 ** ((self._t0 - self._now) / h)
                 self._t0 = self._now
@@ -115,7 +114,8 @@ class Popularity:
         c = self._c[: len(self._items)]
         if self.half_life_s is None:
             return c.copy()
-        return c * 2.0 ** ((self._t0 - self._now) / (self.half_life_s * 1000.0))
+        decayed: np.ndarray = c * 2.0 ** ((self._t0 - self._now) / (self.half_life_s * 1000.0))
+        return decayed
 
     def score(self, user: str, items: Sequence[str] | None = None) -> np.ndarray:
         """(Decayed) counts of ``items`` (all known items if None); unknown items score 0."""
@@ -133,12 +133,16 @@ class Popularity:
     def top_n_batch(
         self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
     ) -> list[list[tuple[str, float]]]:
-        """:meth:`top_n` for many users (the same list unless ``exclude`` differs)."""
+        """:meth:`top_n` for many users: one shared ranking, filtered per user."""
         C.check_ids(users, "users")
-        s, ni = self._current(), len(self._items)
-        return C.rank_rows(
-            lambda lo, hi: np.tile(s, (hi - lo, 1)), len(users), ni, n, self._items, exclude
-        )
+        n = C.check_n(n)
+        if exclude is not None and len(exclude) != len(users):
+            raise InvalidInputError(f"exclude has {len(exclude)} entries for {len(users)} users")
+        excluded: list[set[str]] = [set()] * len(users) if exclude is None else [C.id_set(e) for e in exclude]
+        # the best n + |exclude| items always hold the best n non-excluded ones
+        depth = min(self.n_items, n + max(map(len, excluded), default=0))
+        best = C.select_top(self._current()[None, :], depth, self._items._ids)[0]
+        return [[(i, s) for i, s in best if i not in ex][:n] for ex in excluded]
 
     # -------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:

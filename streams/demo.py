@@ -36,7 +36,7 @@ __all__ = ["DemoOptions", "run_demo"]
 @dataclass(frozen=True)
 class DemoOptions:
     events: int = 60_000
-    rate: float = 3_000.0
+    rate: float = 2_000.0
     users: int = 5_000
     items: int = 3_000
     seed: int = 7
@@ -192,24 +192,29 @@ async def _display(options: DemoOptions, state: DemoState, reader: AsyncRecsRead
                 spot.add_row(str(rank), item, f"{mark}{', '.join(tags)}")
         return Group(Panel(head, title="streamrec demo"), trending, spot)
 
-    from streams.synthetic import SyntheticWorld as _World  # tags of recommended items, for display
-
-    world = _World(WorldConfig(users=options.users, items=options.items, seed=options.seed))
+    world = SyntheticWorld(WorldConfig(users=options.users, items=options.items, seed=options.seed))
     console = Console(stderr=True)
-    with Live(screen(), console=console, refresh_per_second=4, transient=False, auto_refresh=not options.plain) as live:
+
+    async def poll_spotlight() -> float:
+        state.recs = await reader.get(state.spotlight_user, n=10)
+        for item in state.recs.items:
+            world_tags.setdefault(item, world.item_tags(item))
+        share = sum(state.spotlight_tag in world_tags[i] for i in state.recs.items) / max(len(state.recs.items), 1)
+        state.spotlight_share.append((state.produced, share))
+        return share
+
+    if options.plain:
         while True:
-            state.recs = await reader.get(state.spotlight_user, n=10)
-            for item in state.recs.items:
-                world_tags.setdefault(item, world.item_tags(item))
-            share = sum(state.spotlight_tag in world_tags[i] for i in state.recs.items) / max(len(state.recs.items), 1)
-            state.spotlight_share.append((state.produced, share))
-            if options.plain:
-                console.print(f"produced {state.produced:,}  applied {int(state.board.totals['events_processed']):,}  "
-                              f"spotlight share of '{state.spotlight_tag}': {share:.0%}")
-                await asyncio.sleep(2.0)
-            else:
-                live.update(screen())
-                await asyncio.sleep(0.5)
+            share = await poll_spotlight()
+            console.print(f"produced {state.produced:,}  applied {int(state.board.totals['events_processed']):,}  "
+                          f"dead-lettered {int(state.board.totals['events_dead_lettered']):,}  "
+                          f"'{state.spotlight_tag}' in {state.spotlight_user}'s top-10: {share:.0%}")
+            await asyncio.sleep(2.0)
+    with Live(screen(), console=console, refresh_per_second=4) as live:
+        while True:
+            await poll_spotlight()
+            live.update(screen())
+            await asyncio.sleep(0.5)
 
 
 def _print_summary(options: DemoOptions, state: DemoState, worker: WorkerProcess) -> None:

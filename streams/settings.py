@@ -80,7 +80,7 @@ class Settings:
 
     # --- Learning (online SGD, BPR matrix factorisation) ----------------------------------
     n_factors: int = _setting(32, "Latent factors per user and per item.")
-    learning_rate: float = _setting(0.1, "SGD learning rate.")
+    learning_rate: float = _setting(0.05, "SGD learning rate.")
     regularization: float = _setting(0.01, "L2 regularisation.")
     n_negatives: int = _setting(10, "Negative items sampled per positive event.")
     init_std: float = _setting(0.1, "Standard deviation of the initial factors of new users and items.")

@@ -138,7 +138,7 @@ def test_bpr_learn_one_is_a_batch_of_one() -> None:
 
 def test_bpr_seeds_differ_and_weights_matter() -> None:
     users, items = planted_stream(500)
-    runs = {}
+    runs: dict[tuple[int, float], list[np.ndarray]] = {}
     for seed, w in ((0, 1.0), (0, 1.0), (1, 1.0), (0, 3.0)):
         m = BPRMF(n_factors=8, seed=seed)
         m.learn_batch(users, items, np.full(len(users), w))
