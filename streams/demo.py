@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.client import AsyncRecsReader, EventProducer, Recommendations
 from streams.dev import DevServices
-from streams.kafka import aiokafka_options
+from streams.kafka import aiokafka_options, topic_partitions
 from streams.monitor import MetricsBoard
 from streams.settings import Settings
 from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
@@ -142,8 +142,8 @@ async def _watch_metrics(settings: Settings, state: DemoState) -> None:
     consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tp = TopicPartition(settings.metrics_topic, 0)
-        consumer.assign([tp])
+        partitions = await topic_partitions(settings, settings.metrics_topic)
+        consumer.assign([TopicPartition(settings.metrics_topic, p) for p in partitions])
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for messages in batches.values():

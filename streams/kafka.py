@@ -9,7 +9,7 @@ import faust
 
 from streams.settings import Settings
 
-__all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics"]
+__all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics", "topic_partitions"]
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -84,5 +84,24 @@ async def ensure_topics(settings: Settings) -> list[str]:
             except TopicAlreadyExistsError:
                 pass  # created concurrently by a worker
         return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """Partition numbers of ``topic`` ([] if it does not exist), asked of the broker directly.
+
+    A plain consumer's metadata cache only knows topics it subscribed to, so tools that
+    ``assign`` partitions (the metrics tail, the tests) ask here first.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings))
+    await admin.start()
+    try:
+        for described in await admin.describe_topics([topic]):
+            if described.get("topic") == topic and not described.get("error_code"):
+                return sorted(p["partition"] for p in described.get("partitions", []))
+        return []
     finally:
         await admin.close()

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.kafka import aiokafka_options
+from streams.kafka import aiokafka_options, topic_partitions
 from streams.settings import Settings
 
 __all__ = ["MetricsBoard", "tail_metrics"]
@@ -117,8 +117,7 @@ async def tail_metrics(settings: Settings, *, as_json: bool = False, from_beginn
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
     try:
-        await consumer.topics()  # refreshes metadata
-        partitions = consumer.partitions_for_topic(settings.metrics_topic) or set()
+        partitions = await topic_partitions(settings, settings.metrics_topic)
         if not partitions:
             print(f"streamrec metrics: topic {settings.metrics_topic} does not exist yet (is a worker running?)",
                   file=sys.stderr)

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streams.client import EventProducer, RecsReader, Recommendations
-from streams.kafka import aiokafka_options
+from streams.kafka import aiokafka_options, topic_partitions
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -47,10 +47,9 @@ def consume(
         records: list[ConsumerRecord] = []
         try:
             deadline = time.monotonic() + timeout
-            partitions: set[int] = set()
+            partitions: list[int] = []
             while not partitions and time.monotonic() < deadline:
-                await consumer.topics()  # refreshes metadata
-                partitions = consumer.partitions_for_topic(topic) or set()
+                partitions = await topic_partitions(settings, topic)
                 if not partitions:
                     await asyncio.sleep(0.2)
             consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
