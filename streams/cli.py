@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="embedded broker + Redis + worker + synthetic traffic, live")
     demo.add_argument("--events", type=int, default=60_000, help="events to play (default 60000)")
     demo.add_argument("--rate", type=float, default=2_000.0, help="events per second (default 2000)")
-    demo.add_argument("--users", type=int, default=5_000)
-    demo.add_argument("--items", type=int, default=3_000)
+    demo.add_argument("--users", type=int, default=3_000)
+    demo.add_argument("--items", type=int, default=1_000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--plain", action="store_true", help="plain progress lines instead of a live screen")
 

@@ -37,8 +37,8 @@ __all__ = ["DemoOptions", "run_demo"]
 class DemoOptions:
     events: int = 60_000
     rate: float = 2_000.0
-    users: int = 5_000
-    items: int = 3_000
+    users: int = 3_000
+    items: int = 1_000
     seed: int = 7
     plain: bool = False
     malformed_every: int = 500  # one malformed message per this many events
@@ -50,9 +50,10 @@ class DemoState:
     malformed: int = 0
     started: float = field(default_factory=time.monotonic)
     ready_s: float = 0.0
-    spotlight_user: str = ""
-    spotlight_tag: str = ""
-    spotlight_share: list[tuple[int, float]] = field(default_factory=list)  # (events produced, share of list)
+    spotlight_user: str = "viewer-1"
+    binge_tags: tuple[str, str] = ("", "")
+    phase: int = 0  # 0: a new user; 1: after binging the first tag; 2: after the second
+    phase_shares: dict[int, tuple[float, float]] = field(default_factory=dict)  # phase -> (share of A, of B)
     recs: Recommendations | None = None
     board: MetricsBoard = field(default_factory=MetricsBoard)
 
@@ -83,7 +84,7 @@ def run_demo(options: DemoOptions) -> int:
                 asyncio.run(_play(settings, options, state))
             except KeyboardInterrupt:
                 print("\ninterrupted: stopping ...", file=sys.stderr)
-            _print_summary(options, state, worker)
+            _print_summary(options, state)
         finally:
             worker.stop()
     return 0
@@ -91,25 +92,25 @@ def run_demo(options: DemoOptions) -> int:
 
 async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> None:
     world = SyntheticWorld(WorldConfig(users=options.users, items=options.items, seed=options.seed))
+    by_size = sorted(world.communities, key=lambda t: -len(world.community_items(t)))
+    state.binge_tags = (by_size[1], by_size[2])
     rng = random.Random(options.seed)
-    state.spotlight_user = world.user_ids[0]
-    fans = set(world.user_top_communities(state.spotlight_user, 3))
-    state.spotlight_tag = next(t for t in world.communities if t not in fans)
     bad = malformed_payloads(max(options.events // options.malformed_every, 1), seed=options.seed)
     reader = AsyncRecsReader(settings)
     watcher = asyncio.create_task(_watch_metrics(settings, state))
-    display = asyncio.create_task(_display(options, state, reader))
+    display = asyncio.create_task(_display(options, state, reader, world))
     try:
         async with EventProducer(settings) as producer:
             started = time.perf_counter()
-            binge_at = {options.events // 3, 2 * options.events // 3}
-            for event in world.events(options.events, rate_per_s=options.rate):
+            binge_at = {options.events // 3: 0, 2 * options.events // 3: 1}
+            for event in world.events(options.events, rate_per_s=options.rate, start_ms=int(time.time() * 1000)):
                 await producer.send(event)
                 state.produced += 1
-                if state.produced in binge_at:  # the spotlight user discovers a new community
-                    now_ms = int(time.time() * 1000)
-                    for binge in world.engage(state.spotlight_user, state.spotlight_tag, 15, now_ms):
+                if state.produced in binge_at:  # the spotlight viewer binges a community
+                    tag = state.binge_tags[binge_at[state.produced]]
+                    for binge in world.engage(state.spotlight_user, tag, 8, int(time.time() * 1000)):
                         await producer.send(binge)
+                    state.phase += 1
                 if state.produced % options.malformed_every == 0 and bad:
                     key, value, _ = bad[rng.randrange(len(bad))]
                     await producer.send_raw(key, value)
@@ -120,11 +121,11 @@ async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> N
                         await asyncio.sleep(ahead)
             await producer.flush()
         await _wait_caught_up(state, timeout=30)
+        await asyncio.sleep(1.0)  # one more look at the spotlight list
     finally:
         display.cancel()
         watcher.cancel()
         await asyncio.gather(display, watcher, return_exceptions=True)
-        state.recs = await reader.get(state.spotlight_user, n=10)
         await reader.close()
 
 
@@ -153,16 +154,15 @@ async def _watch_metrics(settings: Settings, state: DemoState) -> None:
         await consumer.stop()
 
 
-async def _display(options: DemoOptions, state: DemoState, reader: AsyncRecsReader) -> None:
+async def _display(options: DemoOptions, state: DemoState, reader: AsyncRecsReader, world: SyntheticWorld) -> None:
     from rich.console import Console, Group
     from rich.live import Live
     from rich.panel import Panel
     from rich.table import Table
 
-    world_tags: dict[str, list[str]] = {}
+    tag_a, tag_b = state.binge_tags
 
     def screen() -> Any:
-        elapsed = time.monotonic() - state.started
         board = state.board
         health = next(iter(board.health.values()), {})
         head = Table.grid(padding=(0, 3))
@@ -171,44 +171,42 @@ async def _display(options: DemoOptions, state: DemoState, reader: AsyncRecsRead
             f"applied [bold]{int(board.totals['events_processed']):,}[/]",
             f"dead-lettered [bold]{int(board.totals['events_dead_lettered']):,}[/]",
             f"worker {health.get('events_per_s', 0):,.0f} ev/s",
-            f"freshness p50 {health.get('freshness_p50_ms') or '-'} ms / p99 {health.get('freshness_p99_ms') or '-'} ms",
-            f"{elapsed:,.0f} s",
+            f"freshness p50 {health.get('freshness_p50_ms') or '-'} / p99 {health.get('freshness_p99_ms') or '-'} ms",
+            f"{time.monotonic() - state.started:,.0f} s",
         )
         trending = Table(title="trending per community (latest window)", expand=True)
         trending.add_column("community")
-        trending.add_column("top items")
+        trending.add_column("top items by views")
         for tag, items in board.trending_by_tag():
             trending.add_row(tag, ", ".join(items))
-        recs = state.recs
-        spot = Table(title=f"{state.spotlight_user} binges '{state.spotlight_tag}' at 1/3 and 2/3 of the run: "
-                           f"their cached top-10", expand=True)
+        story = ("a new viewer: the popular list", f"binged '{tag_a}'", f"then discovered '{tag_b}'")[state.phase]
+        spot = Table(title=f"{state.spotlight_user} ({story}): cached top-10, "
+                           f"source {state.recs.source if state.recs else '-'}", expand=True)
         spot.add_column("#", justify="right")
         spot.add_column("item")
         spot.add_column("tags")
-        if recs is not None:
-            for rank, item in enumerate(recs.items, 1):
-                tags = world_tags.get(item, [])
-                mark = "[bold green]" if state.spotlight_tag in tags else ""
-                spot.add_row(str(rank), item, f"{mark}{', '.join(tags)}")
+        for rank, item in enumerate(state.recs.items if state.recs else [], 1):
+            tags = world.item_tags(item) if item in world.item_ids else []
+            colour = "green" if tag_a in tags else "cyan" if tag_b in tags else ""
+            spot.add_row(str(rank), item, f"[{colour}]{', '.join(tags)}[/]" if colour else ", ".join(tags))
         return Group(Panel(head, title="streamrec demo"), trending, spot)
 
-    world = SyntheticWorld(WorldConfig(users=options.users, items=options.items, seed=options.seed))
-    console = Console(stderr=True)
-
-    async def poll_spotlight() -> float:
+    async def poll_spotlight() -> tuple[float, float]:
         state.recs = await reader.get(state.spotlight_user, n=10)
-        for item in state.recs.items:
-            world_tags.setdefault(item, world.item_tags(item))
-        share = sum(state.spotlight_tag in world_tags[i] for i in state.recs.items) / max(len(state.recs.items), 1)
-        state.spotlight_share.append((state.produced, share))
-        return share
+        items = state.recs.items
+        shares = tuple(sum(t in world.item_tags(i) for i in items if i in world.item_ids) / max(len(items), 1)
+                       for t in state.binge_tags)
+        if state.recs.source == "personal" or state.phase == 0:
+            state.phase_shares[state.phase] = (shares[0], shares[1])
+        return shares[0], shares[1]
 
+    console = Console(stderr=True)
     if options.plain:
         while True:
-            share = await poll_spotlight()
+            share_a, share_b = await poll_spotlight()
             console.print(f"produced {state.produced:,}  applied {int(state.board.totals['events_processed']):,}  "
                           f"dead-lettered {int(state.board.totals['events_dead_lettered']):,}  "
-                          f"'{state.spotlight_tag}' in {state.spotlight_user}'s top-10: {share:.0%}")
+                          f"{state.spotlight_user}'s top-10: {share_a:.0%} '{tag_a}', {share_b:.0%} '{tag_b}'")
             await asyncio.sleep(2.0)
     with Live(screen(), console=console, refresh_per_second=4) as live:
         while True:
@@ -217,22 +215,26 @@ async def _display(options: DemoOptions, state: DemoState, reader: AsyncRecsRead
             await asyncio.sleep(0.5)
 
 
-def _print_summary(options: DemoOptions, state: DemoState, worker: WorkerProcess) -> None:
+def _print_summary(options: DemoOptions, state: DemoState) -> None:
     board = state.board
     elapsed = time.monotonic() - state.started
-    fresh = [(h.get("freshness_p50_ms"), h.get("freshness_p99_ms")) for h in board.health.values()]
-    before = [s for n, s in state.spotlight_share if n < options.events // 3]
-    after = [s for n, s in state.spotlight_share if n >= 2 * options.events // 3]
+    health = [h for h in board.health.values() if h.get("freshness_p50_ms") is not None]
+    tag_a, tag_b = state.binge_tags
+    story = []
+    for phase, label in ((0, "as a new viewer"), (1, f"after binging '{tag_a}'"), (2, f"after discovering '{tag_b}'")):
+        if phase in state.phase_shares:
+            a, b = state.phase_shares[phase]
+            story.append(f"{label}: {a:.0%} '{tag_a}', {b:.0%} '{tag_b}'")
     lines = [
         "",
         "streamrec demo summary",
         f"  events produced       {state.produced:,} valid + {state.malformed:,} malformed in {elapsed:.1f} s",
-        f"  applied by the worker {int(board.totals['events_processed']):,}",
+        f"  applied by the worker {int(board.totals['events_processed']):,} (valid events plus the spotlight's binges)",
         f"  dead-lettered         {int(board.totals['events_dead_lettered']):,}",
         f"  worker start-to-ready {state.ready_s:.1f} s",
-        f"  freshness p50 / p99   {fresh[-1][0] if fresh else '-'} / {fresh[-1][1] if fresh else '-'} ms (last window)",
-        f"  spotlight user        {state.spotlight_user}: share of '{state.spotlight_tag}' in their top-10 "
-        f"{(max(before) if before else 0):.0%} before the binge -> {(after[-1] if after else 0):.0%} at the end",
+        f"  freshness p50 / p99   {health[-1]['freshness_p50_ms'] if health else '-'} / "
+        f"{health[-1]['freshness_p99_ms'] if health else '-'} ms (event time to Redis write, last window)",
+        f"  {state.spotlight_user}'s top-10   " + ("; ".join(story) or "-"),
         f"  final list            {', '.join(state.recs.items) if state.recs else '-'}",
     ]
     print("\n".join(lines), file=sys.stderr)

@@ -60,6 +60,7 @@ class Settings:
     ssl_keyfile: str = _setting("", "Private key of the client certificate.")
     session_timeout_s: float = _setting(10.0, "Kafka consumer session timeout: how fast a dead worker's partitions move.")
     rebalance_timeout_s: float = _setting(10.0, "Kafka rebalance timeout (Faust's 60 s default makes joins slow).")
+    fetch_max_wait_ms: int = _setting(100, "Longest a fetch waits at the broker for new events; bounds added latency.")
 
     # --- Redis -----------------------------------------------------------------------------
     redis_url: str = _setting(
