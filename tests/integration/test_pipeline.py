@@ -33,8 +33,8 @@ def test_list_moves_toward_the_community_a_user_engages_with(make_settings, star
     worker = start_worker(settings)
     background = list(world.events(15_000, start_ms=_now_ms() - 60_000))
     produce(settings, background)
-    tag = world.communities[3]
-    engaged = world.engage("fan-1", tag, 8, _now_ms())
+    tag = "gaming"  # a mid-sized community (26 of 400 items)
+    engaged = world.engage("fan-1", tag, 6, _now_ms())
     produce(settings, engaged)
     _wait_applied(worker, len(background) + len(engaged))
 
@@ -43,17 +43,17 @@ def test_list_moves_toward_the_community_a_user_engages_with(make_settings, star
     assert len(recs.items) == settings.top_n
     engaged_items = {e["item_id"] for e in engaged}
     assert not engaged_items & set(recs.items), "items the user engaged with must be excluded"
-    base_rate = sum(tag in world.item_tags(i) for i in world.item_ids) / len(world.item_ids)
+    popular = read_recs(settings, "nobody-has-seen-me", n=10)
+    assert popular.source == "popular" and len(popular.items) == 10
     top10_share = _tag_share(world, recs.items[:10], tag)
-    assert top10_share >= 0.4 and top10_share > 5 * base_rate, (top10_share, base_rate, recs.items[:10])
+    # Seeded offline runs of this stream with random batch sizes give 0.8 to 1.0 (popular list: <= 0.2).
+    assert top10_share >= 0.5 and top10_share >= _tag_share(world, popular.items, tag) + 0.3, recs.items[:10]
     # The community's unseen items rank above the rest of the list on average.
     ranks_in = [r for r, i in enumerate(recs.items) if tag in world.item_tags(i)]
     ranks_out = [r for r, i in enumerate(recs.items) if tag not in world.item_tags(i)]
     assert ranks_in and (not ranks_out or sum(ranks_in) / len(ranks_in) < sum(ranks_out) / len(ranks_out))
     assert recs.model_version and recs.updated_ms and recs.scores == sorted(recs.scores, reverse=True)
 
-    unknown = read_recs(settings, "nobody-has-seen-me", n=10)
-    assert unknown.source == "popular" and len(unknown.items) == 10
 
 
 def test_metrics_topic_carries_exact_counts_per_item_creator_and_tag(make_settings, start_worker):
@@ -161,12 +161,12 @@ def test_restarted_worker_resumes_with_its_learned_state(services, make_settings
     worker = start_worker(settings, "first")
     background = list(world.events(15_000, start_ms=_now_ms() - 60_000))
     produce(settings, background)
-    tag = world.communities[2]
-    engaged = world.engage("fan-2", tag, 8, _now_ms())
+    tag = "gaming"
+    engaged = world.engage("fan-2", tag, 6, _now_ms())
     produce(settings, engaged)
     _wait_applied(worker, len(background) + len(engaged))
     before = read_recs(settings, "fan-2")
-    assert _tag_share(world, before.items[:10], tag) >= 0.4
+    assert _tag_share(world, before.items[:10], tag) >= 0.5
     time.sleep(3.5)  # past Faust's commit interval, so the restart does not replay everything
     worker.kill()  # mid-stream crash: SIGKILL, no graceful shutdown
 
@@ -182,4 +182,4 @@ def test_restarted_worker_resumes_with_its_learned_state(services, make_settings
     # Its history came back (all previously engaged items stay excluded) and so did its taste.
     assert not {e["item_id"] for e in engaged} & set(after.items)
     assert one_more["item_id"] not in after.items
-    assert _tag_share(world, after.items[:10], tag) >= 0.4, after.items[:10]
+    assert _tag_share(world, after.items[:10], tag) >= 0.5, after.items[:10]
