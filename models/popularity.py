@@ -94,19 +94,29 @@ class Popularity:
         t = np.full(len(w), self._now) if ts_ms is None else np.array(ts_ms, dtype=np.float64)
         if t.shape != w.shape or not np.isfinite(t).all():
             raise InvalidInputError(f"ts_ms must be finite with shape {w.shape}")
+        i = self._index(items)
+        if self.half_life_s is not None:
+            w = w * self._forward_decay(t)
+        np.add.at(self._c, i, w)
+
+    def _index(self, items: Sequence[str]) -> np.ndarray:
+        """Indices of ``items`` (new ones added), with room for their counts."""
         i = self._items.index(items)
         if len(self._c) < len(self._items):
             c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
             c[: len(self._c)] = self._c
             self._c = c
-        if self.half_life_s is not None:
-            h = self.half_life_s * 1000.0
-            self._now = max(self._now, float(t.max(initial=self._now)))
-            if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
-                self._c *= 2.0 ** ((self._t0 - self._now) / h)
-                self._t0 = self._now
-            w = w * np.exp2((t - self._t0) / h)
-        np.add.at(self._c, i, w)
+        return i
+
+    def _forward_decay(self, t: np.ndarray) -> np.ndarray:
+        """Advance the clock to ``t`` (re-basing when far ahead); factors ``2^((t - t0)/h)``."""
+        assert self.half_life_s is not None
+        h = self.half_life_s * 1000.0
+        self._now = max(self._now, float(t.max(initial=self._now)))
+        if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
+            self._c *= 2.0 ** ((self._t0 - self._now) / h)
+            self._t0 = self._now
+        return np.exp2((t - self._t0) / h)
 
     # -------------------------------------------------------------- scoring
     def _current(self) -> np.ndarray:
@@ -184,18 +194,9 @@ class Popularity:
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (len(items),) or not np.isfinite(w).all():
             raise InvalidInputError(f"weights must be finite with shape ({len(items)},)")
-        i = self._items.index(items)
-        if len(self._c) < len(self._items):
-            c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
-            c[: len(self._c)] = self._c
-            self._c = c
+        i = self._index(items)
         if self.half_life_s is not None:
-            h = self.half_life_s * 1000.0
-            self._now = max(self._now, float(ts_ms))
-            if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
-                self._c *= 2.0 ** ((self._t0 - self._now) / h)
-                self._t0 = self._now
-            w = w * np.exp2((float(ts_ms) - self._t0) / h)
+            w = w * self._forward_decay(np.array([float(ts_ms)]))
         self._c[i] = w
 
     def __repr__(self) -> str:

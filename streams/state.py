@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import orjson
@@ -60,13 +60,7 @@ def encode_user(vector: np.ndarray, history: Sequence[str]) -> bytes:
 
 
 def decode_user(blob: bytes) -> tuple[np.ndarray, list[str]]:
-    magic, k = _unpack_header(blob, _USER_MAGIC)
-    end = _HEADER.size + 4 * k
-    vector = np.frombuffer(blob, dtype="<f4", count=k, offset=_HEADER.size).astype(np.float32)
-    try:
-        history = orjson.loads(blob[end:])
-    except orjson.JSONDecodeError as exc:
-        raise StateCorrupt(f"user state history is not JSON: {exc}") from None
+    vector, history = _split(blob, _USER_MAGIC)
     return vector, list(history)
 
 
@@ -83,25 +77,25 @@ def encode_item(state: ItemState) -> bytes:
 
 
 def decode_item(blob: bytes) -> ItemState:
-    magic, k = _unpack_header(blob, _ITEM_MAGIC)
-    end = _HEADER.size + 4 * k
-    vector = np.frombuffer(blob, dtype="<f4", count=k, offset=_HEADER.size).astype(np.float32)
-    try:
-        meta = orjson.loads(blob[end:])
-    except orjson.JSONDecodeError as exc:
-        raise StateCorrupt(f"item state metadata is not JSON: {exc}") from None
+    vector, meta = _split(blob, _ITEM_MAGIC)
     return ItemState(vector, float(meta["b"]), meta["c"], tuple(meta["t"]), float(meta["p"]), int(meta["pt"]))
 
 
-def _unpack_header(blob: bytes, expected: bytes) -> tuple[bytes, int]:
+def _split(blob: bytes, expected: bytes) -> tuple[np.ndarray, Any]:
+    """The float32 factors and the decoded JSON tail of a state value."""
     if len(blob) < _HEADER.size:
         raise StateCorrupt("state value is too short")
     magic, k = _HEADER.unpack_from(blob)
     if magic != expected:
         raise StateCorrupt(f"state value has magic {magic!r}, expected {expected!r}")
-    if len(blob) < _HEADER.size + 4 * k:
+    end = _HEADER.size + 4 * k
+    if len(blob) < end:
         raise StateCorrupt("state value is truncated")
-    return magic, k
+    vector = np.frombuffer(blob, dtype="<f4", count=k, offset=_HEADER.size).astype(np.float32)
+    try:
+        return vector, orjson.loads(blob[end:])
+    except orjson.JSONDecodeError as exc:
+        raise StateCorrupt(f"state value's JSON tail is not JSON: {exc}") from None
 
 
 class StateStore(Protocol):

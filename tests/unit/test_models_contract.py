@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models import BPRMF, ModelError, Popularity, Recommender
+from tests.unit.planted import planted_stream
 
 FACTORIES: dict[str, Callable[[], Recommender]] = {
     "bprmf": lambda: BPRMF(n_factors=8, seed=7),
@@ -19,17 +20,6 @@ FACTORIES: dict[str, Callable[[], Recommender]] = {
 @pytest.fixture(params=sorted(FACTORIES))
 def make(request: pytest.FixtureRequest) -> Callable[[], Recommender]:
     return FACTORIES[request.param]
-
-
-def planted_stream(
-    n_events: int, *, n_groups: int = 4, users_per_group: int = 40, items_per_group: int = 30, seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """Users of group g only engage items of group g, with a Zipf-like taste inside the group."""
-    rng = np.random.default_rng(seed)
-    u = rng.integers(0, n_groups * users_per_group, n_events)
-    pop = 1.0 / np.arange(1, items_per_group + 1) ** 0.7
-    it = rng.choice(items_per_group, n_events, p=pop / pop.sum()) + (u // users_per_group) * items_per_group
-    return [f"u{x}" for x in u], [f"i{x}" for x in it]
 
 
 def held_out_hr(model: Recommender, users: list[str], items: list[str], n_train: int, n: int = 10) -> float:
