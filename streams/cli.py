@@ -93,8 +93,14 @@ def _worker(args: argparse.Namespace) -> int:
     # Create the topics with the configured partitions before Faust subscribes: a consumer
     # group that subscribes to a missing topic waits for a metadata refresh to be assigned it.
     asyncio.run(ensure_topics(settings))
-    # Faust parses sys.argv; the web server follows STREAMREC_WEB_ENABLED (off by default).
+    # Faust parses sys.argv, and its worker command turns the web server on unless told not to:
+    # it follows STREAMREC_WEB_ENABLED (off by default) and binds STREAMREC_WEB_HOST.
     sys.argv = ["streamrec", "worker", "--loglevel", level]
+    if settings.web_enabled:
+        sys.argv += ["--with-web", "--web-bind", settings.web_host, "--web-host", settings.web_host,
+                     "--web-port", str(settings.web_port)]
+    else:
+        sys.argv.append("--without-web")
     app.main()
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from streams.dev import free_port
 from streams.settings import Settings
 
 TEST_BROKER_ENV = "STREAMREC_TEST_BROKER"
@@ -59,6 +60,7 @@ def make_settings(services: Services) -> Callable[..., Settings]:
             metrics_grace_s=0.5,
             session_timeout_s=6.0,
             rebalance_timeout_s=6.0,
+            web_port=free_port(),  # the web server is off by default; a test checks nothing listens here
         )
         values.update(overrides)
         return Settings.from_env({}, **values)

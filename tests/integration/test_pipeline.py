@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -31,6 +32,8 @@ def test_list_moves_toward_the_community_a_user_engages_with(make_settings, star
     settings = make_settings()
     world = SyntheticWorld(WorldConfig(users=300, items=400, creators=60, communities=8, seed=11))
     worker = start_worker(settings)
+    with pytest.raises(OSError):  # Faust's web server (and its table views) is off by default
+        socket.create_connection(("127.0.0.1", settings.web_port), timeout=1).close()
     background = list(world.events(15_000, start_ms=_now_ms() - 60_000))
     produce(settings, background)
     tag = "gaming"  # a mid-sized community (26 of 400 items)
