@@ -8,6 +8,7 @@
     streamrec dev up|down|status          the embedded broker and Redis
     streamrec demo [--events N]           everything at once, on the embedded services
     streamrec settings                    every setting with its variable and default
+    streamrec eval --data PATH --format F prequential HR@10 / NDCG@10 / recall@20 of the models
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="plain progress lines instead of a live screen")
 
     sub.add_parser("settings", help="list every setting with its environment variable and default")
+
+    from streams.eval_cli import add_arguments as add_eval_arguments  # light: models load when it runs
+
+    add_eval_arguments(sub.add_parser("eval", help="prequential evaluation of the models on a dataset"))
     return parser
 
 
@@ -238,6 +243,12 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from streams.eval_cli import main as eval_main
+
+    return eval_main(args)
+
+
 _COMMANDS = {
     "worker": _worker,
     "produce": _produce,
@@ -246,6 +257,7 @@ _COMMANDS = {
     "dev": _dev,
     "demo": _demo,
     "settings": _settings,
+    "eval": _eval,
 }
 
 if __name__ == "__main__":
