@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -116,6 +117,123 @@ def rank_rows(
             mask_excluded(s, items, exclude[lo:hi])
         out += select_top(s, n, ids)
     return out
+
+
+def tag_tuple(tags: Iterable[str] | None) -> tuple[str, ...]:
+    """Distinct tags in first-seen order; ``None`` means none. A bare string is rejected."""
+    if tags is None:
+        return ()
+    if isinstance(tags, (str, bytes)):
+        raise InvalidInputError("tags must be a sequence of strings, not a single string")
+    out = tuple(dict.fromkeys(tags))
+    if not all(isinstance(t, str) for t in out):
+        raise InvalidInputError(f"tags must be strings, got {out!r}")
+    return out
+
+
+def check_tag_lists(tags: object, n: int) -> Sequence[Iterable[str] | None]:
+    """Validate per-event tag lists: ``n`` entries, each a sequence of strings or ``None``."""
+    if isinstance(tags, (str, bytes)) or not hasattr(tags, "__len__") or not hasattr(tags, "__getitem__"):
+        raise InvalidInputError("item_tags must be a sequence with one list of tags per event")
+    if len(tags) != n:
+        raise InvalidInputError(f"item_tags has {len(tags)} entries for {n} events")
+    return tags  # type: ignore[return-value]
+
+
+class TagIndex:
+    """Which tags each item carries and which items carry each tag, by dense index.
+
+    Items are the owning model's item indices. A tag's members are kept in
+    ascending item index, i.e. oldest item first, so "the most recent members"
+    are the last ones. Serialises to the tag vocabulary plus two ``int64``
+    arrays in CSR layout (``ptr``, ``idx``).
+    """
+
+    __slots__ = ("vocab", "item_tags", "members", "tagged")
+
+    def __init__(self) -> None:
+        self.vocab = IdMap()
+        self.item_tags: list[tuple[int, ...]] = []  # per item index; () = untagged
+        self.members: list[list[int]] = []  # per tag index, ascending item indices
+        self.tagged = np.zeros(0, bool)  # per item index, a vectorised view of bool(item_tags[i])
+
+    def grow(self, n_items: int) -> None:
+        """Make room for items ``0 .. n_items - 1`` (new ones untagged)."""
+        if len(self.item_tags) < n_items:
+            self.item_tags.extend([()] * (n_items - len(self.item_tags)))
+        if len(self.tagged) < n_items:
+            t = np.zeros(max(n_items, 2 * len(self.tagged), 16), bool)
+            t[: len(self.tagged)] = self.tagged
+            self.tagged = t
+
+    def set(self, item: int, tags: tuple[str, ...]) -> None:
+        """Replace the tags of ``item`` (``()`` untags it)."""
+        self.grow(item + 1)
+        for t in self.item_tags[item]:
+            mem = self.members[t]
+            del mem[bisect.bisect_left(mem, item)]
+        idx = tuple(self.vocab.index(list(tags)).tolist()) if tags else ()
+        self.members.extend([] for _ in range(len(self.vocab) - len(self.members)))
+        for t in idx:
+            mem = self.members[t]
+            if not mem or mem[-1] < item:
+                mem.append(item)
+            else:
+                bisect.insort(mem, item)
+        self.item_tags[item] = idx
+        self.tagged[item] = bool(idx)
+
+    def pending(self, items: np.ndarray, tags: Sequence[Iterable[str] | None]) -> dict[int, tuple[str, ...]]:
+        """For each untagged item of ``items``, the first non-empty entry of ``tags`` (aligned with ``items``)."""
+        out: dict[int, tuple[str, ...]] = {}
+        for e in np.flatnonzero(~self.tagged[items]).tolist():
+            x = int(items[e])
+            if x not in out:
+                t = tag_tuple(tags[e])
+                if t:
+                    out[x] = t
+        return out
+
+    def recent_members(self, tags: Iterable[str], limit: int) -> list[np.ndarray]:
+        """Per known tag of ``tags`` that has members: its ``limit`` newest member indices."""
+        out = []
+        for name in tags:
+            t = self.vocab.get(name)
+            if t is not None and self.members[t]:
+                out.append(np.array(self.members[t][-limit:], dtype=np.int64))
+        return out
+
+    def names(self, item: int) -> list[str]:
+        """Tags of ``item`` (``[]`` if none)."""
+        ids = self.vocab._ids
+        return [ids[t] for t in self.item_tags[item]] if item < len(self.item_tags) else []
+
+    def to_arrays(self, n_items: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        self.grow(n_items)
+        rows = self.item_tags[:n_items]
+        ptr = np.zeros(n_items + 1, np.int64)
+        ptr[1:] = np.cumsum([len(r) for r in rows])
+        idx = np.fromiter((t for r in rows for t in r), np.int64, int(ptr[-1]))
+        return self.vocab.to_list(), ptr, idx
+
+    @classmethod
+    def from_arrays(cls, vocab: list[str], ptr: np.ndarray, idx: np.ndarray, n_items: int) -> TagIndex:
+        """Inverse of :meth:`to_arrays`; raises ``ValueError`` on inconsistent arrays."""
+        out = cls()
+        out.vocab = IdMap.from_list(vocab)
+        out.members = [[] for _ in range(len(out.vocab))]
+        if ptr.shape != (n_items + 1,) or ptr[0] != 0 or ptr[-1] != len(idx) or (np.diff(ptr) < 0).any():
+            raise ValueError("tag arrays do not match the items")
+        if len(idx) and not (idx.min() >= 0 and idx.max() < len(out.vocab)):
+            raise ValueError("tag index out of range")
+        p, x = ptr.tolist(), idx.tolist()
+        out.item_tags = [tuple(x[p[r] : p[r + 1]]) for r in range(n_items)]
+        out.grow(n_items)
+        for item, row in enumerate(out.item_tags):
+            for t in row:
+                out.members[t].append(item)
+            out.tagged[item] = bool(row)
+        return out
 
 
 def pack(kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:

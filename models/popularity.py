@@ -34,6 +34,11 @@ class Popularity:
     latest event time seen, 0 initially). Any user, known or not, gets the
     same list, which makes this the cold-start fallback.
 
+    Items may carry tags (``item_tags=`` / ``tags=`` when learning, or
+    :meth:`set_item_tags`): :meth:`top_n_for_tags` then ranks what is trending
+    *within* some tags, e.g. the communities a new user picked, scoring item
+    :math:`i` for tags :math:`T` as :math:`s_i(t) \, |T \cap \mathrm{tags}(i)|`.
+
     Parameters
     ----------
     half_life_s
@@ -49,6 +54,9 @@ class Popularity:
     >>> counts.learn_batch(["u1", "u2", "u2"], ["a", "b", "a"], weights=[1.0, 3.0, 1.0])
     >>> counts.top_n("u1", 5, exclude=["b"])
     [('a', 2.0)]
+    >>> counts.set_item_tags(["a", "b"], [["jazz"], ["jazz", "rock"]])
+    >>> counts.top_n_for_tags(["rock"], 5), counts.top_n_for_tags(["jazz", "rock"], 5)
+    ([('b', 3.0)], [('b', 6.0), ('a', 2.0)])
     """
 
     def __init__(self, half_life_s: float | None = None) -> None:
@@ -59,6 +67,7 @@ class Popularity:
         self._c = np.zeros(0)  # forward-decayed counts, float64
         self._t0 = 0.0  # base time (ms) of the forward decay
         self._now = 0.0  # latest event time seen (ms)
+        self._tags = C.TagIndex()
 
     @property
     def n_items(self) -> int:
@@ -75,9 +84,18 @@ class Popularity:
         return item in self._items
 
     # ------------------------------------------------------------- learning
-    def learn_one(self, user: str, item: str, weight: float = 1.0, ts_ms: float | None = None) -> None:
-        """Count one event of ``item`` (``user`` is ignored) at ``ts_ms``."""
-        self._learn([item], np.array([C.check_weight(weight)]), None if ts_ms is None else [ts_ms])
+    def learn_one(
+        self,
+        user: str,
+        item: str,
+        weight: float = 1.0,
+        ts_ms: float | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+    ) -> None:
+        """Count one event of ``item`` (``user`` is ignored) at ``ts_ms``; ``tags`` are the item's."""
+        self._learn([item], np.array([C.check_weight(weight)]), None if ts_ms is None else [ts_ms],
+                    None if tags is None else [tags])
 
     def learn_batch(
         self,
@@ -85,16 +103,33 @@ class Popularity:
         items: Sequence[str],
         weights: np.ndarray | Sequence[float] | None = None,
         ts_ms: np.ndarray | Sequence[float] | None = None,
+        *,
+        item_tags: Sequence[Iterable[str] | None] | None = None,
     ) -> None:
-        """Count a batch of events; ``ts_ms`` (one per event) matters only with a half-life."""
-        C.check_pairs(users, items)
-        self._learn(items, C.as_weights(weights, len(items)), ts_ms)
+        """Count a batch of events; ``ts_ms`` (one per event) matters only with a half-life.
 
-    def _learn(self, items: Sequence[str], w: np.ndarray, ts_ms: np.ndarray | Sequence[float] | None) -> None:
+        ``item_tags[e]`` (optional) are the tags of ``items[e]``; an item keeps
+        the first non-empty tags it is given (see :meth:`set_item_tags` to change them).
+        """
+        C.check_pairs(users, items)
+        if item_tags is not None:
+            C.check_tag_lists(item_tags, len(items))
+        self._learn(items, C.as_weights(weights, len(items)), ts_ms, item_tags)
+
+    def _learn(
+        self,
+        items: Sequence[str],
+        w: np.ndarray,
+        ts_ms: np.ndarray | Sequence[float] | None,
+        item_tags: Sequence[Iterable[str] | None] | None = None,
+    ) -> None:
         t = np.full(len(w), self._now) if ts_ms is None else np.array(ts_ms, dtype=np.float64)
         if t.shape != w.shape or not np.isfinite(t).all():
             raise InvalidInputError(f"ts_ms must be finite with shape {w.shape}")
         i = self._index(items)
+        if item_tags is not None:
+            for x, tags in self._tags.pending(i, item_tags).items():
+                self._tags.set(x, tags)
         if self.half_life_s is not None:
             w = w * self._forward_decay(t)
         np.add.at(self._c, i, w)
@@ -106,6 +141,7 @@ class Popularity:
             c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
             c[: len(self._c)] = self._c
             self._c = c
+        self._tags.grow(len(self._items))
         return i
 
     def _forward_decay(self, t: np.ndarray) -> np.ndarray:
@@ -154,11 +190,53 @@ class Popularity:
         best = C.select_top(self._current()[None, :], depth, self._items._ids)[0]
         return [[(i, s) for i, s in best if i not in ex][:n] for ex in excluded]
 
+    def top_n_for_tags(
+        self, tags: Iterable[str], n: int, exclude: Iterable[str] = ()
+    ) -> list[tuple[str, float]]:
+        """The ``n`` best ``(item, score)`` among items carrying any of ``tags``: trending within them.
+
+        The score is the item's (decayed) count times how many of ``tags`` it
+        carries, so an item in two of a new user's communities outranks an
+        equally popular item in one. Unknown tags are ignored; with no known
+        tag the list is empty (fall back to :meth:`top_n`). Never returns an
+        excluded item; ties go to the item seen first.
+        """
+        tags = C.tag_tuple(tags)
+        n = C.check_n(n)
+        excluded = C.id_set(exclude)
+        groups = [self._tags.members[t] for t in map(self._tags.vocab.get, tags) if t is not None]
+        if not groups or n == 0:
+            return []
+        cand, matches = np.unique(np.concatenate([np.array(g, dtype=np.int64) for g in groups]), return_counts=True)
+        scores = self._current()[cand] * matches
+        ids = self._items._ids
+        if excluded:
+            scores[[r for r, j in enumerate(cand.tolist()) if ids[j] in excluded]] = -np.inf
+        best = C.select_top(scores[None, :], min(n, len(cand)), [ids[j] for j in cand.tolist()])[0]
+        return best
+
+    def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None:
+        """Set (replace) the tags of ``items``; unknown items are added with a count of 0.
+
+        >>> pop = Popularity()
+        >>> pop.set_item_tags(["new"], [["diy", "art"]])
+        >>> pop.top_n_for_tags(["art"], 3)
+        [('new', 0.0)]
+        """
+        C.check_ids(items, "items")
+        C.check_tag_lists(tags, len(items))
+        i = self._index(items)
+        for x, t in zip(i.tolist(), tags):
+            self._tags.set(x, C.tag_tuple(t))
+
     # -------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
-        """Serialise the counts, id map and clock (no pickle)."""
-        meta = {"half_life_s": self.half_life_s, "t0": self._t0, "now": self._now, "items": self._items.to_list()}
-        return C.pack(_KIND, meta, {"c": self._c[: len(self._items)]})
+        """Serialise the counts, id map, tags and clock (no pickle)."""
+        n = len(self._items)
+        tags, tag_ptr, tag_idx = self._tags.to_arrays(n)
+        meta = {"half_life_s": self.half_life_s, "t0": self._t0, "now": self._now, "items": self._items.to_list(),
+                "tags": tags}
+        return C.pack(_KIND, meta, {"c": self._c[:n], "tag_ptr": tag_ptr, "tag_idx": tag_idx})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Popularity:
@@ -171,6 +249,10 @@ class Popularity:
             model._c = np.array(a["c"], dtype=np.float64)
             if model._c.shape != (model.n_items,) or not (math.isfinite(model._t0) and math.isfinite(model._now)):
                 raise ValueError("counts do not match the id map")
+            if "tag_ptr" in a:
+                model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], model.n_items)
+            else:
+                model._tags.grow(model.n_items)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         return model

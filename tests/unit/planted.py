@@ -14,3 +14,8 @@ def planted_stream(
     pop = 1.0 / np.arange(1, items_per_group + 1) ** 0.7
     it = rng.choice(items_per_group, n_events, p=pop / pop.sum()) + (u // users_per_group) * items_per_group
     return [f"u{x}" for x in u], [f"i{x}" for x in it]
+
+
+def planted_tag(item: str, items_per_group: int = 30) -> str:
+    """The taste group of a planted item id as a tag: ``i{n}`` -> ``g{n // items_per_group}``."""
+    return f"g{int(item[1:]) // items_per_group}"

@@ -23,7 +23,8 @@ from models import (
     event_weight,
     event_weights,
 )
-from tests.unit.planted import planted_stream
+from models._common import pack, unpack
+from tests.unit.planted import planted_stream, planted_tag
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,21 +127,156 @@ def test_bpr_learn_one_is_a_batch_of_one() -> None:
     assert a.to_bytes() == b.to_bytes()
 
 
-def test_bpr_seeds_differ_and_weights_matter() -> None:
+def test_bpr_seeds_differ_and_weights_are_relative() -> None:
     users, items = planted_stream(500)
-    runs: dict[tuple[int, float], list[np.ndarray]] = {}
-    for seed, w in ((0, 1.0), (0, 1.0), (1, 1.0), (0, 3.0)):
+    mixed = np.resize([1.0, 3.0, 5.0], len(users))
+    runs: dict[tuple[int, str], list[np.ndarray]] = {}
+    for seed, name, w in ((0, "one", 1.0), (0, "one", 1.0), (1, "one", 1.0), (0, "three", 3.0), (0, "mixed", mixed)):
         m = BPRMF(n_factors=8, seed=seed)
+        m.learn_batch(users, items, np.broadcast_to(w, len(users)))
+        runs.setdefault((seed, name), []).append(m.score("u1"))
+    np.testing.assert_array_equal(*runs[(0, "one")])
+    assert not np.array_equal(runs[(0, "one")][0], runs[(1, "one")][0])
+    # weights count relative to their running mean: scaling all of them changes nothing...
+    np.testing.assert_allclose(runs[(0, "one")][0], runs[(0, "three")][0], rtol=1e-4, atol=1e-6)
+    # ... but their differences do
+    assert not np.allclose(runs[(0, "one")][0], runs[(0, "mixed")][0], rtol=1e-3)
+    raw = [BPRMF(n_factors=8, normalize_weights=False) for _ in range(2)]
+    for m, w in zip(raw, (1.0, 3.0)):
         m.learn_batch(users, items, np.full(len(users), w))
-        runs.setdefault((seed, w), []).append(m.score("u1"))
-    np.testing.assert_array_equal(*runs[(0, 1.0)])
-    assert not np.array_equal(runs[(0, 1.0)][0], runs[(1, 1.0)][0])
-    assert not np.array_equal(runs[(0, 1.0)][0], runs[(0, 3.0)][0])
+    assert not np.allclose(raw[0].score("u1"), raw[1].score("u1"), rtol=1e-3)
     m = BPRMF(n_factors=8)
     m.learn_batch(users, items)
     before = m.to_bytes()
     m.learn_batch(users[:50], items[:50], np.zeros(50))  # zero weight: no step at all
     assert m.to_bytes() == before
+
+
+def test_bpr_adaptive_negatives_are_the_best_scored_candidates() -> None:
+    users, items = planted_stream(3000, seed=6)
+    m = BPRMF(n_factors=8, seed=0, negative_candidates=1)
+    m.learn_batch(users, items)
+    u, i = m._users.lookup(users[:500]), m._items.lookup(items[:500])
+
+    def mean_score(c: int) -> float:
+        m.negative_candidates = c
+        j = m._negatives(u, i)
+        assert j.shape == (500, m.n_negatives) and not (j == i[:, None]).any()
+        return float(np.mean(np.einsum("bk,bmk->bm", m._U[u], m._V[j]) + m._b[j]))
+
+    uniform, adaptive, harder = mean_score(1), mean_score(2), mean_score(4)
+    assert uniform < adaptive < harder, (uniform, adaptive, harder)
+    # c = 1 is plain uniform sampling: the generator's draws, shifted past the positive
+    m.negative_candidates = 1
+    state = m._rng.bit_generator.state
+    j = m._negatives(u, i)
+    m._rng.bit_generator.state = state
+    want = m._rng.integers(0, m.n_items - 1, size=(500, m.n_negatives))
+    np.testing.assert_array_equal(j, want + (want >= i[:, None]))
+
+
+def test_bpr_user_decay_per_event_and_by_time() -> None:
+    kw = {"n_factors": 4, "learning_rate": 1e-9, "regularization": 0.0}  # steps negligible: decay alone
+    m = BPRMF(user_decay=0.25, **kw)
+    m.learn_batch(["a", "b"], ["x", "y"])
+    p = m.user_vectors(["a"])
+    m.learn_one("a", "y")
+    np.testing.assert_allclose(m.user_vectors(["a"]), 0.75 * p, rtol=1e-5)
+    t = BPRMF(user_decay=0.0, user_decay_half_life_s=10.0, **kw)
+    t.learn_batch(["a", "b"], ["x", "y"], ts_ms=[0, 0])
+    p = t.user_vectors(["a"])
+    t.learn_batch(["a", "a"], ["y", "x"], ts_ms=[10_000, 30_000])  # 1 then 2 half-lives, one after another
+    np.testing.assert_allclose(t.user_vectors(["a"]), p / 8, rtol=1e-5)
+    t.learn_one("a", "y")  # no time given: no time decay
+    np.testing.assert_allclose(t.user_vectors(["a"]), p / 8, rtol=1e-5)
+    t.learn_one("a", "x", ts_ms=20_000)  # out of order: no negative gap, no decay
+    np.testing.assert_allclose(t.user_vectors(["a"]), p / 8, rtol=1e-5)
+    with pytest.raises(ModelError):
+        t.learn_batch(["a"], ["x"], ts_ms=[1.0, 2.0])
+    with pytest.raises(ModelError):
+        t.learn_one("a", "x", ts_ms=float("nan"))
+
+
+def test_bpr_new_item_starts_from_its_tags() -> None:
+    users, items = planted_stream(8000, seed=3)
+    tags = [[planted_tag(i)] for i in items]
+    fans = sorted({u for u in users if int(u[1:]) // 40 == 0})  # group 0 users like the g0 items
+    ranks = {}
+    for tag_init in (True, False):
+        m = BPRMF(n_factors=8, seed=0, tag_init=tag_init)
+        for lo in range(0, len(users), 500):
+            m.learn_batch(users[lo : lo + 500], items[lo : lo + 500], item_tags=tags[lo : lo + 500])
+        g0 = [i for i in m.item_ids if planted_tag(i) == "g0"]
+        mean_vec, mean_bias = m.tag_vector(["g0"])
+        np.testing.assert_allclose(mean_vec, m.item_vectors(g0)[0].mean(0), rtol=1e-5, atol=1e-6)
+        assert mean_bias == pytest.approx(float(m.item_vectors(g0)[1].mean()), abs=1e-6)
+        m.set_item_tags(["fresh"], [["g0"]])  # a new item nobody has engaged yet
+        v, b = m.item_vectors(["fresh"])
+        if tag_init:  # the prior plus init noise
+            assert np.linalg.norm(v[0] - mean_vec) < 4 * m.init_std * np.sqrt(m.n_factors)
+            assert b[0] == pytest.approx(mean_bias)
+        else:
+            assert b[0] == 0.0
+        s = np.stack([m.score(u) for u in fans])
+        ranks[tag_init] = float(np.mean((s > s[:, [m.item_ids.index("fresh")]]).sum(1)))
+    # with its prior the new item sits among the 30 g0 items; as noise it sits below all of them
+    # (a zero score still beats the other groups' items, which the fans score negatively)
+    assert ranks[True] < 20 and ranks[False] > 25, ranks
+
+
+def test_bpr_tags_validation_and_first_tags_win() -> None:
+    m = BPRMF(n_factors=4)
+    m.learn_batch(["a", "b"], ["x", "y"], item_tags=[["t1"], None])
+    m.learn_batch(["a", "b"], ["x", "y"], item_tags=[["t2"], ("t1", "t1")])  # x keeps t1; y takes t1
+    assert m._tags.names(m._items.get("x")) == ["t1"] and m._tags.names(m._items.get("y")) == ["t1"]
+    m.learn_one("c", "z", tags=["t2"])
+    assert m._tags.names(m._items.get("z")) == ["t2"]
+    m.set_item_tags(["x"], [[]])  # untag
+    assert m._tags.names(m._items.get("x")) == []
+    with pytest.raises(ModelError):
+        m.learn_batch(["a"], ["x"], item_tags=[["t"], ["u"]])  # one list per event
+    with pytest.raises(ModelError):
+        m.learn_batch(["a"], ["x"], item_tags=["t1"])  # a bare string is not a list of tags
+    with pytest.raises(ModelError):
+        m.set_item_tags(["x"], "t1")  # type: ignore[arg-type]
+    vec, bias = BPRMF(n_factors=3).tag_vector(["nothing"])
+    assert vec.tolist() == [0.0, 0.0, 0.0] and bias == 0.0
+
+
+def test_bpr_round_trip_keeps_tags_times_and_weight_stats() -> None:
+    users, items = planted_stream(2000, seed=8)
+    tags = [[planted_tag(i)] for i in items]
+    ts = np.arange(len(users)) * 1000.0
+    a = BPRMF(n_factors=8, seed=4, user_decay_half_life_s=60.0)
+    a.learn_batch(users[:1500], items[:1500], np.resize([1.0, 3.0], 1500), item_tags=tags[:1500], ts_ms=ts[:1500])
+    b = BPRMF.from_bytes(a.to_bytes())
+    for m in (a, b):
+        m.learn_batch(users[1500:] + ["u1"], items[1500:] + ["brand-new"], item_tags=tags[1500:] + [["g1"]],
+                      ts_ms=np.r_[ts[1500:], 3e6])
+        m.set_item_tags(["newer"], [["g2"]])
+    assert a.to_bytes() == b.to_bytes()
+    np.testing.assert_array_equal(a.tag_vector(["g1"])[0], b.tag_vector(["g1"])[0])
+
+
+def test_bpr_bytes_without_new_hyperparameters_load_with_the_old_rule() -> None:
+    m = BPRMF(n_factors=4)
+    m.learn_batch(["a", "b"], ["x", "y"])
+    meta, arrays = unpack(m.to_bytes(), "streamrec.models.BPRMF")
+    for name in ("negative_candidates", "weight_exponent", "normalize_weights", "user_lr_scale", "user_decay",
+                 "user_decay_half_life_s", "tag_init"):
+        del meta["params"][name]
+    for name in ("weight_stats", "tags"):
+        del meta[name]
+    meta.pop("arrays")
+    old = {k: arrays[k] for k in ("U", "V", "b")}
+    kind, version = meta.pop("format"), meta.pop("version")
+    assert version == 1
+    m2 = BPRMF.from_bytes(pack(kind, meta, old))
+    assert (m2.negative_candidates, m2.weight_exponent, m2.normalize_weights, m2.user_lr_scale, m2.user_decay) == (
+        1, 1.0, False, 1.0, 0.0,
+    )
+    np.testing.assert_array_equal(m2.score("a"), m.score("a"))
+    m2.learn_one("a", "z", tags=["t"])  # still learns
 
 
 def test_bpr_planted_tastes_beat_popularity() -> None:
@@ -225,7 +361,12 @@ def test_bpr_hyperparameters_round_trip_and_validation() -> None:
         6, 0.2, 3, np.dtype(np.float64), 4,
     )
     assert m2.score("a").dtype == np.float64
-    for bad in ({"n_factors": 0}, {"learning_rate": 0}, {"n_negatives": -1}, {"dtype": np.int32}):
+    bad_params = (
+        {"n_factors": 0}, {"learning_rate": 0}, {"n_negatives": -1}, {"dtype": np.int32},
+        {"negative_candidates": 0}, {"weight_exponent": -1}, {"user_lr_scale": 0}, {"user_decay": 1.0},
+        {"user_decay_half_life_s": 0},
+    )
+    for bad in bad_params:
         with pytest.raises(ModelError):
             BPRMF(**bad)  # type: ignore[arg-type]
 
@@ -266,6 +407,31 @@ def test_popularity_half_life_decay_is_order_free() -> None:
     c.learn_one("u", "mid")  # no timestamp: stamped at the clock (20 s)
     np.testing.assert_allclose(c.score("u", ["mid"]), [1.5])
     assert [i for i, _ in c.top_n("u", 2)] == ["new", "mid"]
+
+
+def test_popularity_trending_within_tags_for_cold_users() -> None:
+    p = Popularity(half_life_s=10.0)
+    p.learn_batch(["u"] * 6, ["a", "b", "c", "a", "d", "c"], ts_ms=[0, 0, 0, 0, 20_000, 20_000],
+                  item_tags=[["jazz"], ["jazz", "rock"], ["rock"], None, ["pop"], ["jazz"]])  # c keeps ["rock"]
+    # at t = 20 s (two half-lives): a 2 * 0.25, b 0.25, c 0.25 + 1, d 1
+    assert p.top_n_for_tags(["jazz"], 5) == [("a", 0.5), ("b", 0.25)]
+    assert p.top_n_for_tags(["rock"], 5) == [("c", 1.25), ("b", 0.25)]
+    # an item carrying several of the tags counts once per tag; ties go to the item seen first
+    assert p.top_n_for_tags(["jazz", "rock", "nope"], 5) == [("c", 1.25), ("a", 0.5), ("b", 0.5)]
+    assert p.top_n_for_tags(["jazz", "rock"], 2, exclude={"c"}) == [("a", 0.5), ("b", 0.5)]
+    assert p.top_n_for_tags(["nope"], 5) == [] and p.top_n_for_tags(["jazz"], 0) == []
+    assert [i for i, _ in p.top_n("anyone", 2)] == ["c", "d"]  # the global list ignores tags
+    # recent beats old: a burst on b later overtakes a
+    p.learn_one("v", "b", ts_ms=40_000, tags=["ignored: b has tags"])
+    assert [i for i, _ in p.top_n_for_tags(["jazz"], 2)] == ["b", "a"]
+    p.set_item_tags(["a", "e"], [["rock"], ["jazz"]])  # retag a known item, add a new one (count 0)
+    assert p.top_n_for_tags(["jazz"], 5) == [("b", pytest.approx(1.0625)), ("e", 0.0)]
+    q = Popularity.from_bytes(p.to_bytes())
+    assert q.top_n_for_tags(["rock", "jazz"], 9) == p.top_n_for_tags(["rock", "jazz"], 9)
+    with pytest.raises(ModelError):
+        p.top_n_for_tags("jazz", 3)  # a bare string is not a list of tags
+    with pytest.raises(ModelError):
+        p.learn_batch(["u"], ["a"], item_tags=[["x"], ["y"]])
 
 
 # ------------------------------------------------------------ packaging
