@@ -160,9 +160,10 @@ class Pipeline:
             watch_time_weight=self.settings.watch_time_weight,
             watch_time_ref_ms=self.settings.watch_time_ref_ms,
         )
-        self.model.learn_batch(users, items, weights)
+        tags = [e.tags for e in events]  # new items start from their tags' vectors (cold start)
+        self.model.learn_batch(users, items, weights, item_tags=tags)
         ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
-        self.popularity.learn_batch(users, items, weights, ts_ms=ts)
+        self.popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)
         max_history = self.settings.max_history
         for event in events:
             history = self.history.get(event.user_id)
@@ -200,6 +201,9 @@ class Pipeline:
         state = decode_item(blob)
         self.model.set_item_vectors([item_id], state.vector[None, :], np.array([state.bias], dtype=np.float32))
         self.popularity.set_item_weights([item_id], np.array([state.popularity]), state.popularity_ts_ms)
+        if state.tags:
+            self.model.set_item_tags([item_id], [state.tags])
+            self.popularity.set_item_tags([item_id], [state.tags])
         self.item_meta[item_id] = (state.creator_id, state.tags)
 
     def restore_all_items(self) -> int:

@@ -81,10 +81,10 @@ class Settings:
 
     # --- Learning (online SGD, BPR matrix factorisation) ----------------------------------
     n_factors: int = _setting(32, "Latent factors per user and per item.")
-    learning_rate: float = _setting(0.05, "SGD learning rate.")
+    learning_rate: float = _setting(0.075, "SGD learning rate (item step; users take half of it).")
     regularization: float = _setting(0.01, "L2 regularisation.")
     n_negatives: int = _setting(10, "Negative items sampled per positive event.")
-    init_std: float = _setting(0.1, "Standard deviation of the initial factors of new users and items.")
+    init_std: float = _setting(0.03, "Standard deviation of the initial factors of new users and items.")
     seed: int = _setting(0, "Seed of the model's random generator.")
     weight_view: float = _setting(1.0, "Learning weight of a view.")
     weight_like: float = _setting(3.0, "Learning weight of a like.")

@@ -45,3 +45,14 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [env for env, _, _ in describe_settings() if f"`{env}`" not in readme]
     assert not missing
+
+
+def test_learning_defaults_are_the_models_defaults():
+    import inspect
+
+    from models import BPRMF
+
+    defaults = {k: v.default for k, v in inspect.signature(BPRMF).parameters.items()}
+    s = Settings()
+    for name in ("n_factors", "learning_rate", "regularization", "n_negatives", "init_std", "seed"):
+        assert getattr(s, name) == defaults[name], name
