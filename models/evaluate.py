@@ -215,7 +215,12 @@ def prequential(
     users, items, n = stream.users, stream.items, len(stream)
     weights = np.ones(n) if unit_weights else event_weights(stream.kinds, stream.watch_ms).astype(np.float64)
     ts = stream.ts_ms.astype(np.float64)
-    with_ts = _accepts(model.learn_one if batch_size == 1 else model.learn_batch, "ts_ms")
+    learn = model.learn_one if batch_size == 1 else model.learn_batch
+    with_ts = _accepts(learn, "ts_ms")
+    # Item tags (content features for cold start) go to models that take them.
+    tag_arg = "tags" if batch_size == 1 else "item_tags"
+    extra: dict[str, Any] = {}
+    with_tags = stream.tags is not None and _accepts(learn, tag_arg)
 
     history: dict[str, set[str]] = {}
     history_pos: dict[str, list[int]] = {}  # the same, as positions in the score vector (fast path)
@@ -260,15 +265,17 @@ def prequential(
         t1 = time.perf_counter()
         score_s += t1 - t0
         # 2) learn the block
+        if with_tags:
+            assert stream.tags is not None
+            extra[tag_arg] = stream.tags[lo] if batch_size == 1 else stream.tags[lo:hi]
         if batch_size == 1:
             if with_ts:
-                model.learn_one(users[lo], items[lo], weights[lo], ts_ms=ts[lo])  # type: ignore[call-arg]
-            else:
-                model.learn_one(users[lo], items[lo], weights[lo])
-        elif with_ts:
-            model.learn_batch(users[lo:hi], items[lo:hi], weights[lo:hi], ts_ms=ts[lo:hi])  # type: ignore[call-arg]
+                extra["ts_ms"] = ts[lo]
+            model.learn_one(users[lo], items[lo], weights[lo], **extra)
         else:
-            model.learn_batch(users[lo:hi], items[lo:hi], weights[lo:hi])
+            if with_ts:
+                extra["ts_ms"] = ts[lo:hi]
+            model.learn_batch(users[lo:hi], items[lo:hi], weights[lo:hi], **extra)
         learn_s += time.perf_counter() - t1
         # 3) what the next block is tested against
         if index is not None:

@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N events")
     parser.add_argument("--unit-weights", action="store_true",
                         help="learn every event with weight 1 instead of by kind (view 1, like 3, share 5)")
+    parser.add_argument("--with-tags", action="store_true",
+                        help="pass item tags to the models (movielens: genres from u.item; csv/jsonl: the tags field)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +142,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         _note(f"{hint}: skipping {', '.join(river)}")
         names = [n for n in names if n not in _RIVER_MODELS]
     try:
-        stream = load_events(args.data, args.format)
+        stream = load_events(args.data, args.format, with_tags=args.with_tags)
     except DatasetError as exc:
         _note(str(exc))
         return 2
