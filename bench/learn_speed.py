@@ -38,6 +38,7 @@ from importlib.metadata import version
 from typing import Any
 
 import numpy as np
+from _machine import cpu_model  # bench/ is on sys.path when run as a script
 
 from models import BPRMF, Popularity, event_weights
 from models.river_adapter import river_available
@@ -137,17 +138,6 @@ def bench_popularity(s: Stream, repeats: int, half_life_s: float | None) -> Row:
 
     detail = "all-time" if half_life_s is None else f"half-life {half_life_s:g} s"
     return Row("Popularity.learn_batch", f"{detail}, batches of {BATCH}", len(s), timed(run, len(s), repeats))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

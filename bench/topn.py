@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from _machine import cpu_model  # bench/ is on sys.path when run as a script
 
 from models import BPRMF, event_weights
 from models.index import IVFIndex
@@ -267,17 +268,6 @@ def bench_learned(n_items: int, n_users: int, n_events: int, drift_batches: int,
 
 
 # ---------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def fmt(x: float | None, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
