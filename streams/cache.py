@@ -6,6 +6,7 @@ Key format (``<p>`` is ``STREAMREC_REDIS_PREFIX``, default ``streamrec``):
   ``{"user_id", "items": [...], "scores": [...], "updated_ms", "model_version", "source": "personal"}``
   with a TTL of ``STREAMREC_REC_TTL_S``.
 * ``<p>:popular``: the fallback list for unknown users, same shape, ``"source": "popular"``.
+* ``<p>:popular:tag:<tag>``: trending within one community tag, ``"source": "popular_tag"``.
 * ``<p>:worker:<worker_id>``: a worker's heartbeat (JSON: ready, started_ms, ready_ms, events).
 
 All writes of one batch go out in one pipeline (one round trip).
@@ -93,6 +94,7 @@ class RecsWriter:
         popular: Sequence[tuple[str, float]] | None,
         model_version: str,
         updated_ms: int,
+        popular_by_tag: Mapping[str, Sequence[tuple[str, float]]] | None = None,
     ) -> None:
         """Write every list in one round trip; raises ``redis.RedisError`` if Redis is unreachable."""
         settings = self.settings
@@ -104,6 +106,10 @@ class RecsWriter:
         if popular:
             value = encode_list(popular, source="popular", updated_ms=updated_ms, model_version=model_version)
             pipe.set(settings.popular_key, value, ex=ttl)
+        for tag, recs in (popular_by_tag or {}).items():
+            if recs:
+                value = encode_list(recs, source="popular_tag", updated_ms=updated_ms, model_version=model_version)
+                pipe.set(settings.tag_popular_key(tag), value, ex=ttl)
         await pipe.execute()
 
     async def heartbeat(self, worker_id: str, status: Mapping[str, Any], ttl_s: int = 30) -> None:

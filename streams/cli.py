@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     recs.add_argument("user_id")
     recs.add_argument("-n", type=int, default=10)
     recs.add_argument("--json", action="store_true", help="print JSON")
+    recs.add_argument("--tag", action="append", default=[], metavar="TAG",
+                      help="for an unknown user, the list trending in this community (repeatable)")
 
     metrics = sub.add_parser("metrics", help="tail the metrics topic as a live table")
     metrics.add_argument("--json", action="store_true", help="print the raw records as JSON lines")
@@ -174,7 +176,7 @@ def _recs(args: argparse.Namespace) -> int:
     from streams.client import RecsReader
 
     reader = RecsReader(Settings.from_env())
-    recs = reader.get(args.user_id, n=args.n)
+    recs = reader.get(args.user_id, n=args.n, tags=args.tag)
     reader.close()
     if args.json:
         print(orjson.dumps({"user_id": recs.user_id, "source": recs.source, "items": recs.items, "scores": recs.scores,

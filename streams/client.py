@@ -9,11 +9,12 @@ Producing (events are validated before they are sent; an invalid one raises
     with SyncEventProducer(Settings.from_env()) as producer:
         producer.send({...})
 
-Reading (one Redis round trip; unknown users get the popular list)::
+Reading (one Redis round trip; unknown users get the list trending in the communities
+they chose, else the popular list)::
 
     reader = RecsReader(Settings.from_env())
-    recs = reader.get("u1", n=10)
-    recs.items, recs.source  # source: "personal", "popular", "none" or "unavailable"
+    recs = reader.get("u1", n=10, tags=["dance"])
+    recs.items, recs.source  # "personal", "popular_tag", "popular", "none" or "unavailable"
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import orjson
 import redis
@@ -38,7 +39,7 @@ __all__ = ["EventProducer", "SyncEventProducer", "RecsReader", "AsyncRecsReader"
 logger = logging.getLogger(__name__)
 
 EventLike = Event | Mapping[str, Any]
-RecSource = Literal["personal", "popular", "none", "unavailable"]
+RecSource = Literal["personal", "popular_tag", "popular", "none", "unavailable"]
 
 
 class EventProducer:
@@ -144,12 +145,14 @@ class _ReaderBase:
         self.settings = settings
         self._last_popular: Recommendations | None = None
 
-    def _keys(self, user_id: str) -> list[str]:
-        return [self.settings.rec_key(user_id), self.settings.popular_key]
+    def _keys(self, user_id: str, tags: Sequence[str]) -> list[str]:
+        s = self.settings
+        return [s.rec_key(user_id), *(s.tag_popular_key(t) for t in tags), s.popular_key]
 
     def _parse(self, user_id: str, values: list[bytes | None], n: int | None) -> Recommendations:
-        personal, popular = values
-        for raw, source in ((personal, "personal"), (popular, "popular")):
+        personal, *by_tag, popular = values
+        candidates = [(personal, "personal"), *((raw, "popular_tag") for raw in by_tag), (popular, "popular")]
+        for raw, source in candidates:
             if raw is not None:
                 data = orjson.loads(raw)
                 recs = Recommendations(
@@ -188,9 +191,10 @@ class RecsReader(_ReaderBase):
         super().__init__(settings)
         self.client = client if client is not None else sync_redis(settings)
 
-    def get(self, user_id: str, n: int | None = None) -> Recommendations:
+    def get(self, user_id: str, n: int | None = None, tags: Sequence[str] = ()) -> Recommendations:
+        """The user's list; else (unknown user) trending in the first of ``tags`` that has one; else popular."""
         try:
-            values = self.client.mget(self._keys(user_id))
+            values = self.client.mget(self._keys(user_id, tags))
         except (redis.RedisError, OSError) as exc:
             return self._unavailable(user_id, exc, n)
         return self._parse(user_id, values, n)
@@ -206,9 +210,10 @@ class AsyncRecsReader(_ReaderBase):
         super().__init__(settings)
         self.client = client if client is not None else async_redis(settings)
 
-    async def get(self, user_id: str, n: int | None = None) -> Recommendations:
+    async def get(self, user_id: str, n: int | None = None, tags: Sequence[str] = ()) -> Recommendations:
+        """The user's list; else (unknown user) trending in the first of ``tags`` that has one; else popular."""
         try:
-            values = await self.client.mget(self._keys(user_id))
+            values = await self.client.mget(self._keys(user_id, tags))
         except (redis.RedisError, OSError) as exc:
             return self._unavailable(user_id, exc, n)
         return self._parse(user_id, values, n)

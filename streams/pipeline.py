@@ -248,6 +248,10 @@ class Pipeline:
         """The non-personalised fallback: recently popular items."""
         return self.popularity.top_n("", self.settings.top_n)
 
+    def popular_by_tag(self, tags: Iterable[str]) -> dict[str, Recs]:
+        """Recently popular items within each community tag (the cold-start list for that community)."""
+        return {tag: self.popularity.top_n_for_tags([tag], self.settings.top_n) for tag in tags}
+
     @property
     def model_version(self) -> str:
         """Identifies the model snapshot that produced a list: run id and batch count."""

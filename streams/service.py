@@ -51,6 +51,7 @@ class RecommenderService:
         self.ready_ms: int | None = None
         self.items_restored = False
         self.pending_users: set[str] = set()
+        self.pending_tags: set[str] = set()
         self.pending_ts: list[np.ndarray] = []
         self.positions: dict[Any, int] = {}  # topic-partition -> next offset to read
         self.redis_retry_at = 0.0
@@ -80,6 +81,7 @@ class RecommenderService:
             self.positions[tp] = message.offset + 1
         if outcome.events:
             self.pending_users.update(outcome.dirty_users)
+            self.pending_tags.update(tag for event in outcome.events for tag in event.tags)
             self.pending_ts.append(np.fromiter((e.ts for e in outcome.events), np.int64, len(outcome.events)))
             await self.refresh()
         return outcome
@@ -98,6 +100,7 @@ class RecommenderService:
                 popular=self.pipeline.popular(),
                 model_version=self.pipeline.model_version,
                 updated_ms=_now_ms(),
+                popular_by_tag=self.pipeline.popular_by_tag(self.pending_tags),
             )
         except (redis.RedisError, OSError) as exc:
             self.pipeline.health.redis_errors += 1
@@ -111,6 +114,7 @@ class RecommenderService:
         health.users_refreshed += len(lists)
         health.freshness_samples.extend(written_ms - ts for ts in self.pending_ts)
         self.pending_users.clear()
+        self.pending_tags.clear()
         self.pending_ts.clear()
         self.redis_backoff_s = 0.0
         return True

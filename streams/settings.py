@@ -148,6 +148,10 @@ class Settings:
         """Redis key of the non-personalised fallback list."""
         return f"{self.redis_prefix}:popular"
 
+    def tag_popular_key(self, tag: str) -> str:
+        """Redis key of the list trending within one community tag (for new users who chose it)."""
+        return f"{self.redis_prefix}:popular:tag:{tag}"
+
     def worker_key(self, worker_id: str) -> str:
         """Redis key of a worker's health heartbeat."""
         return f"{self.redis_prefix}:worker:{worker_id}"

@@ -75,7 +75,8 @@ def test_cache_with_redis_auth_one_round_trip_and_fallbacks(tmp_path: Path):
         async def write() -> None:
             client = async_redis(settings)
             await RecsWriter(client, settings).write({"u1": [("a", 0.9), ("b", 0.5)]}, popular=[("p", 3.0)],
-                                                     model_version="v7", updated_ms=123)
+                                                     model_version="v7", updated_ms=123,
+                                                     popular_by_tag={"dance": [("d1", 2.0), ("d2", 1.0)]})
             assert await client.ttl(settings.rec_key("u1")) > 0
             await client.aclose()
 
@@ -85,6 +86,9 @@ def test_cache_with_redis_auth_one_round_trip_and_fallbacks(tmp_path: Path):
                                                                                             "personal", "v7")
         reader = RecsReader(settings)
         assert reader.get("stranger").items == ["p"] and reader.get("stranger").source == "popular"
+        dancer = reader.get("stranger", tags=["no-such-tag", "dance"])
+        assert (dancer.items, dancer.source) == (["d1", "d2"], "popular_tag")
+        assert reader.get("u1", tags=["dance"]).source == "personal"
         counting = RecsReader(settings)
         calls = []
         real_mget = counting.client.mget

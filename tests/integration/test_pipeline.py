@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from streams.client import RecsReader
 from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import consume, metric_records, produce, produce_raw, read_recs, wait_for
 
@@ -48,6 +49,10 @@ def test_list_moves_toward_the_community_a_user_engages_with(make_settings, star
     assert not engaged_items & set(recs.items), "items the user engaged with must be excluded"
     popular = read_recs(settings, "nobody-has-seen-me", n=10)
     assert popular.source == "popular" and len(popular.items) == 10
+    reader = RecsReader(settings)
+    newcomer = reader.get("nobody-has-seen-me", n=10, tags=[tag])  # a new user who picked the community
+    reader.close()
+    assert newcomer.source == "popular_tag" and all(tag in world.item_tags(i) for i in newcomer.items)
     top10_share = _tag_share(world, recs.items[:10], tag)
     # Seeded offline runs of this stream with random batch sizes give 0.8 to 1.0 (popular list: <= 0.2).
     assert top10_share >= 0.5 and top10_share >= _tag_share(world, popular.items, tag) + 0.3, recs.items[:10]

@@ -65,10 +65,11 @@ class FakeWriter:
         self.down = False
         self.written: dict[str, list] = {}
 
-    async def write(self, lists, *, popular, model_version, updated_ms):
+    async def write(self, lists, *, popular, model_version, updated_ms, popular_by_tag=None):
         if self.down:
             raise redis.ConnectionError("redis is down")
         self.written.update(lists)
+        self.tag_lists = dict(popular_by_tag or {})
 
     async def heartbeat(self, worker_id, status, ttl_s=30):
         if self.down:
@@ -101,6 +102,11 @@ def test_service_keeps_learning_while_redis_is_down_and_catches_up():
         await service.handle(messages(events[100:], 100))
         assert not service.pending_users
         assert set(writer.written) == {e["user_id"] for e in events}
+        # trending per community for every tag seen while Redis was down, each list within its tag
+        assert set(writer.tag_lists) == {t for e in events for t in e["tags"]}
+        world = SyntheticWorld(WorldConfig(users=60, items=80, seed=1))
+        for tag, recs in writer.tag_lists.items():
+            assert recs and all(tag in world.item_tags(item) for item, _ in recs)
 
     asyncio.run(run())
     assert service.pipeline.health.redis_errors == 1
