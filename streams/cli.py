@@ -9,6 +9,7 @@
     streamrec demo [--events N]           everything at once, on the embedded services
     streamrec settings                    every setting with its variable and default
     streamrec eval --data PATH --format F prequential HR@10 / NDCG@10 / recall@20 of the models
+    streamrec bench pipeline [--events N]  end-to-end throughput, freshness, recall and memory
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.eval_cli import add_arguments as add_eval_arguments  # light: models load when it runs
 
     add_eval_arguments(sub.add_parser("eval", help="prequential evaluation of the models on a dataset"))
+
+    from streams.bench_pipeline import add_arguments as add_bench_arguments  # light: stdlib only at import
+
+    bench = sub.add_parser("bench", help="benchmarks on real services")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    add_bench_arguments(bench_sub.add_parser("pipeline", help="producer, raw consumer, worker, freshness, recall, RSS"))
     return parser
 
 
@@ -251,6 +258,12 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_main(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from streams.bench_pipeline import main as bench_main
+
+    return bench_main(args)
+
+
 _COMMANDS = {
     "worker": _worker,
     "produce": _produce,
@@ -260,6 +273,7 @@ _COMMANDS = {
     "demo": _demo,
     "settings": _settings,
     "eval": _eval,
+    "bench": _bench,
 }
 
 if __name__ == "__main__":
