@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from streams import eval_cli
 from streams.cli import main as cli_main
 from tests.unit.planted import planted_stream
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = {"model", "events", "evaluated", "hr_at_10", "ndcg_at_10", "recall_at_20", "learn_events_per_s",
                  "seconds", "batch_size"}
 needs_river = pytest.mark.skipif(not river_available(), reason="River is not installed (streamrec[bench])")
@@ -316,16 +314,6 @@ def test_bad_arguments() -> None:
 
     with pytest.raises(InvalidInputError, match="batch_size"):
         prequential(Popularity(), planted(10), batch_size=0)
-
-
-def test_importing_models_imports_no_river_nor_service_clients() -> None:
-    code = (
-        "import json, sys; import models, models.evaluate, models.datasets, models.river_adapter; "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'river', 'faust', 'aiokafka', 'redis', 'orjson', 'streams'})))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == [], out.stdout
 
 
 # ------------------------------------------------------------- River adapter
