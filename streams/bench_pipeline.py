@@ -159,21 +159,17 @@ async def _produce_all(settings: Any, encoded: list[tuple[bytes, bytes]]) -> flo
 async def _consume_raw(settings: Any, n: int, timeout_s: float) -> tuple[float, dict[int, bytes]]:
     """Seconds to read and decode ``n`` events; the key of the last record of every partition."""
     import orjson
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
-    from streams.kafka import aiokafka_options, topic_partitions
+    from streams.kafka import aiokafka_options, assign_all_partitions
 
     topic = settings.events_topic
-    parts = await topic_partitions(settings, topic)
-    if not parts:
-        raise RuntimeError(f"topic {topic} has no partitions")
     consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        if not await assign_all_partitions(consumer, settings, topic, from_beginning=True):
+            raise RuntimeError(f"topic {topic} has no partitions")
         last: dict[int, tuple[int, bytes]] = {}
         count = 0
         loads = orjson.loads

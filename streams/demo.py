@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from streams.client import AsyncRecsReader, EventProducer, Recommendations
 from streams.dev import DevServices
-from streams.kafka import aiokafka_options, topic_partitions
+from streams.kafka import aiokafka_options, assign_all_partitions
 from streams.monitor import MetricsBoard
 from streams.settings import Settings
 from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
@@ -143,8 +143,7 @@ async def _watch_metrics(settings: Settings, state: DemoState) -> None:
     consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = await topic_partitions(settings, settings.metrics_topic)
-        consumer.assign([TopicPartition(settings.metrics_topic, p) for p in partitions])
+        await assign_all_partitions(consumer, settings, settings.metrics_topic, from_beginning=True)
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for messages in batches.values():

@@ -9,7 +9,8 @@ import faust
 
 from streams.settings import Settings
 
-__all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics", "topic_partitions"]
+__all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics", "topic_partitions",
+           "assign_all_partitions"]
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -105,3 +106,18 @@ async def topic_partitions(settings: Settings, topic: str) -> list[int]:
         return []
     finally:
         await admin.close()
+
+
+async def assign_all_partitions(consumer: Any, settings: Settings, topic: str, *, from_beginning: bool) -> list[Any]:
+    """Assign every partition of ``topic`` to a started group-less consumer; [] if the topic is missing.
+
+    For readers that must not join a consumer group (the metrics tail, the demo, benchmarks, tests).
+    """
+    from aiokafka import TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
+    if tps:
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+    return tps

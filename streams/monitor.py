@@ -19,9 +19,9 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from streams.kafka import aiokafka_options, topic_partitions
+from streams.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
 __all__ = ["MetricsBoard", "tail_metrics"]
@@ -117,15 +117,10 @@ async def tail_metrics(settings: Settings, *, as_json: bool = False, from_beginn
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
     try:
-        partitions = await topic_partitions(settings, settings.metrics_topic)
-        if not partitions:
+        if not await assign_all_partitions(consumer, settings, settings.metrics_topic, from_beginning=from_beginning):
             print(f"streamrec metrics: topic {settings.metrics_topic} does not exist yet (is a worker running?)",
                   file=sys.stderr)
             return 1
-        tps = [TopicPartition(settings.metrics_topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        if from_beginning:
-            await consumer.seek_to_beginning(*tps)
         board = MetricsBoard()
         deadline = None if seconds is None else time.monotonic() + seconds
         if as_json:

@@ -7,11 +7,11 @@ import time
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from streams.client import EventProducer, RecsReader, Recommendations
-from streams.kafka import aiokafka_options, topic_partitions
+from streams.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -47,12 +47,10 @@ def consume(
         records: list[ConsumerRecord] = []
         try:
             deadline = time.monotonic() + timeout
-            partitions: list[int] = []
-            while not partitions and time.monotonic() < deadline:
-                partitions = await topic_partitions(settings, topic)
-                if not partitions:
-                    await asyncio.sleep(0.2)
-            consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+            while not await assign_all_partitions(consumer, settings, topic, from_beginning=True):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {topic} did not appear within {timeout:.0f} s")
+                await asyncio.sleep(0.2)
             while time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=300)
                 for batch in batches.values():

@@ -16,7 +16,7 @@ from streams.cache import RecsWriter, async_redis
 from streams.client import RecsReader
 from streams.dev import DevServices
 from streams.settings import Settings
-from tests.integration.helpers import consume, read_recs, wait_for
+from tests.integration.helpers import read_recs, wait_for
 
 pytestmark = pytest.mark.integration
 
