@@ -6,6 +6,7 @@ import bisect
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -61,39 +62,94 @@ def check_n(n: int) -> int:
     return int(n)
 
 
+def flatten_exclude(exclude: Sequence[Iterable[str]], items: IdMap) -> tuple[np.ndarray, np.ndarray]:
+    """``(user, item index)`` of every known item of ``exclude[r]``, in one id lookup (repeats kept)."""
+    for ex in exclude:
+        if isinstance(ex, (str, bytes)):
+            raise InvalidInputError("exclude must be a sequence of ids, not a single string")
+    lens = np.fromiter(map(len, exclude), np.int64, len(exclude))
+    rows = np.array(list(map(items._index.get, chain.from_iterable(exclude), repeat(-1))), dtype=np.int64)
+    eu = np.repeat(np.arange(len(exclude)), lens)
+    ok = rows >= 0
+    return eu[ok], rows[ok]
+
+
 def mask_excluded(scores: np.ndarray, items: IdMap, exclude: Sequence[Iterable[str]]) -> None:
     """Set ``scores[r, j] = -inf`` for every known item ``j`` in ``exclude[r]`` (in place)."""
-    rows: list[int] = []
-    cols: list[int] = []
-    get = items.get
-    for r, ex in enumerate(exclude):
-        check_ids(ex, "exclude")
-        for x in ex:
-            j = get(x)
-            if j is not None:
-                rows.append(r)
-                cols.append(j)
-    if rows:
-        scores[rows, cols] = -np.inf
+    eu, rows = flatten_exclude(exclude, items)
+    if len(eu):
+        scores[eu, rows] = -np.inf
 
 
-def select_top(scores: np.ndarray, n: int, ids: list[str]) -> list[list[tuple[str, float]]]:
-    """Best ``n`` finite scores per row, highest first (ties: lower index first)."""
+def top_arrays(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``n`` finite scores per row, highest first (ties: lower index first).
+
+    Returns ``(columns, scores)``, both ``(rows, min(n, columns))``, padded with ``-1`` / ``-inf``.
+    """
     b, m = scores.shape
     n = min(n, m)
     if n == 0:
-        return [[] for _ in range(b)]
+        return np.zeros((b, 0), np.int64), np.zeros((b, 0), scores.dtype)
     if n < m:
         cand = np.argpartition(scores, m - n, axis=1)[:, m - n :]
     else:
         cand = np.broadcast_to(np.arange(m), (b, m))
     vals = np.take_along_axis(scores, cand, axis=1)
     order = np.lexsort((cand, -vals), axis=-1)
-    cand = np.take_along_axis(cand, order, axis=1).tolist()
+    cand = np.take_along_axis(cand, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)
-    keep = np.isfinite(vals).sum(axis=1).tolist()  # -inf (excluded) sorts last
-    vals = vals.tolist()
-    return [[(ids[j], s) for j, s in zip(c[:k], v[:k])] for c, v, k in zip(cand, vals, keep)]
+    cand = np.where(np.isfinite(vals), cand, -1)  # -inf (excluded) sorts last
+    return cand, vals
+
+
+def as_lists(rows: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> tuple[list[list[str]], list[list[float]]]:
+    """Per row, the ids ``ids[rows[r]]`` and their scores as Python lists, stopping at the first ``-1``."""
+    if rows.size == 0:
+        return [[] for _ in range(len(rows))], [[] for _ in range(len(rows))]
+    valid = rows >= 0
+    names = ids[np.where(valid, rows, 0)].tolist()
+    vals = scores.tolist()
+    short = np.flatnonzero(~valid[:, -1]).tolist()  # padding is always at the end of a row
+    if short:
+        keep = valid.sum(1).tolist()
+        for r in short:
+            names[r] = names[r][: keep[r]]
+            vals[r] = vals[r][: keep[r]]
+    return names, vals
+
+
+def select_top(scores: np.ndarray, n: int, ids: list[str]) -> list[list[tuple[str, float]]]:
+    """Best ``n`` finite scores per row, highest first (ties: lower index first)."""
+    cand, vals = top_arrays(scores, n)
+    return [[(ids[j], s) for j, s in zip(c, v) if j >= 0] for c, v in zip(cand.tolist(), vals.tolist())]
+
+
+def rank_arrays(
+    score_rows: Callable[[int, int], np.ndarray],
+    n_rows: int,
+    n: int,
+    items: IdMap,
+    exclude: Sequence[Iterable[str]] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-N item indices and scores for ``n_rows`` users (``-1`` / ``-inf`` padded);
+    ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block."""
+    n = check_n(n)
+    width = min(n, len(items))
+    rows_out = np.full((n_rows, width), -1, np.int64)
+    vals_out = np.full((n_rows, width), -np.inf, np.float32)
+    if n_rows == 0 or width == 0:
+        return rows_out, vals_out
+    step = max(1, _SCORE_BLOCK // max(len(items), 1))
+    for lo in range(0, n_rows, step):
+        hi = min(lo + step, n_rows)
+        s = score_rows(lo, hi)
+        if exclude is not None:
+            mask_excluded(s, items, exclude[lo:hi])
+        rows_out[lo:hi], v = top_arrays(s, n)
+        if lo == 0:
+            vals_out = vals_out.astype(v.dtype)
+        vals_out[lo:hi] = v
+    return rows_out, vals_out
 
 
 def rank_rows(
@@ -104,19 +160,9 @@ def rank_rows(
     exclude: Sequence[Iterable[str]] | None,
 ) -> list[list[tuple[str, float]]]:
     """Top-N for ``n_rows`` users; ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block."""
-    n = check_n(n)
-    out: list[list[tuple[str, float]]] = []
-    if n_rows == 0:
-        return out
-    ids = items._ids  # read-only use, avoids a copy per call
-    step = max(1, _SCORE_BLOCK // max(len(items), 1))
-    for lo in range(0, n_rows, step):
-        hi = min(lo + step, n_rows)
-        s = score_rows(lo, hi)
-        if exclude is not None:
-            mask_excluded(s, items, exclude[lo:hi])
-        out += select_top(s, n, ids)
-    return out
+    rows, vals = rank_arrays(score_rows, n_rows, n, items, exclude)
+    names, vals_l = as_lists(rows, vals, items._array())
+    return [list(zip(a, v)) for a, v in zip(names, vals_l)]
 
 
 def tag_tuple(tags: Iterable[str] | None) -> tuple[str, ...]:
@@ -186,13 +232,43 @@ class TagIndex:
     def pending(self, items: np.ndarray, tags: Sequence[Iterable[str] | None]) -> dict[int, tuple[str, ...]]:
         """For each untagged item of ``items``, the first non-empty entry of ``tags`` (aligned with ``items``)."""
         out: dict[int, tuple[str, ...]] = {}
-        for e in np.flatnonzero(~self.tagged[items]).tolist():
-            x = int(items[e])
+        events = np.flatnonzero(~self.tagged[items])
+        for e, x in zip(events.tolist(), items[events].tolist()):
             if x not in out:
-                t = tag_tuple(tags[e])
+                t = tags[e]
                 if t:
+                    if not (type(t) is tuple and len(t) == 1 and type(t[0]) is str):
+                        t = tag_tuple(t)  # checks and de-duplicates
                     out[x] = t
         return out
+
+    def set_untagged(self, new: dict[int, tuple[str, ...]]) -> None:
+        """:meth:`set` for many *untagged* items at once (e.g. the output of :meth:`pending`), in dict order."""
+        if not new:
+            return
+        items = list(new)
+        self.grow(max(items) + 1)
+        flat = [t for tags in new.values() for t in tags]
+        idx = self.vocab.index(flat).tolist()  # new tags get indices in the order set() would give them
+        self.members.extend([] for _ in range(len(self.vocab) - len(self.members)))
+        per_tag: dict[int, list[int]] = {}
+        pos = 0
+        item_tags = self.item_tags
+        for x, tags in zip(items, new.values()):
+            row = tuple(idx[pos : pos + len(tags)])
+            pos += len(tags)
+            item_tags[x] = row
+            for t in row:
+                per_tag.setdefault(t, []).append(x)
+        for t, xs in per_tag.items():
+            xs.sort()
+            mem = self.members[t]
+            if not mem or mem[-1] < xs[0]:
+                mem.extend(xs)
+            else:
+                mem.extend(xs)
+                mem.sort()
+        self.tagged[np.array(items, dtype=np.int64)] = True
 
     def recent_members(self, tags: Iterable[str], limit: int) -> list[np.ndarray]:
         """Per known tag of ``tags`` that has members: its ``limit`` newest member indices."""

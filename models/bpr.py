@@ -291,7 +291,8 @@ class BPRMF:
         self.tag_init = bool(tag_init)
         self.index_min_items = index_min_items
         self._index: IVFIndex | None = None  # built on demand by top_n_batch; never serialised
-        self._indexed = np.zeros((0, self.n_factors + 1), np.float32)  # [V | b] as the index holds them
+        self._n_indexed = 0  # item rows 0 .. _n_indexed - 1 are in the index
+        self._dirty = np.zeros(0, bool)  # per item row: changed since the index last saw it
         self._rng = np.random.default_rng(seed)
         self._users = IdMap()
         self._items = IdMap()
@@ -376,13 +377,45 @@ class BPRMF:
         prior, computed before any of them joins a tag.
         """
         new = self._tags.pending(i, tags)
-        priors = [(x, self._tag_prior(t)) for x, t in new.items() if x >= fresh] if self.tag_init else []
-        for x, t in new.items():
-            self._tags.set(x, t)
-        for x, prior in priors:
-            if prior is not None:
-                self._V[x] += prior[0]
-                self._b[x] = prior[1]
+        if not new:
+            return
+        if self.tag_init:
+            self._add_priors({x: t for x, t in new.items() if x >= fresh})
+        self._tags.set_untagged(new)
+
+    def _add_priors(self, wanted: dict[int, tuple[str, ...]]) -> None:
+        """Add to each new item ``x`` of ``wanted`` its tags' prior (:meth:`tag_vector`), vectorised.
+
+        Each tag's mean is computed once, then each item averages the means of its known tags
+        (items are grouped by how many known tags they have). Same arithmetic as :meth:`_tag_prior`.
+        """
+        vocab, members = self._tags.vocab, self._tags.members
+        means: dict[str, tuple[np.ndarray, np.floating[Any]] | None] = {}
+        groups: dict[int, tuple[list[int], list[tuple[np.ndarray, ...]], list[tuple[np.floating[Any], ...]]]] = {}
+        for x, tags in wanted.items():
+            vecs, biases = [], []
+            for name in tags:
+                if name not in means:
+                    t = vocab.get(name)
+                    if t is None or not members[t]:
+                        means[name] = None
+                    else:
+                        g = np.array(members[t][-_TAG_PRIOR_ITEMS:], dtype=np.int64)
+                        means[name] = (self._V[g].mean(0), self._b[g].mean())
+                m = means[name]
+                if m is not None:
+                    vecs.append(m[0])
+                    biases.append(m[1])
+            if vecs:
+                xs, vs, bs = groups.setdefault(len(vecs), ([], [], []))
+                xs.append(x)
+                vs.append(tuple(vecs))
+                bs.append(tuple(biases))
+        for xs, vs, bs in groups.values():
+            rows = np.array(xs, dtype=np.int64)
+            self._V[rows] += np.array(vs, dtype=self.dtype).mean(axis=1).astype(self.dtype)
+            self._b[rows] = np.array(bs, dtype=self.dtype).mean(axis=1)
+            self._mark_dirty(rows)
 
     def _tag_prior(self, tags: Iterable[str]) -> tuple[np.ndarray, float] | None:
         groups = self._tags.recent_members(tags, _TAG_PRIOR_ITEMS)
@@ -414,15 +447,10 @@ class BPRMF:
         lo = len(self._items)
         i = self._index_items(items)
         wanted = [C.tag_tuple(t) for t in tags]
-        priors = (
-            {x: self._tag_prior(t) for x, t in zip(i.tolist(), wanted) if x >= lo and t} if self.tag_init else {}
-        )
+        if self.tag_init:
+            self._add_priors({x: t for x, t in zip(i.tolist(), wanted) if x >= lo and t})
         for x, t in zip(i.tolist(), wanted):
             self._tags.set(x, t)
-        for x, prior in priors.items():
-            if prior is not None:
-                self._V[x] += prior[0]
-                self._b[x] = prior[1]
 
     def tag_vector(self, tags: Iterable[str]) -> tuple[np.ndarray, float]:
         """The prior of an item with ``tags``: factor vector ``(k,)`` and bias.
@@ -604,6 +632,7 @@ class BPRMF:
         vq *= np.exp(-self.regularization * lr_sum).astype(dt)[:, None]
         vq += _clip_rows(step, bound)
         V[uniq] = vq
+        self._mark_dirty(uniq)
         # 3) item biases, same gradients with a smaller step
         sb = self.bias_lr_scale
         vb = b.take(uniq)
@@ -693,54 +722,86 @@ class BPRMF:
     def top_n_batch(
         self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
     ) -> list[list[tuple[str, float]]]:
-        """:meth:`top_n` for many users (exact, brute force); ``[]`` for unknown users."""
+        """:meth:`top_n` for many users; ``[]`` for unknown users. Same ranking as :meth:`top_n_lists`."""
+        ids, scores = self.top_n_lists(users, n, exclude)
+        return [list(zip(a, s)) for a, s in zip(ids, scores)]
+
+    def top_n_lists(
+        self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
+    ) -> tuple[list[list[str]], list[list[float]]]:
+        """Top-``n`` of many users as two aligned lists: item ids and scores per user, best first.
+
+        The fast form of :meth:`top_n_batch` (no per-item tuples). ``exclude[r]``
+        holds the ids user ``r`` must never get (any iterable of ids, e.g. a dict
+        of their history). Unknown users get empty lists. Below ``index_min_items``
+        items the ranking is exact brute force; above, candidates come from an
+        :class:`~models.index.IVFIndex` and their scores are exact for the current factors.
+
+        >>> model = BPRMF(n_factors=4, seed=0)
+        >>> model.learn_batch(["ann", "ann", "bob"], ["a", "b", "c"])
+        >>> ids, scores = model.top_n_lists(["ann", "nobody"], 2, exclude=[["a"], []])
+        >>> ids[0], len(scores[0]), ids[1], scores[1]
+        (['c', 'b'], 2, [], [])
+        >>> ids[0] == [i for i, _ in model.top_n_batch(["ann"], 2, [["a"]])[0]]
+        True
+        """
         C.check_ids(users, "users")
+        n = C.check_n(n)
         if exclude is not None and len(exclude) != len(users):
             raise InvalidInputError(f"exclude has {len(exclude)} entries for {len(users)} users")
         uidx = self._users.lookup(users)
         known = np.flatnonzero(uidx >= 0)
-        ex = None if exclude is None else [exclude[r] for r in known.tolist()]
+        all_known = len(known) == len(users)
+        ex = exclude if exclude is None or all_known else [exclude[r] for r in known.tolist()]
         ni = len(self._items)
-        V, b, P = self._V[:ni], self._b[:ni], self._U[uidx[known]]
+        V, b, P = self._V[:ni], self._b[:ni], self._U[uidx if all_known else uidx[known]]
         if self.index_min_items is not None and ni >= self.index_min_items and len(known):
-            ranked = self._search_index(P, C.check_n(n), ex)
+            rows, scores = self._search_index(P, n, ex)
         else:
-            ranked = C.rank_rows(lambda lo, hi: P[lo:hi] @ V.T + b, len(known), n, self._items, ex)
-        out: list[list[tuple[str, float]]] = [[] for _ in users]
-        for r, lst in zip(known.tolist(), ranked):
-            out[r] = lst
-        return out
+            rows, scores = C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(known), n, self._items, ex)
+        names, values = C.as_lists(rows, scores, self._items._array())
+        if all_known:
+            return names, values
+        out_ids: list[list[str]] = [[] for _ in users]
+        out_scores: list[list[float]] = [[] for _ in users]
+        for r, a, s in zip(known.tolist(), names, values):
+            out_ids[r], out_scores[r] = a, s
+        return out_ids, out_scores
+
+    def _mark_dirty(self, rows: np.ndarray) -> None:
+        """Remember item rows whose factors changed, for the next :meth:`_search_index` (index built only)."""
+        if self._index is not None:
+            if len(self._dirty) < len(self._V):
+                grown = np.zeros(len(self._V), bool)
+                grown[: len(self._dirty)] = self._dirty
+                self._dirty = grown
+            self._dirty[rows] = True
 
     def _search_index(
         self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None
-    ) -> list[list[tuple[str, float]]]:
-        """Top-n through the :class:`~models.index.IVFIndex`, after syncing the rows that changed.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n rows and scores through the :class:`~models.index.IVFIndex`, after syncing changed rows.
 
-        The rows that changed since the last call (learning moves positives and
-        negatives, new items arrive) are found by comparing with the snapshot the
-        index was last given, so the returned scores are exact for the current
-        factors; only the candidate set is approximate (recall@50 ~0.997, bench/topn.py).
+        Learning and :meth:`set_item_vectors` mark the item rows they change; those
+        and the items added since the last call are upserted first, so the returned
+        scores are exact for the current factors; only the candidate set is
+        approximate (recall@50 >= 0.99, bench/topn.py).
         """
         ni, k = len(self._items), self.n_factors
-        current = np.empty((ni, k + 1), np.float32)
-        current[:, :k], current[:, k] = self._V[:ni], self._b[:ni]
+        m = self._n_indexed
         if self._index is None:
             self._index = IVFIndex(k, seed=0 if self.seed is None else self.seed)
-        m = len(self._indexed)
-        rows = np.flatnonzero((current[:m] != self._indexed).any(axis=1))
-        rows = np.concatenate([rows, np.arange(m, ni)])
+            m = 0
+        changed = np.flatnonzero(self._dirty[:m])
+        rows = np.concatenate([changed, np.arange(m, ni)]) if ni > m else changed
         if len(rows):
-            self._index.upsert(rows, current[rows, :k], current[rows, k])
-        self._indexed = current
-        excluded = None
+            self._index.upsert(rows, self._V[rows], self._b[rows])
+        self._dirty[:m] = False
+        self._n_indexed = ni
+        eu = erow = None
         if exclude is not None:
-            excluded = [r[r >= 0] for r in (self._items.lookup(list(C.id_set(e))) for e in exclude)]
-        found, scores = self._index.search(P.astype(np.float32, copy=False), n, excluded)
-        ids = self._items._ids
-        return [
-            [(ids[j], s) for j, s in zip(row, score) if j >= 0]
-            for row, score in zip(found.tolist(), scores.tolist())
-        ]
+            eu, erow = C.flatten_exclude(exclude, self._items)
+        return self._index._search_flat(P.astype(np.float32, copy=False), n, eu, erow)
 
     def loss(
         self, users: Sequence[str], items: Sequence[str], n_samples: int = 10, seed: int = 0
@@ -801,6 +862,7 @@ class BPRMF:
             raise InvalidInputError(f"biases must be finite with shape ({len(items)},), got {bias.shape}")
         i = self._index_items(items, init=False)
         self._V[i], self._b[i] = v, bias
+        self._mark_dirty(i)
 
     # -------------------------------------------------------- serialisation
     def _params(self) -> dict[str, Any]:

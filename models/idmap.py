@@ -39,12 +39,14 @@ class IdMap:
     ['a', 'b']
     """
 
-    __slots__ = ("_index", "_ids")
+    __slots__ = ("_index", "_ids", "_arr", "_arr_n")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         _check_ids(ids)
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
+        self._arr = np.empty(0, dtype=object)
+        self._arr_n = 0
         ids = list(ids)
         self.index(ids)
         if len(self._ids) != len(ids):
@@ -53,24 +55,32 @@ class IdMap:
     def index(self, ids: Sequence[str]) -> np.ndarray:
         """Return the indices of ``ids`` (``int64``), adding unseen ids first-seen first."""
         _check_ids(ids)
-        get = self._index.get
-        out = list(map(get, ids))
-        if None in out:  # add unseen ids in order of first sight
-            d, known = self._index, self._ids
-            for r, j in enumerate(out):
-                if j is None:
-                    x = ids[r]
-                    j = get(x)
-                    if j is None:
-                        j = d[x] = len(known)
-                        known.append(x)
-                    out[r] = j
+        d = self._index
+        out = list(map(d.get, ids))
+        if None in out:  # add unseen ids in order of first sight (the dict keeps insertion order)
+            fresh = dict.fromkeys([x for x, j in zip(ids, out) if j is None])
+            n0 = len(self._ids)
+            d.update(zip(fresh, range(n0, n0 + len(fresh))))
+            self._ids.extend(fresh)
+            out = list(map(d.__getitem__, ids))
         return np.array(out, dtype=np.int64)
 
     def lookup(self, ids: Sequence[str]) -> np.ndarray:
         """Return the indices of ``ids`` (``int64``) with ``-1`` for unknown ids; never adds."""
         _check_ids(ids)
         return np.array(list(map(self._index.get, ids, repeat(-1))), dtype=np.int64)
+
+    def _array(self) -> np.ndarray:
+        """The ids as an object ndarray in index order (cached, extended as ids arrive; do not modify)."""
+        n, arr, filled = len(self._ids), self._arr, self._arr_n
+        if filled < n:
+            if len(arr) < n:
+                grown = np.empty(max(n, 2 * len(arr), 1024), dtype=object)
+                grown[:filled] = arr[:filled]
+                self._arr = arr = grown
+            arr[filled:n] = self._ids[filled:n]
+            self._arr_n = n
+        return arr[:n]
 
     def get(self, id: str) -> int | None:
         """Return the index of ``id`` or ``None`` if unknown."""

@@ -412,20 +412,35 @@ class IVFIndex:
         items (a long history), the answer lies deeper in the ranking and
         recall drops: raise ``n_probe`` for such users.
         """
-        n = C.check_n(n)
         p = np.asarray(user_vectors, dtype=np.float32)
+        if p.ndim != 2 or p.shape[1] != self.n_factors:
+            raise InvalidInputError(f"user_vectors must be finite with shape (b, {self.n_factors}), got {p.shape}")
+        if exclude is not None and len(exclude) != len(p):
+            raise InvalidInputError(f"exclude has {len(exclude)} entries for {len(p)} users")
+        eu, erow = self._flatten_exclude(exclude, len(p))
+        return self._search_flat(p, n, eu, erow)
+
+    def _search_flat(
+        self, p: np.ndarray, n: int, eu: np.ndarray | None, erow: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with the exclusions given as ``(user, row)`` pairs (``eu`` ascending)."""
+        n = C.check_n(n)
+        p = np.asarray(p, dtype=np.float32)
         if p.ndim != 2 or p.shape[1] != self.n_factors or not np.isfinite(p).all():
             raise InvalidInputError(f"user_vectors must be finite with shape (b, {self.n_factors}), got {p.shape}")
         nb = len(p)
-        if exclude is not None and len(exclude) != nb:
-            raise InvalidInputError(f"exclude has {len(exclude)} entries for {nb} users")
+        if eu is None or erow is None:
+            eu, erow = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ok = erow < len(self._row_slot)
+        eu, eslot = eu[ok], self._row_slot[erow[ok]]
+        ok = eslot >= 0
+        eu, eslot = eu[ok], eslot[ok]
         out_rows = np.full((nb, n), -1, np.int64)
         out_scores = np.full((nb, n), -np.inf, np.float32)
         if nb == 0 or n == 0 or self._n == 0:
             return out_rows, out_scores
         q = np.ones((nb, self.n_factors + 1), np.float32)
         q[:, :-1] = p
-        eu, eslot = self._flatten_exclude(exclude, nb)
         # budget: items scored per user; excluded items do not count against it
         base = max(n, int(np.ceil(self.n_probe * self._n / max(self.n_lists, 1))))
         budget = base + np.bincount(eu, minlength=nb)
@@ -594,7 +609,7 @@ class IVFIndex:
     def _flatten_exclude(
         self, exclude: Sequence[np.ndarray | Sequence[int]] | None, nb: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(user, slot)`` of every excluded row that is in the index (repeats are kept)."""
+        """``(user, row)`` of every excluded row (repeats are kept)."""
         if exclude is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         parts = [np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude]
@@ -603,11 +618,8 @@ class IVFIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         er = np.concatenate(parts)
         eu = np.repeat(np.arange(nb), lens)
-        ok = (er >= 0) & (er < len(self._row_slot))
-        eu, er = eu[ok], er[ok]
-        slot = self._row_slot[er]
-        ok = slot >= 0
-        return eu[ok], slot[ok]
+        ok = er >= 0
+        return eu[ok], er[ok]
 
     # -------------------------------------------------------------- storage
     def _layout(self, rows: np.ndarray, x: np.ndarray, lists: np.ndarray) -> None:

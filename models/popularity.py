@@ -128,8 +128,7 @@ class Popularity:
             raise InvalidInputError(f"ts_ms must be finite with shape {w.shape}")
         i = self._index(items)
         if item_tags is not None:
-            for x, tags in self._tags.pending(i, item_tags).items():
-                self._tags.set(x, tags)
+            self._tags.set_untagged(self._tags.pending(i, item_tags))
         if self.half_life_s is not None:
             w = w * self._forward_decay(t)
         np.add.at(self._c, i, w)
