@@ -2,6 +2,7 @@
 
     python bench/topn.py --quick    # 10k and 100k items, a small learned model: ~1 min
     python bench/topn.py            # 10k, 100k and 1M items: a few minutes
+    python bench/topn.py --model-only   # only BPRMF.top_n_lists (the worker's call), µs per user + recall
 
 The job: after a batch, refresh the top-50 of the 1,000 users it touched (k = 64 factors,
 score p.q + b), never returning an item of the user's exclusion list.
@@ -267,6 +268,31 @@ def bench_learned(n_items: int, n_users: int, n_events: int, drift_batches: int,
     return [bf, ivf]
 
 
+def bench_model_path(n_items: int, n_users: int, repeats: int, seed: int = 0) -> Row:
+    """The worker's call: ``BPRMF.top_n_lists`` (k = 32) on clustered factors, ids in and out.
+
+    Each user excludes 50 random item ids (a dict, like the worker's history). The model syncs
+    its index (first call builds it) inside the untimed warm-up; the timed runs include the
+    id lookups of the exclusions and the formatting of the id / score lists.
+    """
+    k = 32
+    p, q, b = clustered_factors(n_items, n_users, k=k, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    model = BPRMF(n_factors=k, seed=0)
+    item_ids = [f"i{j}" for j in range(n_items)]
+    user_ids = [f"u{u}" for u in range(n_users)]
+    model.set_item_vectors(item_ids, q, b)
+    model.set_user_vectors(user_ids, p)
+    ex_rows = [rng.choice(n_items, N_TOP, replace=False) for _ in range(n_users)]
+    exclude = [dict.fromkeys(item_ids[j] for j in r.tolist()) for r in ex_rows]
+    ms = timed(lambda: model.top_n_lists(user_ids, N_TOP, exclude), repeats)
+    got_ids, _ = model.top_n_lists(user_ids, N_TOP, exclude)
+    got = np.array([[int(x[1:]) for x in row] + [-1] * (N_TOP - len(row)) for row in got_ids])
+    truth = brute_force(p, q, b, N_TOP, ex_rows)
+    return Row(f"{n_items:,} items", f"BPRMF.top_n_lists ({n_users:,} users)", ms, recall(got, truth),
+               note=f"median {1e3 * statistics.median(ms) / n_users:.2f} us per user")
+
+
 # ---------------------------------------------------------------- report
 def fmt(x: float | None, spec: str) -> str:
     return "—" if x is None else format(x, spec)
@@ -299,6 +325,10 @@ def main() -> None:
     parser.add_argument("--drift-batches", type=int, default=None,
                         help="learning batches after the build (100, quick 30)")
     parser.add_argument("--no-learned", action="store_true", help="skip the learned-factors part")
+    parser.add_argument("--model-users", type=int, default=4000,
+                        help="users per BPRMF.top_n_lists refresh (default 4000)")
+    parser.add_argument("--model-only", action="store_true",
+                        help="only the BPRMF.top_n_lists part (no IVFIndex/brute-force table, no learned part)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 5)
@@ -313,12 +343,15 @@ def main() -> None:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     rows: list[Row] = []
+    model_rows: list[Row] = []
     for n_items in sizes:
         bf_repeats = min(repeats, args.bf_repeats_1m) if n_items >= 1_000_000 else repeats
-        rows += bench_clustered(n_items, args.users, repeats, bf_repeats)
+        if not args.model_only:
+            rows += bench_clustered(n_items, args.users, repeats, bf_repeats)
+        model_rows.append(bench_model_path(n_items, args.model_users, repeats))
         print(f"... {n_items:,} items done", flush=True)
     learned: list[Row] = []
-    if not args.no_learned:
+    if not args.no_learned and not args.model_only:
         learned = bench_learned(
             n_items=args.learned_items or (5000 if args.quick else 20_000),
             n_users=args.learned_items or (5000 if args.quick else 20_000),
@@ -341,7 +374,11 @@ def main() -> None:
           f"warm-up (brute force at >= 1M items: {min(repeats, args.bf_repeats_1m)})\n")
     print("Clustered synthetic factors, 50 random excluded items per user (brute force: bytes / item are "
           "those of the factors themselves):\n")
-    print_table(rows, args.users)
+    if rows:
+        print_table(rows, args.users)
+    print(f"\nThe worker's call, BPRMF.top_n_lists (k = 32, top-{N_TOP}, 50 excluded ids per user, ids in and "
+          f"lists of ids / scores out), clustered factors; recall against brute force:\n")
+    print_table(model_rows, args.model_users)
     if learned:
         print("\nFactors learned by BPRMF on a SyntheticWorld stream, each user's history excluded "
               "(upsert column: see the note):\n")

@@ -464,3 +464,35 @@ def test_public_api() -> None:
     assert set(models.__all__) >= {"BPRMF", "Popularity", "IdMap", "Recommender", "ModelError", "event_weight"}
     assert issubclass(InvalidInputError, ModelError) and issubclass(UnknownIdError, KeyError)
     assert (ROOT / "models" / "py.typed").exists()
+
+
+def test_top_n_lists_matches_top_n_batch_and_skips_unknown_users() -> None:
+    users, items = planted_stream(3000, seed=3)
+    for min_items in (None, 16):  # brute force, then the index path
+        m = BPRMF(n_factors=8, seed=1, index_min_items=min_items)
+        m.learn_batch(users, items)
+        asked = [*users[:40], "nobody"]
+        hist = [dict.fromkeys(i for u2, i in zip(users, items) if u2 == u) for u in asked]
+        ids, scores = m.top_n_lists(asked, 10, hist)
+        assert ids[-1] == [] and scores[-1] == []
+        tuples = m.top_n_batch(asked, 10, hist)
+        assert [[i for i, _ in t] for t in tuples] == ids
+        assert [[s for _, s in t] for t in tuples] == scores
+        for u, row, h in zip(asked, ids, hist):
+            assert not set(row) & set(h)
+            if row:
+                np.testing.assert_allclose(scores[asked.index(u)], m.score(u, row), rtol=1e-5, atol=1e-6)
+
+
+def test_index_path_follows_learning_and_set_item_vectors() -> None:
+    users, items = planted_stream(4000, seed=4)
+    m = BPRMF(n_factors=8, seed=2, index_min_items=16)
+    m.learn_batch(users[:2000], items[:2000])
+    m.top_n_lists(users[:5], 5)  # builds the index
+    m.learn_batch(users[2000:], items[2000:])
+    best = m.item_ids[0]
+    m.set_item_vectors([best], 10 * m.user_vectors([users[0]]), np.array([10.0]))
+    ids, scores = m.top_n_lists(users[:20], 5)
+    assert ids[0][0] == best
+    for u, row, sc in zip(users[:20], ids, scores):
+        np.testing.assert_allclose(sc, m.score(u, row), rtol=1e-5, atol=1e-5)
