@@ -22,36 +22,55 @@ Records are plain dicts, sent as JSON to ``<prefix>.metrics`` (schema in the REA
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import count
+from operator import attrgetter
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from streams.events import Event
 
-__all__ = ["EngagementWindows", "HealthCounters", "percentiles_ms"]
+__all__ = ["EngagementWindows", "HealthCounters", "percentiles_ms", "KIND_CODES"]
 
-_KIND_COLUMN = {"view": 0, "like": 1, "share": 2}
+#: Event kind -> the int8 code :meth:`EngagementWindows.add_columns` takes.
+KIND_CODES = {"view": 0, "like": 1, "share": 2}
 
-
-@dataclass
-class _Counter:
-    counts: list[int] = field(default_factory=lambda: [0, 0, 0])
-    users: set[str] = field(default_factory=set)
-    creator_id: str | None = None
-    tags: tuple[str, ...] = ()
+_EVENT_COLUMNS = attrgetter("ts", "kind", "user_id", "item_id", "creator_id", "tags")
 
 
-@dataclass
 class _Window:
-    start_ms: int
-    revision: int
-    items: dict[str, _Counter] = field(default_factory=dict)
-    creators: dict[str, _Counter] = field(default_factory=dict)
-    tags: dict[str, _Counter] = field(default_factory=dict)
+    """One open window: interned keys plus per-batch code columns, aggregated at close.
+
+    ``keys`` maps each distinct ``(item_id, creator_id, tags)`` to the row number of its
+    first event, so insertion order (and code order) is order of first appearance.
+    ``users`` maps each distinct user id to itself: ``id()`` of that kept string is the
+    user's code, unique while the window lives. A batch appends three arrays (key code
+    int64, user code int64, kind int8): 17 bytes per event.
+    """
+
+    __slots__ = ("start_ms", "revision", "keys", "users", "rows", "codes", "user_codes", "kinds")
+
+    def __init__(self, start_ms: int, revision: int) -> None:
+        self.start_ms = start_ms
+        self.revision = revision
+        self.keys: dict[tuple[str, str | None, tuple[str, ...]], int] = {}
+        self.users: dict[str, str] = {}
+        self.rows = 0
+        self.codes: list[np.ndarray] = []
+        self.user_codes: list[np.ndarray] = []
+        self.kinds: list[np.ndarray] = []
 
 
 class EngagementWindows:
-    """Per-window counts of views, likes, shares and unique users per item, creator and tag."""
+    """Per-window counts of views, likes, shares and unique users per item, creator and tag.
+
+    Adding costs a few dict operations per event (no per-id counter objects); the counting
+    and the unique users are numpy work when a window closes. Memory of an open window:
+    about 17 bytes per event plus its distinct ids (and ``(item, creator, tags)`` keys);
+    a window is freed when it is emitted, so memory is bounded by the events of the open
+    windows (event rate x (window + grace), plus late events' revision windows). At most
+    10,000 emitted windows' revision numbers are remembered.
+    """
 
     def __init__(self, window_ms: int, grace_ms: int) -> None:
         if window_ms <= 0:
@@ -63,33 +82,80 @@ class EngagementWindows:
         self.late_events = 0
 
     def add(self, events: Iterable[Event]) -> None:
-        """Count ``events`` into their windows."""
-        for ev in events:
-            start = ev.ts - ev.ts % self.window_ms
-            window = self._open.get(start)
-            if window is None:
-                revision = self._revisions.get(start, 0)
-                window = self._open[start] = _Window(start, revision)
-            if window.revision:
-                self.late_events += 1
-            column = _KIND_COLUMN[ev.kind]
-            item = window.items.get(ev.item_id)
-            if item is None:
-                item = window.items[ev.item_id] = _Counter(creator_id=ev.creator_id, tags=ev.tags)
-            item.counts[column] += 1
-            item.users.add(ev.user_id)
-            if ev.creator_id is not None:
-                creator = window.creators.get(ev.creator_id)
-                if creator is None:
-                    creator = window.creators[ev.creator_id] = _Counter()
-                creator.counts[column] += 1
-                creator.users.add(ev.user_id)
-            for tag in ev.tags:
-                counter = window.tags.get(tag)
-                if counter is None:
-                    counter = window.tags[tag] = _Counter()
-                counter.counts[column] += 1
-                counter.users.add(ev.user_id)
+        """Count ``events`` into their windows (see :meth:`add_columns`)."""
+        rows = list(map(_EVENT_COLUMNS, events))
+        if not rows:
+            return
+        ts, kinds, users, items, creators, tags = zip(*rows)
+        codes = np.fromiter(map(KIND_CODES.__getitem__, kinds), np.int8, len(kinds))
+        self.add_columns(np.array(ts, dtype=np.int64), codes, users, items, creators, tags)
+
+    def add_columns(
+        self,
+        ts: np.ndarray,
+        kinds: np.ndarray,
+        users: Sequence[str],
+        items: Sequence[str],
+        creators: Sequence[str | None],
+        tags: Sequence[tuple[str, ...]],
+    ) -> None:
+        """Count a batch given as columns: event time (int64 ms), kind codes (int8, :data:`KIND_CODES`),
+        user, item and creator ids, and tag tuples.
+
+        >>> w = EngagementWindows(window_ms=1_000, grace_ms=0)
+        >>> w.add_columns(np.array([10, 20, 1_500]), np.array([0, 1, 0], dtype=np.int8),
+        ...               ["u1", "u2", "u1"], ["i1", "i1", "i2"], ["c1", "c1", None], [("a",), ("a",), ()])
+        >>> [(r["window_start_ms"], r["type"], r["id"], r["views"], r["likes"], r["unique_users"]) for r in w.close_all()]
+        [(0, 'item', 'i1', 1, 1, 2), (0, 'creator', 'c1', 1, 1, 2), (0, 'tag', 'a', 1, 1, 2), (1000, 'item', 'i2', 1, 0, 1)]
+        """
+        n = len(users)
+        ts = np.asarray(ts, dtype=np.int64)
+        kinds = np.asarray(kinds, dtype=np.int8)
+        if not (ts.shape == kinds.shape == (n,) and len(items) == len(creators) == len(tags) == n):
+            raise ValueError("add_columns needs columns of one length")
+        if n == 0:
+            return
+        if int(kinds.min()) < 0 or int(kinds.max()) > 2:
+            raise ValueError("kind codes must be 0 (view), 1 (like) or 2 (share)")
+        starts = ts - ts % self.window_ms
+        first = int(starts[0])
+        if int(starts.min()) == first == int(starts.max()):  # the common case: one window
+            self._add_window(first, kinds, users, items, creators, tags)
+            return
+        values, first_rows = np.unique(starts, return_index=True)
+        for start in values[np.argsort(first_rows)].tolist():
+            rows = np.flatnonzero(starts == start)
+            sel = rows.tolist()
+            self._add_window(start, kinds[rows], [users[i] for i in sel], [items[i] for i in sel],
+                             [creators[i] for i in sel], [tags[i] for i in sel])
+
+    def _add_window(
+        self,
+        start: int,
+        kinds: np.ndarray,
+        users: Sequence[str],
+        items: Sequence[str],
+        creators: Sequence[str | None],
+        tags: Sequence[tuple[str, ...]],
+    ) -> None:
+        window = self._open.get(start)
+        if window is None:
+            window = self._open[start] = _Window(start, self._revisions.get(start, 0))
+        n = len(users)
+        if window.revision:
+            self.late_events += n
+        keys = window.keys
+        try:
+            codes = np.fromiter(map(keys.setdefault, zip(items, creators, tags), count(window.rows)), np.int64, n)
+        except TypeError:  # tags given as lists; keys already added got the same codes they get again
+            tuples = [tuple(t) for t in tags]
+            codes = np.fromiter(map(keys.setdefault, zip(items, creators, tuples), count(window.rows)), np.int64, n)
+        canonical = window.users
+        user_codes = np.fromiter(map(id, map(canonical.setdefault, users, users)), np.int64, n)
+        window.rows += n
+        window.codes.append(codes)
+        window.user_codes.append(user_codes)
+        window.kinds.append(kinds)
 
     def close_due(self, now_ms: int) -> list[dict[str, Any]]:
         """Records of every window whose end plus grace is at or before ``now_ms``."""
@@ -110,13 +176,7 @@ class EngagementWindows:
             window = self._open.pop(start)
             self._revisions[start] = window.revision + 1
             head = {"window_start_ms": start, "window_end_ms": start + self.window_ms, "revision": window.revision}
-            for scope, table in (("item", window.items), ("creator", window.creators), ("tag", window.tags)):
-                for key, counter in table.items():
-                    record = {"type": scope, "id": key, **head, **_rates(counter)}
-                    if scope == "item":
-                        record["creator_id"] = counter.creator_id
-                        record["tags"] = list(counter.tags)
-                    records.append(record)
+            _window_records(window, head, records)
         # Remember revisions for a day of windows at most: bounded memory.
         if len(self._revisions) > 10_000:
             for start in sorted(self._revisions)[: len(self._revisions) - 10_000]:
@@ -124,13 +184,99 @@ class EngagementWindows:
         return records
 
 
-def _rates(counter: _Counter) -> dict[str, Any]:
-    views, likes, shares = counter.counts
+def _unique_per_group(groups: np.ndarray, users: np.ndarray, n_users: int, n_groups: int) -> np.ndarray:
+    """Distinct users per group, from (group, user) pairs with dense codes."""
+    pairs = np.sort(groups * n_users + users)
+    if pairs.size:
+        pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    return np.bincount(pairs // n_users, minlength=n_groups)
+
+
+def _window_records(window: _Window, head: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Append the item, creator and tag records of one window, each in order of first appearance."""
+    keys = window.keys
+    n_keys = len(keys)
+    key_codes = np.fromiter(keys.values(), np.int64, n_keys)  # ascending: codes are first row numbers
+    key_of_row = np.searchsorted(key_codes, np.concatenate(window.codes))
+    kinds = np.concatenate(window.kinds)
+    _, user_of_row = np.unique(np.concatenate(window.user_codes), return_inverse=True)
+    n_users = len(window.users)
+    key_counts = np.bincount(key_of_row * 3 + kinds, minlength=3 * n_keys).reshape(n_keys, 3)
+    # distinct (key, user) pairs
+    pairs = np.sort(key_of_row * n_users + user_of_row.reshape(-1))
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    pair_key, pair_user = np.divmod(pairs, n_users)
+
+    items: dict[str, int] = {}
+    creators: dict[str | None, int] = {}
+    tag_index: dict[str, int] = {}
+    item_meta: list[tuple[str | None, tuple[str, ...]]] = []
+    item_list: list[int] = []
+    creator_list: list[int] = []
+    tag_of_entry: list[int] = []
+    tag_lengths: list[int] = []
+    for item, creator, tags in keys:
+        index = items.setdefault(item, len(items))
+        if index == len(item_meta):
+            item_meta.append((creator, tags))
+        item_list.append(index)
+        creator_list.append(-1 if creator is None else creators.setdefault(creator, len(creators)))
+        tag_lengths.append(len(tags))
+        for tag in tags:
+            tag_of_entry.append(tag_index.setdefault(tag, len(tag_index)))
+    key_item = np.array(item_list, dtype=np.int64)
+    key_creator = np.array(creator_list, dtype=np.int64)
+    tags_per_key = np.array(tag_lengths, dtype=np.int64)
+
+    # items
+    if len(items) == n_keys:  # one key per item (the usual case): key k is item k
+        item_counts = key_counts
+        item_users = np.bincount(pair_key, minlength=n_keys)
+    else:
+        item_counts = np.zeros((len(items), 3), np.int64)
+        np.add.at(item_counts, key_item, key_counts)
+        item_users = _unique_per_group(key_item[pair_key], pair_user, n_users, len(items))
+    # creators
+    creator_counts = np.zeros((len(creators), 3), np.int64)
+    has_creator = key_creator >= 0
+    np.add.at(creator_counts, key_creator[has_creator], key_counts[has_creator])
+    pair_creator = key_creator[pair_key]
+    with_creator = pair_creator >= 0
+    creator_users = _unique_per_group(pair_creator[with_creator], pair_user[with_creator], n_users, len(creators))
+    # tags: one entry per (key, tag), expanded to one per (pair, tag)
+    n_tags = len(tag_index)
+    entry_tag = np.array(tag_of_entry, dtype=np.int64)
+    entry_key = np.repeat(np.arange(n_keys), tags_per_key)
+    tag_counts = np.zeros((n_tags, 3), np.int64)
+    np.add.at(tag_counts, entry_tag, key_counts[entry_key])
+    first_entry = np.cumsum(tags_per_key) - tags_per_key
+    per_pair = tags_per_key[pair_key]
+    pair_of = np.repeat(np.arange(pair_key.size), per_pair)
+    offset = np.arange(pair_of.size) - np.repeat(np.cumsum(per_pair) - per_pair, per_pair)
+    pair_tags = entry_tag[first_entry[pair_key[pair_of]] + offset] if pair_of.size else entry_tag[:0]
+    tag_users = _unique_per_group(pair_tags, pair_user[pair_of], n_users, n_tags)
+
+    for item, (creator, tags), row, unique in zip(items, item_meta, item_counts.tolist(), item_users.tolist()):
+        record = _record("item", item, head, row, unique)
+        record["creator_id"] = creator
+        record["tags"] = list(tags)
+        records.append(record)
+    for scope, ids, counts, users in (("creator", creators, creator_counts, creator_users),
+                                      ("tag", tag_index, tag_counts, tag_users)):
+        for key, row, unique in zip(ids, counts.tolist(), users.tolist()):
+            records.append(_record(scope, key, head, row, unique))
+
+
+def _record(scope: str, key: str | None, head: dict[str, Any], counts: list[int], unique_users: int) -> dict[str, Any]:
+    views, likes, shares = counts
     return {
+        "type": scope,
+        "id": key,
+        **head,
         "views": views,
         "likes": likes,
         "shares": shares,
-        "unique_users": len(counter.users),
+        "unique_users": unique_users,
         "like_rate": likes / views if views else None,
         "share_rate": shares / views if views else None,
     }
