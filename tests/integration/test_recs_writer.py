@@ -1,0 +1,89 @@
+"""RecsWriter against a real redis-server: values, TTLs, error replies, an unreachable server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import redis
+
+from streams.cache import RecsWriter, async_redis, encode_list
+from streams.dev import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_write_lists_sets_every_value_with_its_ttl(make_settings):
+    settings = make_settings(rec_ttl_s=1234)
+    rng = np.random.default_rng(0)
+    users = [f"u{j}" for j in range(2_345)]  # three socket writes
+    items = [[f"i{k}" for k in rng.integers(0, 10_000, 50)] for _ in users]
+    scores = rng.standard_normal((len(users), 50)).astype(np.float32)
+    popular = [("p1", 3.0), ("p2", 2.123456)]
+
+    async def run() -> None:
+        client = async_redis(settings)
+        writer = RecsWriter(client, settings)
+        await writer.write_lists(users, items, scores, popular=popular, model_version="m1", updated_ms=99,
+                                 popular_by_tag={"dance": popular[:1], "empty": []})
+        values = await client.mget([settings.rec_key(u) for u in users])
+        assert values == [encode_list(list(zip(i, s.tolist())), source="personal", updated_ms=99, model_version="m1",
+                                      user_id=u) for u, i, s in zip(users, items, scores)]
+        assert await client.get(settings.popular_key) == encode_list(popular, source="popular", updated_ms=99,
+                                                                    model_version="m1")
+        assert await client.get(settings.tag_popular_key("dance")) is not None
+        assert not await client.exists(settings.tag_popular_key("empty"))
+        ttls = [await client.ttl(k) for k in (settings.rec_key(users[0]), settings.rec_key(users[-1]),
+                                              settings.popular_key, settings.tag_popular_key("dance"))]
+        assert all(1200 < t <= 1234 for t in ttls)
+        # the mapping form writes the same values; the connection is reusable between calls
+        await writer.write({"solo": [("a", 0.5)]}, popular=None, model_version="m2", updated_ms=1)
+        assert await client.get(settings.rec_key("solo")) == encode_list(
+            [("a", 0.5)], source="personal", updated_ms=1, model_version="m2", user_id="solo")
+        await writer.write_lists([], [], [], popular=None, model_version="m2", updated_ms=1)
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_acl_user_limited_to_the_prefix_and_set_only(make_settings, services):
+    admin_settings = make_settings()
+    prefix = admin_settings.redis_prefix
+    user = f"writer-{prefix}"
+
+    async def run() -> None:
+        admin = async_redis(admin_settings)
+        await admin.execute_command("ACL", "SETUSER", user, "on", ">s3cret", f"~{prefix}:*", "+set")
+        try:
+            ok = make_settings(redis_prefix=prefix, redis_username=user, redis_password="s3cret")
+            writer = RecsWriter(async_redis(ok), ok)
+            await writer.write_lists(["u1", "u2"], [["i1"], ["i2"]], [[1.0], [2.0]], popular=[("i1", 1.0)],
+                                     model_version="m", updated_ms=1)
+            assert await admin.get(ok.rec_key("u2")) is not None
+            # keys outside the prefix: every reply is NOPERM; the first is raised after all replies were read
+            outside = make_settings(redis_username=user, redis_password="s3cret")
+            denied = RecsWriter(async_redis(outside), outside)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await denied.write_lists(["u1", "u2"], [["i1"], ["i2"]], [[1.0], [2.0]], popular=[("i1", 1.0)],
+                                         model_version="m", updated_ms=1)
+            await denied.write_lists([], [], [], popular=None, model_version="m", updated_ms=1)  # still usable
+            await writer.client.aclose()
+            await denied.client.aclose()
+        finally:
+            await admin.execute_command("ACL", "DELUSER", user)
+            await admin.aclose()
+
+    asyncio.run(run())
+
+
+def test_unreachable_redis_raises_a_redis_error(make_settings):
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+
+    async def run() -> None:
+        writer = RecsWriter(async_redis(settings), settings)
+        with pytest.raises((redis.RedisError, OSError)):
+            await writer.write_lists(["u1"], [["i1"]], [[1.0]], popular=None, model_version="m", updated_ms=1)
+        await writer.client.aclose()
+
+    asyncio.run(run())
