@@ -32,6 +32,8 @@ __all__ = [
     "decode_user",
     "encode_item",
     "decode_item",
+    "encode_users",
+    "encode_items",
 ]
 
 _USER_MAGIC = b"SRU1"
@@ -59,6 +61,28 @@ def encode_user(vector: np.ndarray, history: Sequence[str]) -> bytes:
     return _HEADER.pack(_USER_MAGIC, factors.size) + factors.tobytes() + orjson.dumps(list(history))
 
 
+def encode_users(vectors: np.ndarray, histories: Sequence[Sequence[str]]) -> list[bytes]:
+    """:func:`encode_user` of each row of ``vectors`` (n, k) with its history, byte for byte.
+
+    >>> blobs = encode_users(np.zeros((2, 1), np.float32), [["i1"], []])
+    >>> blobs == [encode_user(np.zeros(1), ["i1"]), encode_user(np.zeros(1), [])]
+    True
+    """
+    factors = np.ascontiguousarray(vectors, dtype="<f4")
+    if factors.ndim != 2 or factors.shape[0] != len(histories):
+        raise ValueError("vectors must be (n, k) with one history per row")
+    return _with_tails(_USER_MAGIC, factors, [orjson.dumps(h if isinstance(h, list) else list(h)) for h in histories])
+
+
+def _with_tails(magic: bytes, factors: np.ndarray, tails: list[bytes]) -> list[bytes]:
+    """Header, one row of ``factors`` and its JSON tail, for every row: one ``tobytes`` for all rows."""
+    n, k = factors.shape
+    header = _HEADER.pack(magic, k)
+    step = 4 * k
+    raw = memoryview(factors.tobytes())
+    return [b"%b%b%b" % (header, raw[j * step:(j + 1) * step], tail) for j, tail in enumerate(tails)]
+
+
 def decode_user(blob: bytes) -> tuple[np.ndarray, list[str]]:
     vector, history = _split(blob, _USER_MAGIC)
     return vector, list(history)
@@ -74,6 +98,41 @@ def encode_item(state: ItemState) -> bytes:
         "pt": int(state.popularity_ts_ms),
     }
     return _HEADER.pack(_ITEM_MAGIC, factors.size) + factors.tobytes() + orjson.dumps(meta)
+
+
+def encode_items(
+    vectors: np.ndarray,
+    biases: Sequence[float] | np.ndarray,
+    creators: Sequence[str | None],
+    tags: Sequence[Sequence[str]],
+    popularity: Sequence[float] | np.ndarray,
+    popularity_ts_ms: int | Sequence[int] | np.ndarray,
+) -> list[bytes]:
+    """:func:`encode_item` of many items (rows of ``vectors``), byte for byte; ``popularity_ts_ms`` is one
+    time for all or one per item.
+
+    >>> one = ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7)
+    >>> encode_items(np.ones((1, 2)), [0.5], ["c1"], [("a",)], [2.0], 7) == [encode_item(one)]
+    True
+    """
+    factors = np.ascontiguousarray(vectors, dtype="<f4")
+    n = len(creators)
+    if factors.ndim != 2 or not factors.shape[0] == len(biases) == n == len(tags) == len(popularity):
+        raise ValueError("vectors must be (n, k) with one bias, creator, tag list and popularity per row")
+    if np.ndim(popularity_ts_ms) == 0:
+        times = [int(popularity_ts_ms)] * n  # type: ignore[arg-type]
+    else:
+        times = np.asarray(popularity_ts_ms, dtype=np.int64).tolist()
+        if len(times) != n:
+            raise ValueError("popularity_ts_ms must be one time or one per item")
+    dumps = orjson.dumps
+    tails = [
+        dumps({"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt})
+        for b, c, t, p, pt in zip(
+            np.asarray(biases, dtype=np.float64).tolist(), creators, tags,
+            np.asarray(popularity, dtype=np.float64).tolist(), times)
+    ]
+    return _with_tails(_ITEM_MAGIC, factors, tails)
 
 
 def decode_item(blob: bytes) -> ItemState:
