@@ -92,13 +92,14 @@ def top_arrays(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((b, 0), np.int64), np.zeros((b, 0), scores.dtype)
     if n < m:
         cand = np.argpartition(scores, m - n, axis=1)[:, m - n :]
+        cand.sort(axis=1)  # by column first, so the stable sort below breaks ties by lower column
     else:
         cand = np.broadcast_to(np.arange(m), (b, m))
-    vals = np.take_along_axis(scores, cand, axis=1)
-    order = np.lexsort((cand, -vals), axis=-1)
-    cand = np.take_along_axis(cand, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    cand = np.where(np.isfinite(vals), cand, -1)  # -inf (excluded) sorts last
+    r = np.arange(b)[:, None]
+    vals = scores[r, cand]
+    order = np.argsort(-vals, axis=1, kind="stable")
+    cand, vals = cand[r, order], vals[r, order]
+    cand[~np.isfinite(vals)] = -1  # -inf (excluded) sorts last
     return cand, vals
 
 

@@ -81,6 +81,47 @@ def _occurrence_rank(u: np.ndarray, cap: int) -> np.ndarray | None:
     return np.minimum(rank, cap - 1)
 
 
+_POOL_BLOCK_SCORES = 1 << 21  # scores per block of users in _search_pooled (8 MiB of float32)
+
+
+_POOL_HEAD = 512  # pool columns ranked first; the rest only when one of them could enter the top-n
+
+
+def _top_with_head(scores: np.ndarray, n: int, head: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`models._common.top_arrays` of ``scores``, cheaper when the best columns come first.
+
+    The top-n of the first ``head`` columns is the top-n of the row when no later
+    column beats its n-th score (one max per row instead of a selection over all).
+    """
+    if head >= scores.shape[1]:
+        return C.top_arrays(scores, n)
+    cols, vals = C.top_arrays(scores[:, :head], n)
+    nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(scores), -np.inf, scores.dtype)
+    redo = np.flatnonzero(~(nth >= scores[:, head:].max(axis=1)))
+    if len(redo):
+        cols[redo], vals[redo] = C.top_arrays(scores[redo], n)
+    return cols, vals
+
+
+def _score_ceiling(user_norms: np.ndarray, norms: np.ndarray, biases: np.ndarray, groups: int = 32) -> np.ndarray:
+    """Per user, an upper bound of ``|p_u| * |q_i| + b_i`` over the given items (with a float margin).
+
+    Items are grouped by norm; within a group both the largest norm and the largest
+    bias bound every member, so the bound is ``max_g |p_u| * N_g + B_g``.
+    """
+    if len(norms) == 0:
+        return np.full(len(user_norms), -np.inf)
+    edges = np.quantile(norms, np.linspace(0, 1, groups + 1)[1:-1])
+    group = np.searchsorted(edges, norms)
+    top_norm = np.full(groups, -np.inf)
+    top_bias = np.full(groups, -np.inf)
+    np.maximum.at(top_norm, group, norms)
+    np.maximum.at(top_bias, group, biases)
+    used = np.isfinite(top_norm)
+    ceiling = (user_norms[:, None].astype(np.float64) * top_norm[used] + top_bias[used]).max(axis=1)
+    return ceiling + 1e-4 * (np.abs(ceiling) + user_norms * top_norm[used].max()) + 1e-6
+
+
 class BPRMF:
     r"""Implicit-feedback matrix factorisation with item bias, trained online with BPR.
 
@@ -248,6 +289,7 @@ class BPRMF:
         user_decay_half_life_s: float | None = None,
         tag_init: bool = True,
         index_min_items: int | None = 4096,
+        pool_size: int = 2048,
     ) -> None:
         dt = np.dtype(dtype)
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -290,6 +332,7 @@ class BPRMF:
         self.user_decay_half_life_s = None if user_decay_half_life_s is None else float(user_decay_half_life_s)
         self.tag_init = bool(tag_init)
         self.index_min_items = index_min_items
+        self.pool_size = int(pool_size)
         self._index: IVFIndex | None = None  # built on demand by top_n_batch; never serialised
         self._n_indexed = 0  # item rows 0 .. _n_indexed - 1 are in the index
         self._dirty = np.zeros(0, bool)  # per item row: changed since the index last saw it
@@ -756,7 +799,7 @@ class BPRMF:
         ni = len(self._items)
         V, b, P = self._V[:ni], self._b[:ni], self._U[uidx if all_known else uidx[known]]
         if self.index_min_items is not None and ni >= self.index_min_items and len(known):
-            rows, scores = self._search_index(P, n, ex)
+            rows, scores = self._search_pooled(P, n, ex)
         else:
             rows, scores = C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(known), n, self._items, ex)
         names, values = C.as_lists(rows, scores, self._items._array())
@@ -767,6 +810,60 @@ class BPRMF:
         for r, a, s in zip(known.tolist(), names, values):
             out_ids[r], out_scores[r] = a, s
         return out_ids, out_scores
+
+    def _search_pooled(
+        self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n rows and scores: exact ranking within a shared pool, proven per user, index for the rest.
+
+        Every user of the batch is scored against the same ``pool_size`` items, those
+        with the highest ``|q_i| * c + b_i`` (``c`` the batch's median user norm): one
+        matrix product. An item outside the pool scores at most ``|p_u| * |q_i| + b_i``
+        (Cauchy-Schwarz); bounding that over the outside items, grouped by norm, gives
+        each user a ceiling. Where the user's n-th best pool score reaches it, no item
+        outside can enter the top-n and the pool's answer is exact. The other users
+        (a few percent on learned factors) go through :meth:`_search_index`.
+        """
+        ni = len(self._items)
+        V, b = self._V[:ni], self._b[:ni]
+        m = min(ni, max(self.pool_size, 4 * n))
+        user_norms = np.sqrt(np.einsum("ij,ij->i", P, P))
+        item_norms = np.sqrt(np.einsum("ij,ij->i", V, V))
+        key = item_norms * np.median(user_norms) + b
+        pool = np.argpartition(key, ni - m)[ni - m :] if m < ni else np.arange(ni)
+        pool = pool[np.argsort(-key[pool], kind="stable")]  # likeliest first: see the head below
+        pool_vectors, pool_bias = np.ascontiguousarray(V[pool].T), b[pool]
+        head = min(m, max(4 * n, _POOL_HEAD))
+        slot = None
+        if exclude is not None:
+            slot = np.full(ni, -1, np.int64)
+            slot[pool] = np.arange(m)
+        width = min(n, m)
+        rows = np.empty((len(P), width), np.int64)
+        vals = np.empty((len(P), width), V.dtype)
+        block = max(1, _POOL_BLOCK_SCORES // m)  # bounded memory, cache-sized blocks
+        for lo in range(0, len(P), block):
+            hi = min(lo + block, len(P))
+            scores = P[lo:hi] @ pool_vectors + pool_bias
+            if slot is not None:
+                eu, er = C.flatten_exclude(exclude[lo:hi], self._items)  # type: ignore[index]
+                es = slot[er]
+                hit = es >= 0
+                scores[eu[hit], es[hit]] = -np.inf
+            cols, block_vals = _top_with_head(scores, n, head)
+            vals[lo:hi] = block_vals
+            rows[lo:hi] = np.where(cols >= 0, pool[np.maximum(cols, 0)], -1)
+        if m == ni:
+            return rows, vals
+        outside = np.ones(ni, bool)
+        outside[pool] = False
+        ceiling = _score_ceiling(user_norms, item_norms[outside], b[outside])
+        nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(P), -np.inf, vals.dtype)
+        unproven = np.flatnonzero(~(nth >= ceiling))
+        if len(unproven):
+            ex = None if exclude is None else [exclude[r] for r in unproven.tolist()]
+            rows[unproven], vals[unproven] = self._search_index(P[unproven], n, ex)
+        return rows, vals
 
     def _mark_dirty(self, rows: np.ndarray) -> None:
         """Remember item rows whose factors changed, for the next :meth:`_search_index` (index built only)."""
