@@ -1,28 +1,46 @@
-"""Thin Faust agents: take a batch of events, hand it to the service, let it route the results."""
+"""The Faust side of the worker: the event subscription, the processing task, the timer.
+
+Records of the events topic reach :class:`~streams.service.RecommenderService` in bulk
+(``app.bulk_handlers``, see :class:`streams.app._Consumer`), not through Faust's
+per-message stream: the ``learn`` agent only declares the subscription, so that Faust's
+group membership, partition assignment and table co-partitioning work as usual.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Sequence
 
 from streams.app import app, settings
 from streams.cache import RecsWriter, async_redis
-from streams.pipeline import RawMessage
+from streams.events import kafka_partition
+from streams.kafka import BatchSender, Record
 from streams.service import RecommenderService
 from streams.tables import TableStateStore
 from streams.topics import dlq_topic, events_topic, metrics_topic
 
-__all__ = ["learn", "tick", "service"]
+__all__ = ["learn", "process_events", "tick", "service", "sender"]
 
 logger = logging.getLogger(__name__)
 
-
-async def _send_dead_letter(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Any:
-    return await dlq_topic.send(key=key, value=value, headers=list(headers or ()))
+sender = BatchSender(settings)
 
 
-async def _send_metric(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Any:
-    return await metrics_topic.send(key=key, value=value)
+async def _send_dead_letters(records: Sequence[Record]) -> None:
+    by_partition: dict[int, list[Record]] = {}
+    for record in records:
+        key = record[0]
+        partition = kafka_partition(key, settings.partitions) if key else 0
+        by_partition.setdefault(partition, []).append(record)
+    futures = []
+    for partition, group in by_partition.items():
+        futures.extend(await sender.send(dlq_topic.get_topic_name(), partition, group))
+    await asyncio.gather(*futures)
+
+
+async def _send_metrics(records: Sequence[Record]) -> None:
+    await asyncio.gather(*await sender.send(metrics_topic.get_topic_name(), 0, records))
 
 
 def _highwater(tp: Any) -> int | None:
@@ -32,28 +50,33 @@ def _highwater(tp: Any) -> int | None:
         return None
 
 
+def _ack(tp: Any, first: int, last: int) -> None:
+    app.consumer.ack_offsets(tp, first, last)
+
+
 service = RecommenderService(
     settings,
-    TableStateStore(),
+    TableStateStore(sender),
     RecsWriter(async_redis(settings), settings),
-    _send_dead_letter,
-    _send_metric,
+    _send_dead_letters,
+    _send_metrics,
     _highwater,
+    _ack,
 )
+app.bulk_handlers[events_topic.get_topic_name()] = service.offer
 
 
 @app.agent(events_topic)
 async def learn(stream: Any) -> None:
-    """Every batch of events: validate, learn, checkpoint, refresh the users' lists."""
-    # Table writes queue in Faust's producer buffer; a batch writes one entry per changed
-    # user and item, so let the buffer hold a few batches before it throttles the stream.
-    app.producer.buffer.max_messages = 4 * settings.batch_max_events
-    async for batch in stream.take_events(settings.batch_max_events, within=settings.batch_within_s):
-        messages = [
-            RawMessage(e.message.key, e.message.value, e.message.topic, e.message.partition, e.message.offset)
-            for e in batch
-        ]
-        await service.handle(messages, [e.message.tp for e in batch])
+    """Declares the subscription to the events topic; its records go to ``service.offer`` in bulk."""
+    async for _event in stream:
+        logger.error("an event reached the per-message path; the bulk handler is not registered")
+
+
+@app.task
+async def process_events() -> None:
+    """Every batch of events: validate, learn, refresh the users' lists, checkpoint."""
+    await service.run()
 
 
 @app.timer(interval=1.0)
@@ -61,6 +84,12 @@ async def tick() -> None:
     await service.tick()
 
 
+@app.on_partitions_revoked.connect
+async def _on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+    await service.on_partitions_revoked(set(revoked))
+
+
 @app.on_before_shutdown.connect
 async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
     await service.shutdown()
+    await sender.stop()

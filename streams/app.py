@@ -6,15 +6,18 @@ module builds the app, its topics and tables, and registers the agents.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Protocol, Sequence
 
 import faust
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from streams.kafka import faust_credentials
 from streams.settings import Settings
 
-__all__ = ["app", "settings", "create_app", "StreamrecApp"]
+__all__ = ["app", "settings", "create_app", "StreamrecApp", "BulkHandler"]
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -29,9 +32,95 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class BulkHandler(Protocol):
+    """Takes every fetched record of one topic-partition at once (see :class:`_Consumer`)."""
+
+    async def __call__(self, tp: TP, records: list[Any]) -> None: ...
+
+
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer, plus a bulk path for the events topic.
+
+    Faust hands every message to its streams one by one (a ``Message`` object, a
+    ``Conductor`` dispatch, a queue hop and an ``Event`` each): ~40x the cost of a
+    plain aiokafka consumer (DESIGN-NOTES §4). Records of a topic registered in
+    ``app.bulk_handlers`` skip all of that: each fetched list of records of one
+    partition goes to its handler in one call. Everything else about Faust stays:
+    group membership, rebalances, table recovery and changelogs, commits. The
+    handler's owner acknowledges offsets with :meth:`ack_offsets` once their effects
+    are durable; Faust commits acknowledged offsets as usual.
+    """
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack_offsets(self, tp: TP, first: int, last: int) -> None:
+        """Mark offsets ``first..last`` of ``tp`` processed, so the next commit may include them.
+
+        A whole range, holes included: offsets missing from a topic (compaction,
+        transaction markers) must not hold the commit back.
+        """
+        committed = self._committed_offset[tp]
+        if committed is not None:
+            first = max(first, committed)
+        if first > last:
+            return
+        offsets = range(first, last + 1)
+        index = self._acked_index[tp]
+        fresh = [o for o in offsets if o not in index] if index else list(offsets)
+        self._acked[tp].extend(fresh)
+        index.update(fresh)
+        self._n_acked += len(fresh)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        handlers: dict[str, BulkHandler] = getattr(self.app, "bulk_handlers", {})
+        if not handlers:
+            return await super()._drain_messages(fetcher)
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        callback = self.callback
+        to_message = self._to_message
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(1.0)
+                await self.sleep(0)
+                if not records or self.should_stop or not self.flow_active:
+                    continue
+                generation_id = self.app.consumer_generation_id
+                for tp, batch in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                        break  # a rebalance started: what is not handed over is fetched again
+                    if not (active is None or tp in active or tp in self._buffered_partitions):
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    last = read_offset[tp]  # as in Faust: the last offset handed over, or the seek position
+                    if last is not None:
+                        if batch[0].offset < last:
+                            batch = [r for r in batch if r.offset >= last]
+                            if not batch:
+                                continue
+                        if last and batch[0].offset - last > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, last + 1, batch[0].offset)
+                    handler = handlers.get(tp.topic)
+                    if handler is not None:
+                        await self.wait_first(handler(tp, batch), self.suspend_flow.wait())
+                    else:
+                        for record in batch:
+                            await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
+                    read_offset[tp] = batch[-1].offset
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -39,7 +128,17 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class StreamrecApp(faust.App):
-    """faust.App with a consumer whose fetch wait follows the settings."""
+    """faust.App with a consumer whose fetch wait follows the settings, and bulk topics.
+
+    ``bulk_handlers`` maps a topic name to the :class:`BulkHandler` that receives its
+    records in bulk (the topic still needs an agent, which declares the subscription).
+    """
+
+    bulk_handlers: dict[str, BulkHandler]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bulk_handlers = {}
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

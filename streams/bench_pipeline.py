@@ -11,8 +11,8 @@ Phases (all on one fresh topic prefix / Redis prefix / consumer group):
 2. **ceiling**: a plain aiokafka consumer (all partitions assigned, from the beginning,
    ``getmany`` with a large ``max_records``) reads and ``orjson.loads`` every event: ``raw_rate``.
 3. **pipeline**: a real worker (``streamrec worker`` child process) consumes the same events.
-   The clock starts when the worker is ready (``ready_ms`` of its heartbeat, or its first write
-   if that came earlier) and stops at the last write caused by the last event of each
+   The clock starts when the worker is ready (``ready_ms`` of its heartbeat) or took its first
+   batch of events (``first_batch_ms``), whichever came first, and stops at the last write caused by the last event of each
    partition (the ``updated_ms`` of those users' lists, once the heartbeat's ``events_total``
    reached ``N``): ``pipeline_rate``; ``ratio = pipeline_rate / raw_rate``.
    ``time_to_first_event_ms`` is the first write (the popular list) minus ``ready_ms``.
@@ -64,12 +64,14 @@ class BenchOptions:
     redis_url: str | None = None
     json: bool = False
     seed: int = 0
+    batch_events: int = 200
     freshness_seconds: float = 20.0
     freshness_max_events: int = 200_000
     sample_every: int = 20
     recall_events: int = 200_000
     recall_users: int = 500
     timeout_s: float | None = None  # pipeline phase; default scales with events
+    worker_log: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded redis-server")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--batch-events", type=int, default=d.batch_events,
+                        help="events per Kafka message, as EventProducer packs them (1: one event per message; 200)")
     parser.add_argument("--freshness-seconds", type=float, default=d.freshness_seconds,
                         help="duration of the freshness phase (default 20)")
     parser.add_argument("--freshness-max-events", type=int, default=d.freshness_max_events,
@@ -91,6 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recall-events", type=int, default=d.recall_events,
                         help="events learned for the offline top-N recall (default 200000)")
     parser.add_argument("--recall-users", type=int, default=d.recall_users, help="users of the recall check (500)")
+    parser.add_argument("--worker-log", default=None, help="copy the worker's log here at the end")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -138,7 +143,28 @@ def _producer(settings: Any, linger_ms: int, batch_bytes: int) -> Any:
                             max_request_size=max(batch_bytes * 2, 1_048_576), enable_idempotence=False)
 
 
-async def _produce_all(settings: Any, encoded: list[tuple[bytes, bytes]]) -> float:
+def _messages(settings: Any, encoded: list[tuple[bytes, bytes]], batch_events: int) -> list[tuple[Any, ...]]:
+    """(key, value, partition, headers) of every message, packed as :class:`~streams.client.EventProducer` does."""
+    from streams.events import BATCH_HEADER, kafka_partition
+
+    if batch_events <= 1:
+        return [(key, value, None, None) for key, value in encoded]
+    buffers: dict[int, list[bytes]] = {}
+    messages: list[tuple[Any, ...]] = []
+    for key, value in encoded:
+        partition = kafka_partition(key, settings.partitions)
+        buffer = buffers.setdefault(partition, [])
+        buffer.append(value)
+        if len(buffer) >= batch_events:
+            messages.append((None, b"[" + b",".join(buffer) + b"]", partition, [BATCH_HEADER]))
+            buffers[partition] = []
+    for partition, buffer in buffers.items():
+        if buffer:
+            messages.append((None, b"[" + b",".join(buffer) + b"]", partition, [BATCH_HEADER]))
+    return messages
+
+
+async def _produce_all(settings: Any, messages: list[tuple[Any, ...]]) -> float:
     from streams.kafka import ensure_topics
 
     await ensure_topics(settings)
@@ -148,8 +174,8 @@ async def _produce_all(settings: Any, encoded: list[tuple[bytes, bytes]]) -> flo
         topic = settings.events_topic
         send = producer.send
         started = time.perf_counter()
-        for key, value in encoded:
-            await send(topic, value=value, key=key)  # enqueue only; delivery is awaited by flush()
+        for key, value, partition, headers in messages:
+            await send(topic, value=value, key=key, partition=partition, headers=headers)  # delivery: flush()
         await producer.flush()
         return time.perf_counter() - started
     finally:
@@ -180,13 +206,15 @@ async def _consume_raw(settings: Any, n: int, timeout_s: float) -> tuple[float, 
                 raise RuntimeError(f"raw consumer read only {count} of {n} events in {timeout_s:.0f} s")
             batches = await consumer.getmany(timeout_ms=500, max_records=100_000)
             for tp, records in batches.items():
+                value = None
                 for record in records:
-                    loads(record.value)
-                count += len(records)
+                    value = loads(record.value)
+                    count += len(value) if record.headers else 1  # a batch message (header) or one event
                 if records:
                     tail = records[-1]
                     if tail.offset >= last.get(tp.partition, (-1, b""))[0]:
-                        last[tp.partition] = (tail.offset, tail.key)
+                        user = value[-1]["user_id"] if tail.headers else value["user_id"]
+                        last[tp.partition] = (tail.offset, user.encode())
         elapsed = time.perf_counter() - started
         return elapsed, {p: key for p, (_, key) in last.items()}
     finally:
@@ -252,7 +280,8 @@ def _run_pipeline(worker: Any, settings: Any, n: int, last_keys: dict[int, bytes
         end_ms = max(ends) if len(ends) == len(keys) and ends else int(status["heartbeat_ms"])
         if first_write_ms is None:
             first_write_ms = end_ms
-        start_ms = min(ready_ms, first_write_ms)
+        first_batch_ms = int(status.get("first_batch_ms") or first_write_ms)
+        start_ms = min(ready_ms, first_write_ms, first_batch_ms)
         seconds = max(end_ms - start_ms, 1) / 1000.0
         return {
             "pipeline_seconds": round(seconds, 3),
@@ -313,11 +342,13 @@ async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: Ben
                 return
             await asyncio.sleep(0.02)
 
-    producer = _producer(settings, linger_ms=2, batch_bytes=262_144)
+    from streams.client import EventProducer
+
+    # The real client, packing events as apps would (``--batch-events``; linger 5 ms counts in freshness).
+    producer = EventProducer(settings, batch_events=opts.batch_events, create_topics=False)
     await producer.start()
     poller = asyncio.create_task(poll())
     try:
-        topic = settings.events_topic
         started = time.perf_counter()
         sent = 0
         while sent < total:
@@ -325,7 +356,7 @@ async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: Ben
             while sent < due:
                 event = events[sent]
                 event["ts"] = send_ms = _now_ms()
-                await producer.send(topic, value=orjson.dumps(event), key=event["user_id"].encode())
+                await producer.send(event)
                 if sent % every == 0:
                     key = settings.rec_key(event["user_id"])
                     sampled[key] = pending[key] = (event["user_id"], send_ms, event["item_id"])
@@ -428,7 +459,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     started: list[Any] = []  # ServiceProcess objects
     worker: WorkerProcess | None = None
-    result: dict[str, Any] = {"events": opts.events, "users": opts.users, "items": opts.items, "load": opts.load}
+    result: dict[str, Any] = {"events": opts.events, "users": opts.users, "items": opts.items, "load": opts.load,
+                              "batch_events": opts.batch_events}
     try:
         if opts.bootstrap:
             broker_url = opts.bootstrap if "://" in opts.bootstrap else f"kafka://{opts.bootstrap}"
@@ -456,11 +488,15 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         world, encoded, kept = _generate(opts)
         log(f"generated in {time.perf_counter() - t:.1f} s")
 
-        seconds = asyncio.run(_produce_all(settings, encoded))
-        result["producer_rate"] = opts.events / seconds
-        log(f"produced {opts.events:,} events in {seconds:.2f} s ({result['producer_rate']:,.0f} events/s)")
-        last_keys: dict[int, bytes] = {}
+        messages = _messages(settings, encoded, opts.batch_events)
         del encoded
+        seconds = asyncio.run(_produce_all(settings, messages))
+        result["producer_rate"] = opts.events / seconds
+        result["messages"] = len(messages)
+        log(f"produced {opts.events:,} events in {len(messages):,} messages in {seconds:.2f} s "
+            f"({result['producer_rate']:,.0f} events/s)")
+        last_keys: dict[int, bytes] = {}
+        del messages
 
         timeout = opts.timeout_s or 120.0 + opts.events / 1000.0
         seconds, last_keys = asyncio.run(_consume_raw(settings, opts.events, timeout))
@@ -506,6 +542,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     finally:
         if worker is not None:
             worker.stop()
+        if opts.worker_log and (workdir / "worker.log").exists():
+            shutil.copyfile(workdir / "worker.log", opts.worker_log)
         for proc in reversed(started):
             try:
                 proc.stop()

@@ -5,6 +5,14 @@ the same contract is ``streams/schemas/event.schema.json``. Anything invalid rai
 :class:`InvalidEvent`, whose ``reason`` is one of :data:`REASONS`; the worker sends
 such messages, untouched, to the dead-letter topic.
 
+A message may also carry a *batch*: a JSON array of up to :data:`MAX_BATCH_EVENTS`
+events, marked by the header :data:`BATCH_HEADER` (``streamrec.format: batch``), sent
+to the partition that Kafka's default partitioner gives every event's ``user_id``
+(the key is not used). :class:`~streams.client.EventProducer` sends batches; other
+producers may keep sending one event per message. Each event of a batch is validated
+on its own: a bad one is dead-lettered alone (reason ``wrong_partition`` if its user
+belongs to another partition), its neighbours are applied.
+
 >>> ev = decode_event(b"u1", b'{"event_id":"e1","user_id":"u1","item_id":"i9","kind":"like","ts":1700000000000}')
 >>> ev.user_id, ev.item_id, ev.kind, ev.watch_ms, ev.tags
 ('u1', 'i9', 'like', None, ())
@@ -17,10 +25,10 @@ bad_kind
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final, Literal, Mapping
+from typing import Any, Final, Literal, Mapping, NamedTuple
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from streams.errors import StreamrecError
 
@@ -34,6 +42,13 @@ __all__ = [
     "decode_event",
     "validate_event",
     "encode_event",
+    "encode_batch",
+    "decode_batch",
+    "is_batch",
+    "kafka_partition",
+    "BATCH_HEADER",
+    "MAX_BATCH_EVENTS",
+    "MAX_BATCH_BYTES",
 ]
 
 EventKind = Literal["view", "like", "share"]
@@ -44,6 +59,10 @@ MAX_ID: Final = 128
 MAX_TAGS: Final = 32
 MAX_TAG: Final = 64
 MAX_TS: Final = 2**53  # beyond this a JSON number loses integer precision in most clients
+MAX_BATCH_EVENTS: Final = 2000
+MAX_BATCH_BYTES: Final = 1024 * 1024
+#: The Kafka header that marks a message whose value is a JSON array of events.
+BATCH_HEADER: Final = ("streamrec.format", b"batch")
 
 #: Dead-letter reasons, the value of the ``streamrec.reason`` header.
 REASONS: Final = (
@@ -57,6 +76,7 @@ REASONS: Final = (
     "out_of_range",  # empty id, negative watch_ms, ts outside [0, 2**53)
     "too_long",  # a string or the tag list is longer than allowed
     "key_mismatch",  # message key missing, not UTF-8, or not equal to user_id
+    "wrong_partition",  # an event of a batch message whose user_id belongs to another partition
     "internal_error",  # the worker failed on a batch: the whole batch is dead-lettered, not dropped
 )
 
@@ -70,9 +90,8 @@ class InvalidEvent(StreamrecError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A validated event."""
+class Event(NamedTuple):
+    """A validated event (immutable)."""
 
     event_id: str
     user_id: str
@@ -128,8 +147,60 @@ def _integer(obj: Mapping[str, Any], name: str, required: bool) -> int | None:
     return value
 
 
+_KIND_SET: Final = frozenset(KINDS)
+
+
 def validate_event(obj: Any) -> Event:
     """Check a decoded JSON value against the contract; unknown fields are ignored."""
+    if type(obj) is dict:  # the common, valid case in one pass; anything odd takes the checked path
+        get = obj.get
+        event_id, user_id, item_id, kind, ts = get("event_id"), get("user_id"), get("item_id"), get("kind"), get("ts")
+        watch_ms, creator_id, tags_value = get("watch_ms"), get("creator_id"), get("tags")
+        if (
+            type(event_id) is str and 0 < len(event_id) <= MAX_EVENT_ID
+            and type(user_id) is str and 0 < len(user_id) <= MAX_ID
+            and type(item_id) is str and 0 < len(item_id) <= MAX_ID
+            and type(kind) is str and kind in _KIND_SET
+            and type(ts) is int and 0 <= ts < MAX_TS
+            and (watch_ms is None or (type(watch_ms) is int and 0 <= watch_ms < MAX_TS))
+            and (creator_id is None or (type(creator_id) is str and 0 < len(creator_id) <= MAX_ID))
+        ):  # fmt: skip
+            if tags_value is None:
+                return Event(event_id, user_id, item_id, kind, ts, watch_ms, creator_id, ())  # type: ignore[arg-type]
+            tags = _known_tags(tags_value)
+            if tags is not None:
+                return Event(event_id, user_id, item_id, kind, ts, watch_ms, creator_id, tags)  # type: ignore[arg-type]
+    return _validate_checked(obj)
+
+
+_TAG_LISTS: dict[tuple[Any, ...], tuple[str, ...]] = {}  # tag lists seen valid -> deduplicated
+_TAG_LISTS_MAX = 50_000
+
+
+def _known_tags(value: Any) -> tuple[str, ...] | None:
+    """The deduplicated tags of a valid tag list, None if it needs the checked path.
+
+    Communities are few, so the same lists come back: validated once, then looked up.
+    """
+    if type(value) is not list or len(value) > MAX_TAGS:
+        return None
+    key = tuple(value)
+    try:
+        tags = _TAG_LISTS.get(key)
+    except TypeError:  # an unhashable element (a list, an object): not a valid tag list
+        return None
+    if tags is None:
+        for tag in value:
+            if type(tag) is not str or not 0 < len(tag) <= MAX_TAG:
+                return None
+        if len(_TAG_LISTS) >= _TAG_LISTS_MAX:
+            _TAG_LISTS.clear()
+        tags = _TAG_LISTS[key] = tuple(dict.fromkeys(value))  # order kept, duplicates dropped
+    return tags
+
+
+def _validate_checked(obj: Any) -> Event:
+    """The field-by-field validation: finds the reason an event is invalid."""
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"an event is a JSON object, got {type(obj).__name__}")
     event_id = _string(obj, "event_id", MAX_EVENT_ID)
@@ -196,3 +267,60 @@ def encode_event(event: Event | Mapping[str, Any]) -> tuple[bytes, bytes]:
     if len(value) > MAX_MESSAGE_BYTES:
         raise InvalidEvent("too_large", f"event is {len(value)} bytes, limit {MAX_MESSAGE_BYTES}")
     return checked.user_id.encode(), value
+
+
+def is_batch(headers: Any) -> bool:
+    """True if Kafka ``headers`` (a sequence of (key, value) pairs) mark a batch message."""
+    return bool(headers) and BATCH_HEADER in tuple(headers)
+
+
+def decode_batch(value: bytes | None, max_bytes: int = MAX_BATCH_BYTES) -> list[Any]:
+    """The JSON array of a batch message (its items not yet validated), or raise :class:`InvalidEvent`.
+
+    >>> decode_batch(b'[{"a": 1}, 2]')
+    [{'a': 1}, 2]
+    >>> try:
+    ...     decode_batch(b'{"a": 1}')
+    ... except InvalidEvent as exc:
+    ...     print(exc.reason)
+    not_object
+    """
+    if not value:
+        raise InvalidEvent("empty", "the batch message has no value")
+    if len(value) > max_bytes:
+        raise InvalidEvent("too_large", f"batch message is {len(value)} bytes, limit {max_bytes}")
+    try:
+        items = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("not_json", str(exc)[:200]) from None
+    if type(items) is not list:
+        raise InvalidEvent("not_object", f"a batch is a JSON array of events, got {type(items).__name__}")
+    if not items:
+        raise InvalidEvent("empty", "the batch holds no events")
+    if len(items) > MAX_BATCH_EVENTS:
+        raise InvalidEvent("too_long", f"the batch holds {len(items)} events, limit {MAX_BATCH_EVENTS}")
+    return items
+
+
+def encode_batch(events: list[Event | Mapping[str, Any]]) -> bytes:
+    """Validate and encode events as the value of one batch message (send it with :data:`BATCH_HEADER`).
+
+    >>> encode_batch([{"event_id": "e1", "user_id": "u1", "item_id": "i1", "kind": "view", "ts": 5}])
+    b'[{"event_id":"e1","user_id":"u1","item_id":"i1","kind":"view","ts":5}]'
+    """
+    if not 0 < len(events) <= MAX_BATCH_EVENTS:
+        raise InvalidEvent("too_long", f"a batch holds 1 to {MAX_BATCH_EVENTS} events, got {len(events)}")
+    checked = [e if isinstance(e, Event) else validate_event(dict(e)) for e in events]
+    value = orjson.dumps([e.to_dict() for e in checked])
+    if len(value) > MAX_BATCH_BYTES:
+        raise InvalidEvent("too_large", f"batch is {len(value)} bytes, limit {MAX_BATCH_BYTES}")
+    return value
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives ``key``, as producers of events do.
+
+    >>> kafka_partition(b"u1", 4) == kafka_partition(b"u1", 4) < 4
+    True
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -157,10 +157,11 @@ class EngagementWindows:
         window.user_codes.append(user_codes)
         window.kinds.append(kinds)
 
-    def close_due(self, now_ms: int) -> list[dict[str, Any]]:
-        """Records of every window whose end plus grace is at or before ``now_ms``."""
-        due = [s for s in self._open if s + self.window_ms + self.grace_ms <= now_ms]
-        return self._close(sorted(due))
+    def close_due(self, now_ms: int, max_windows: int | None = None) -> list[dict[str, Any]]:
+        """Records of every window whose end plus grace is at or before ``now_ms`` (oldest first,
+        at most ``max_windows`` of them: the worker closes one at a time between batches)."""
+        due = sorted(s for s in self._open if s + self.window_ms + self.grace_ms <= now_ms)
+        return self._close(due if max_windows is None else due[:max_windows])
 
     def close_all(self) -> list[dict[str, Any]]:
         """Records of every open window (at shutdown)."""
@@ -305,6 +306,12 @@ class HealthCounters:
     users_refreshed: int = 0
     redis_errors: int = 0
     freshness_samples: list[np.ndarray] = field(default_factory=list)
+    batch_ms: list[float] = field(default_factory=list)  # processing time of each batch
+    batch_events: int = 0  # messages of those batches
+
+    def batch_done(self, messages: int, seconds: float) -> None:
+        self.batch_ms.append(seconds * 1000.0)
+        self.batch_events += messages
 
     def dead_lettered(self, reason: str) -> None:
         self.events_dead_lettered += 1
@@ -312,6 +319,7 @@ class HealthCounters:
 
     def record(self, now_ms: int, **extra: Any) -> dict[str, Any]:
         p50, p99 = percentiles_ms(self.freshness_samples)
+        batch_p50, batch_p99 = percentiles_ms([np.asarray(self.batch_ms)] if self.batch_ms else [])
         elapsed_s = max((now_ms - self.started_ms) / 1000.0, 1e-3)
         record = {
             "type": "health",
@@ -328,6 +336,10 @@ class HealthCounters:
             "freshness_p50_ms": p50,
             "freshness_p99_ms": p99,
             "freshness_samples": int(sum(s.size for s in self.freshness_samples)),
+            "batches": len(self.batch_ms),
+            "batch_messages_mean": round(self.batch_events / len(self.batch_ms), 1) if self.batch_ms else None,
+            "batch_p50_ms": batch_p50,
+            "batch_p99_ms": batch_p99,
             **extra,
         }
         self.started_ms = now_ms
@@ -335,4 +347,6 @@ class HealthCounters:
         self.users_refreshed = self.redis_errors = 0
         self.dead_letter_reasons = {}
         self.freshness_samples = []
+        self.batch_ms = []
+        self.batch_events = 0
         return record

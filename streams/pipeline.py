@@ -21,17 +21,18 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
+import orjson
 
 from models import BPRMF, Popularity, event_weights
-from streams.events import Event, InvalidEvent, decode_event
-from streams.metrics import EngagementWindows, HealthCounters
+from streams.events import Event, InvalidEvent, decode_batch, decode_event, is_batch, kafka_partition, validate_event
+from streams.metrics import KIND_CODES, EngagementWindows, HealthCounters
 from streams.settings import Settings
-from streams.state import ItemState, StateStore, decode_item, decode_user, encode_item, encode_user
+from streams.state import StateStore, decode_item, decode_user, encode_items, encode_users
 
-__all__ = ["Pipeline", "RawMessage", "DeadLetter", "BatchOutcome", "EventIdWindow"]
+__all__ = ["Pipeline", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +49,42 @@ class RawMessage:
     partition: int
     offset: int
     timestamp_ms: int | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+class MessageLike(Protocol):
+    """What :meth:`Pipeline.process` reads of a message: a :class:`RawMessage` or an aiokafka record."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    headers: Sequence[tuple[str, bytes]]
 
 
 @dataclass(slots=True)
 class DeadLetter:
     """A message that could not be applied, with why."""
 
-    message: RawMessage
+    message: MessageLike
     reason: str
     detail: str
+    batch_index: int | None = None  # the event's position in a batch message
+    value: bytes | None = None  # that event alone, as JSON (batch messages only)
+
+    @property
+    def key(self) -> bytes | None:
+        return self.message.key
+
+    def copy_value(self) -> bytes | None:
+        """The dead-letter copy's value: the original bytes (or the one bad event of a batch)."""
+        return self.message.value if self.batch_index is None else self.value
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Kafka headers of the dead-letter copy (its key and value are the original bytes)."""
         m = self.message
-        return [
+        headers = [
             ("streamrec.reason", self.reason.encode()),
             ("streamrec.error", self.detail.encode("utf-8", "replace")[:1000]),
             ("streamrec.source.topic", m.topic.encode()),
@@ -69,6 +92,9 @@ class DeadLetter:
             ("streamrec.source.offset", str(m.offset).encode()),
             ("streamrec.dead_lettered_ms", str(int(time.time() * 1000)).encode()),
         ]
+        if self.batch_index is not None:
+            headers.append(("streamrec.source.batch_index", str(self.batch_index).encode()))
+        return headers
 
 
 @dataclass
@@ -117,70 +143,117 @@ class Pipeline:
             seed=settings.seed,
         )
         self.popularity = Popularity(half_life_s=settings.popular_half_life_s)
-        self.history: dict[str, OrderedDict[str, None]] = {}
+        self.history: dict[str, dict[str, None]] = {}  # engaged items per user, oldest first
         self.item_meta: dict[str, tuple[str | None, tuple[str, ...]]] = {}
         self.windows = EngagementWindows(
             window_ms=int(settings.metrics_window_s * 1000), grace_ms=int(settings.metrics_grace_s * 1000)
         )
         self.health = HealthCounters(worker_id=settings.effective_worker_id, started_ms=_now_ms())
         self.seen_event_ids = EventIdWindow()
+        self._user_partition: dict[str, int] = {}
         self.run_id = format(_now_ms(), "x")
         self.batches = 0
         self.events_total = 0
 
     # --- the batch path ------------------------------------------------------------------
-    def process(self, messages: Sequence[RawMessage]) -> BatchOutcome:
+    def process(self, messages: Iterable[MessageLike]) -> BatchOutcome:
         """Validate, deduplicate and learn one batch; nothing in it is dropped silently."""
         outcome = BatchOutcome()
+        events = outcome.events
+        dead = outcome.dead_letters
         max_bytes = self.settings.max_message_bytes
+        seen = self.seen_event_ids.check_and_add
+        duplicates = 0
         for message in messages:
+            if message.headers and is_batch(message.headers):
+                duplicates += self._process_batch_message(message, outcome)
+                continue
             try:
                 event = decode_event(message.key, message.value, max_bytes)
             except InvalidEvent as exc:
-                outcome.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
-                self.health.dead_lettered(exc.reason)
+                dead.append(DeadLetter(message, exc.reason, exc.detail))
                 continue
-            if self.seen_event_ids.check_and_add(event.event_id):
-                outcome.duplicates += 1
-                continue
-            outcome.events.append(event)
-        self.health.duplicates_skipped += outcome.duplicates
-        if outcome.events:
-            self._learn(outcome.events, outcome)
+            if seen(event.event_id):
+                duplicates += 1
+            else:
+                events.append(event)
+        outcome.duplicates = duplicates
+        health = self.health
+        health.duplicates_skipped += duplicates
+        for letter in dead:
+            health.dead_lettered(letter.reason)
+        if events:
+            self._learn(events, outcome)
         return outcome
 
+    def _process_batch_message(self, message: MessageLike, outcome: BatchOutcome) -> int:
+        """The events of one batch message; returns how many were duplicates."""
+        try:
+            items = decode_batch(message.value, self.settings.max_batch_bytes)
+        except InvalidEvent as exc:
+            outcome.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
+            return 0
+        partition, partitions = message.partition, self.settings.partitions
+        owner = self._user_partition
+        seen = self.seen_event_ids.check_and_add
+        duplicates = 0
+        for index, item in enumerate(items):
+            try:
+                event = validate_event(item)
+                user_partition = owner.get(event.user_id)
+                if user_partition is None:
+                    if len(owner) >= 1_000_000:
+                        owner.clear()  # a cache: bounded memory, recomputed on demand
+                    user_partition = owner[event.user_id] = kafka_partition(event.user_id.encode(), partitions)
+                if user_partition != partition:
+                    raise InvalidEvent(
+                        "wrong_partition",
+                        f"user {event.user_id[:40]!r} belongs to partition {user_partition}, "
+                        f"the batch was sent to {partition}",
+                    )
+            except InvalidEvent as exc:
+                outcome.dead_letters.append(DeadLetter(message, exc.reason, exc.detail, index, _dumps_loose(item)))
+                continue
+            if seen(event.event_id):
+                duplicates += 1
+            else:
+                outcome.events.append(event)
+        return duplicates
+
     def _learn(self, events: list[Event], outcome: BatchOutcome) -> None:
-        users = [e.user_id for e in events]
-        items = [e.item_id for e in events]
+        n = len(events)
+        # One pass to columns (an Event is a tuple: zip(*events) transposes in C).
+        event_ids, users, items, kinds, ts_list, watch, creators, tags = zip(*events)
         self._hydrate(set(users), set(items))
         weights = event_weights(
-            [e.kind for e in events],
-            np.array([-1 if e.watch_ms is None else e.watch_ms for e in events], dtype=np.float64),
+            kinds,
+            np.array([-1 if w is None else w for w in watch], dtype=np.float64),
             kind_weights=self.settings.kind_weights,
             watch_time_weight=self.settings.watch_time_weight,
             watch_time_ref_ms=self.settings.watch_time_ref_ms,
         )
-        tags = [e.tags for e in events]  # new items start from their tags' vectors (cold start)
-        self.model.learn_batch(users, items, weights, item_tags=tags)
-        ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
+        self.model.learn_batch(users, items, weights, item_tags=tags)  # tagged new items start from their tags
+        ts = np.array(ts_list, dtype=np.int64)
         self.popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)
         max_history = self.settings.max_history
-        for event in events:
-            history = self.history.get(event.user_id)
+        histories, item_meta = self.history, self.item_meta
+        for user_id, item_id, creator_id, item_tags in zip(users, items, creators, tags):
+            history = histories.get(user_id)
             if history is None:
-                history = self.history[event.user_id] = OrderedDict()
-            history[event.item_id] = None
-            history.move_to_end(event.item_id)
+                history = histories[user_id] = {}
+            elif item_id in history:
+                del history[item_id]  # re-inserted below: most recent last
+            history[item_id] = None
             if len(history) > max_history:
-                history.popitem(last=False)
-            if event.creator_id is not None or event.tags:
-                self.item_meta[event.item_id] = (event.creator_id, event.tags)
-        self.windows.add(events)
+                del history[next(iter(history))]
+            if creator_id is not None or item_tags:
+                item_meta[item_id] = (creator_id, item_tags)
+        self.windows.add_columns(ts, np.array([KIND_CODES[k] for k in kinds], np.int8), users, items, creators, tags)
         outcome.dirty_users.update(users)
         outcome.dirty_items.update(items)
         self.batches += 1
-        self.events_total += len(events)
-        self.health.events_processed += len(events)
+        self.events_total += n
+        self.health.events_processed += n
 
     def _hydrate(self, users: Iterable[str], items: Iterable[str]) -> None:
         """Load checkpointed state of users and items this worker has not seen since it started."""
@@ -195,7 +268,7 @@ class Pipeline:
                 if blob is not None:
                     vector, history = decode_user(blob)
                     self.model.set_user_vectors([user_id], vector[None, :])
-                    self.history[user_id] = OrderedDict.fromkeys(history)
+                    self.history[user_id] = dict.fromkeys(history)
 
     def restore_item(self, item_id: str, blob: bytes) -> None:
         state = decode_item(blob)
@@ -216,33 +289,32 @@ class Pipeline:
         return count
 
     # --- checkpoints ---------------------------------------------------------------------
-    def checkpoint(self, outcome: BatchOutcome) -> None:
-        """Write the state of every user and item the batch changed to the store."""
-        if not outcome.events:
-            return
-        users = sorted(outcome.dirty_users)
-        vectors = self.model.user_vectors(users)
-        self.store.put_users({u: encode_user(v, list(self.history[u])) for u, v in zip(users, vectors)})
-        items = sorted(outcome.dirty_items)
-        item_vectors, biases = self.model.item_vectors(items)
-        pop_weights, pop_ts = self.popularity.item_weights(items)
-        blobs = {}
-        for i, item_id in enumerate(items):
-            creator_id, tags = self.item_meta.get(item_id, (None, ()))
-            blobs[item_id] = encode_item(
-                ItemState(item_vectors[i], float(biases[i]), creator_id, tags, float(pop_weights[i]), pop_ts)
-            )
-        self.store.put_items(blobs)
+    def checkpoint(self, users: Sequence[str], items: Sequence[str]) -> None:
+        """Hand the current state of ``users`` and ``items`` to the store (``store.flush()`` makes it durable)."""
+        if users:
+            vectors = self.model.user_vectors(users)
+            self.store.put_users(dict(zip(users, encode_users(vectors, [self.history[u] for u in users]))))
+        if items:
+            item_vectors, biases = self.model.item_vectors(items)
+            pop_weights, pop_ts = self.popularity.item_weights(items)
+            meta = [self.item_meta.get(item_id, (None, ())) for item_id in items]
+            blobs = encode_items(item_vectors, biases, [m[0] for m in meta], [m[1] for m in meta], pop_weights, pop_ts)
+            self.store.put_items(dict(zip(items, blobs)))
 
     # --- recommendations -----------------------------------------------------------------
     def recommendations(self, users: Sequence[str]) -> dict[str, Recs]:
         """Top-N of each user from the current factors, excluding what they engaged with."""
-        users = [u for u in users if self.model.has_user(u)]
-        if not users:
-            return {}
-        excludes = [self.history.get(u, ()) for u in users]
-        lists = self.model.top_n_batch(users, self.settings.top_n, excludes)
-        return dict(zip(users, lists))
+        known, items, scores = self.recommendation_lists(users)
+        return {user: list(zip(i, s)) for user, i, s in zip(known, items, scores)}
+
+    def recommendation_lists(self, users: Sequence[str]) -> tuple[list[str], list[list[str]], list[list[float]]]:
+        """The known ones of ``users`` with their top-N item ids and scores (the form the writer takes)."""
+        known = [u for u in users if self.model.has_user(u)]
+        if not known:
+            return [], [], []
+        history = self.history
+        items, scores = self.model.top_n_lists(known, self.settings.top_n, [history.get(u, ()) for u in known])
+        return known, items, scores
 
     def popular(self) -> Recs:
         """The non-personalised fallback: recently popular items."""
@@ -260,3 +332,11 @@ class Pipeline:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _dumps_loose(item: Any) -> bytes:
+    """JSON of a decoded batch item, for its dead-letter copy (never raises)."""
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return repr(item).encode("utf-8", "replace")

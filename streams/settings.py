@@ -60,7 +60,7 @@ class Settings:
     ssl_keyfile: str = _setting("", "Private key of the client certificate.")
     session_timeout_s: float = _setting(10.0, "Kafka consumer session timeout: how fast a dead worker's partitions move.")
     rebalance_timeout_s: float = _setting(10.0, "Kafka rebalance timeout (Faust's 60 s default makes joins slow).")
-    fetch_max_wait_ms: int = _setting(100, "Longest a fetch waits at the broker for new events; bounds added latency.")
+    fetch_max_wait_ms: int = _setting(25, "Longest a fetch waits at the broker for new events; bounds added latency.")
 
     # --- Redis -----------------------------------------------------------------------------
     redis_url: str = _setting(
@@ -93,9 +93,13 @@ class Settings:
     watch_time_ref_ms: float = _setting(15000.0, "Watch time that counts as one full unit for watch_time_weight, ms.")
 
     # --- Processing --------------------------------------------------------------------------
-    batch_max_events: int = _setting(2000, "Most messages taken from the stream per processing batch.")
-    batch_within_s: float = _setting(0.05, "Longest wait to fill a batch, seconds (debounces top-N refreshes).")
+    batch_max_events: int = _setting(20000, "Most events processed as one batch (the worker takes what has arrived, up to this).")
+    batch_within_s: float = _setting(0.01, "Once a message has arrived, how long to gather more before processing it, seconds.")
+    checkpoint_interval_s: float = _setting(
+        1.0, "How often changed user and item state goes to the changelogs; offsets are committed only after it, seconds."
+    )
     max_message_bytes: int = _setting(65536, "Messages larger than this are dead-lettered before decoding.")
+    max_batch_bytes: int = _setting(1048576, "Batch messages (many events, see the event contract) larger than this are dead-lettered.")
     metrics_window_s: float = _setting(10.0, "Tumbling window of the engagement aggregates, seconds of event time.")
     metrics_grace_s: float = _setting(2.0, "Wall-clock wait after a window's end before it is emitted, seconds.")
     worker_id: str = _setting("", "Name of this worker in health records and Redis; default <hostname>-<pid>.")
@@ -192,12 +196,14 @@ class Settings:
             if allowed and getattr(self, f.name) not in allowed:
                 raise SettingsError(f"{self.env_name(f.name)} must be one of {', '.join(allowed)}")
         positive = ("partitions", "replication_factor", "top_n", "rec_ttl_s", "n_factors", "batch_max_events",
-                    "max_message_bytes", "max_history")
+                    "max_message_bytes", "max_batch_bytes", "max_history")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
-        if self.metrics_window_s <= 0 or self.batch_within_s <= 0:
-            raise SettingsError("STREAMREC_METRICS_WINDOW_S and STREAMREC_BATCH_WITHIN_S must be > 0")
+        if self.metrics_window_s <= 0:
+            raise SettingsError("STREAMREC_METRICS_WINDOW_S must be > 0")
+        if self.batch_within_s < 0 or self.checkpoint_interval_s < 0:
+            raise SettingsError("STREAMREC_BATCH_WITHIN_S and STREAMREC_CHECKPOINT_INTERVAL_S must be >= 0")
         if not self.bootstrap_servers:
             raise SettingsError("STREAMREC_BROKER_URL names no server")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

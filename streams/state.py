@@ -55,13 +55,23 @@ class ItemState:
     popularity_ts_ms: int
 
 
-def encode_user(vector: np.ndarray, history: Sequence[str]) -> bytes:
-    """A user's factors and engaged items (oldest first)."""
+def encode_user(vector: np.ndarray, history: Sequence[str] | Mapping[str, None]) -> bytes:
+    """A user's factors and engaged items (oldest first).
+
+    The items are a JSON array, or, given a dict (as the worker keeps them), a JSON
+    object whose keys are the items: no copy to a list; :func:`decode_user` reads both.
+    """
     factors = np.ascontiguousarray(vector, dtype="<f4")
-    return _HEADER.pack(_USER_MAGIC, factors.size) + factors.tobytes() + orjson.dumps(list(history))
+    return _HEADER.pack(_USER_MAGIC, factors.size) + factors.tobytes() + _history_json(history)
 
 
-def encode_users(vectors: np.ndarray, histories: Sequence[Sequence[str]]) -> list[bytes]:
+def _history_json(history: Sequence[str] | Mapping[str, None]) -> bytes:
+    if isinstance(history, dict):
+        return orjson.dumps(history)
+    return orjson.dumps(history if isinstance(history, list) else list(history))
+
+
+def encode_users(vectors: np.ndarray, histories: Sequence[Sequence[str] | Mapping[str, None]]) -> list[bytes]:
     """:func:`encode_user` of each row of ``vectors`` (n, k) with its history, byte for byte.
 
     >>> blobs = encode_users(np.zeros((2, 1), np.float32), [["i1"], []])
@@ -71,7 +81,7 @@ def encode_users(vectors: np.ndarray, histories: Sequence[Sequence[str]]) -> lis
     factors = np.ascontiguousarray(vectors, dtype="<f4")
     if factors.ndim != 2 or factors.shape[0] != len(histories):
         raise ValueError("vectors must be (n, k) with one history per row")
-    return _with_tails(_USER_MAGIC, factors, [orjson.dumps(h if isinstance(h, list) else list(h)) for h in histories])
+    return _with_tails(_USER_MAGIC, factors, [_history_json(h) for h in histories])
 
 
 def _with_tails(magic: bytes, factors: np.ndarray, tails: list[bytes]) -> list[bytes]:
@@ -170,6 +180,10 @@ class StateStore(Protocol):
 
     def all_items(self) -> Iterable[tuple[str, bytes]]: ...
 
+    async def flush(self) -> None:
+        """Make everything put so far durable (the worker acknowledges offsets after it)."""
+        ...
+
 
 class MemoryStateStore:
     """A dict-backed :class:`StateStore` for tests and offline runs."""
@@ -192,3 +206,6 @@ class MemoryStateStore:
 
     def all_items(self) -> Iterable[tuple[str, bytes]]:
         return list(self.items.items())
+
+    async def flush(self) -> None:
+        pass  # memory is as durable as it gets here

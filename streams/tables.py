@@ -9,26 +9,16 @@ one partition, per Faust's advice for global tables with several workers.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Iterable, Mapping
 
 import faust
-from aiokafka.partitioner import DefaultPartitioner
 
 from streams.app import app, settings
+from streams.events import kafka_partition
+from streams.kafka import BatchSender
 
 __all__ = ["user_state", "item_state", "TableStateStore", "kafka_partition"]
-
-_partitioner = DefaultPartitioner()
-
-
-def kafka_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (what producers of events use).
-
-    >>> kafka_partition(b"u1", 4) == kafka_partition(b"u1", 4)
-    True
-    """
-    every = list(range(partitions))
-    return int(_partitioner(key, every, every))
 
 
 class KeyPartitionedTable(faust.Table):
@@ -60,21 +50,47 @@ item_state = app.tables.add(
 
 
 class TableStateStore:
-    """:class:`streams.state.StateStore` over the two Faust tables."""
+    """:class:`streams.state.StateStore` over the two Faust tables.
+
+    Faust writes one changelog message per table assignment through its per-message
+    producer path; a checkpoint writes tens of thousands. So :meth:`put_users` and
+    :meth:`put_items` set the tables' local data directly and stage the changelog
+    records, and :meth:`flush` sends them as whole record batches per partition and
+    waits until the broker has them. Faust's recovery reads these changelogs as usual.
+    """
+
+    def __init__(self, sender: BatchSender) -> None:
+        self.sender = sender
+        self._staged: dict[tuple[str, int], list[tuple[bytes, bytes, None]]] = {}
 
     def get_user(self, user_id: str) -> bytes | None:
-        return user_state.get(user_id.encode())
+        return user_state.data.get(user_id.encode())
 
     def get_item(self, item_id: str) -> bytes | None:
-        return item_state.get(item_id.encode())
+        return item_state.data.get(item_id.encode())
 
     def put_users(self, blobs: Mapping[str, bytes]) -> None:
+        data, topic, partitions = user_state.data, user_state.changelog_topic_name, settings.partitions
         for user_id, blob in blobs.items():
-            user_state[user_id.encode()] = blob
+            key = user_id.encode()
+            data[key] = blob
+            self._staged.setdefault((topic, kafka_partition(key, partitions)), []).append((key, blob, None))
 
     def put_items(self, blobs: Mapping[str, bytes]) -> None:
+        data = item_state.data
+        staged = self._staged.setdefault((item_state.changelog_topic_name, 0), [])
         for item_id, blob in blobs.items():
-            item_state[item_id.encode()] = blob
+            key = item_id.encode()
+            data[key] = blob
+            staged.append((key, blob, None))
+
+    async def flush(self) -> None:
+        staged, self._staged = self._staged, {}
+        futures = []
+        for (topic, partition), records in staged.items():
+            futures.extend(await self.sender.send(topic, partition, records))
+        if futures:
+            await asyncio.gather(*futures)
 
     def all_items(self) -> Iterable[tuple[str, bytes]]:
-        return [(key.decode(), blob) for key, blob in item_state.items()]
+        return [(key.decode(), blob) for key, blob in item_state.data.items()]

@@ -66,3 +66,32 @@ def test_encode_refuses_invalid_events():
     with pytest.raises(InvalidEvent):
         encode_event({**GOOD, "kind": "poke"})
     assert validate_event(GOOD).tags == ("dance", "funny")
+
+
+def test_kafka_partition_is_the_default_partitioner_of_aiokafka() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.events import kafka_partition
+
+    every = list(range(6))
+    for n in range(300):
+        key = f"user-{n}".encode()
+        assert kafka_partition(key, 6) == DefaultPartitioner()(key, every, every)
+
+
+def test_encode_batch_validates_every_event_and_the_limits() -> None:
+    from streams.events import MAX_BATCH_EVENTS, decode_batch, encode_batch
+
+    good = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "kind": "view", "ts": 5}
+    assert decode_batch(encode_batch([good, {**good, "event_id": "e2"}]))[1]["event_id"] == "e2"
+    with pytest.raises(InvalidEvent) as bad:
+        encode_batch([good, {**good, "kind": "poke"}])
+    assert bad.value.reason == "bad_kind"
+    with pytest.raises(InvalidEvent):
+        encode_batch([])
+    with pytest.raises(InvalidEvent) as many:
+        decode_batch(b"[" + b",".join([b"1"] * (MAX_BATCH_EVENTS + 1)) + b"]")
+    assert many.value.reason == "too_long"
+    with pytest.raises(InvalidEvent) as large:
+        decode_batch(b"[" + b" " * 100 + b"]", max_bytes=50)
+    assert large.value.reason == "too_large"

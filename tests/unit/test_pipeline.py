@@ -46,7 +46,7 @@ def test_checkpoint_restores_the_same_model_in_a_new_worker():
     store = MemoryStateStore()
     first = Pipeline(SETTINGS, store)
     out = first.process(messages(world_events()))
-    first.checkpoint(out)
+    first.checkpoint(sorted(out.dirty_users), sorted(out.dirty_items))
     users = sorted(out.dirty_users)[:5]
     expected = first.recommendations(users)
 
@@ -65,10 +65,10 @@ class FakeWriter:
         self.down = False
         self.written: dict[str, list] = {}
 
-    async def write(self, lists, *, popular, model_version, updated_ms, popular_by_tag=None):
+    async def write_lists(self, users, items, scores, *, popular, model_version, updated_ms, popular_by_tag=None):
         if self.down:
             raise redis.ConnectionError("redis is down")
-        self.written.update(lists)
+        self.written.update({u: list(zip(i, s)) for u, i, s in zip(users, items, scores)})
         self.tag_lists = dict(popular_by_tag or {})
 
     async def heartbeat(self, worker_id, status, ttl_s=30):
@@ -79,11 +79,11 @@ class FakeWriter:
 def make_service(writer):
     sent = {"dlq": [], "metrics": []}
 
-    async def dlq(key, value, headers):
-        sent["dlq"].append((key, value, dict(headers)))
+    async def dlq(records):
+        sent["dlq"].extend((key, value, dict(headers)) for key, value, headers in records)
 
-    async def metric(key, value, headers):
-        sent["metrics"].append(value)
+    async def metric(records):
+        sent["metrics"].extend(value for _, value, _ in records)
 
     return RecommenderService(SETTINGS, MemoryStateStore(), writer, dlq, metric), sent
 
@@ -128,3 +128,82 @@ def test_service_dead_letters_bad_input_and_whole_batch_on_internal_error(monkey
     asyncio.run(service.handle(batch))
     reasons = [h["streamrec.reason"] for _, _, h in sent["dlq"][1:]]
     assert reasons == [b"internal_error"] * 3
+
+
+def batch_message(events, partition, offset=0):
+    from streams.events import BATCH_HEADER, encode_batch
+
+    return RawMessage(None, encode_batch(events), "t.events", partition, offset, headers=[BATCH_HEADER])
+
+
+def test_batch_messages_apply_good_events_and_dead_letter_bad_ones_alone():
+    from streams.events import kafka_partition
+
+    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    events = world_events(400)
+    partition = kafka_partition(events[0]["user_id"].encode(), SETTINGS.partitions)
+    mine = [e for e in events if kafka_partition(e["user_id"].encode(), SETTINGS.partitions) == partition]
+    other = next(e for e in events if kafka_partition(e["user_id"].encode(), SETTINGS.partitions) != partition)
+    message = batch_message(mine[:20], partition)
+    # splice in a broken event and one of another partition's users, as raw JSON
+    import orjson
+
+    items = orjson.loads(message.value)
+    items[3:3] = [{**mine[0], "kind": "poke"}, other]
+    message.value = orjson.dumps(items)
+    out = pipe.process([message])
+    assert len(out.events) == 20
+    assert [(d.reason, d.batch_index) for d in out.dead_letters] == [("bad_kind", 3), ("wrong_partition", 4)]
+    assert orjson.loads(out.dead_letters[1].copy_value()) == other
+    headers = dict(out.dead_letters[0].headers())
+    assert headers["streamrec.source.batch_index"] == b"3" and headers["streamrec.reason"] == b"bad_kind"
+    # the same batch again: every event is a duplicate, nothing learned twice
+    again = pipe.process([message])
+    assert again.events == [] and again.duplicates == 20 and pipe.events_total == 20
+
+
+def test_a_batch_message_that_is_not_a_json_array_is_dead_lettered_whole():
+    from streams.events import BATCH_HEADER
+
+    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    cases = {b"[1, 2": "not_json", b'{"a": 1}': "not_object", b"[]": "empty", b"": "empty"}
+    out = pipe.process([RawMessage(None, value, "t", 0, n, headers=[BATCH_HEADER]) for n, value in enumerate(cases)])
+    assert [d.reason for d in out.dead_letters] == list(cases.values())
+    assert all(d.batch_index is None and d.copy_value() == d.message.value for d in out.dead_letters)
+
+
+def test_an_array_without_the_batch_header_is_still_not_an_event():
+    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    (event,) = world_events(1)
+    import orjson
+
+    out = pipe.process([RawMessage(event["user_id"].encode(), orjson.dumps([event]), "t", 0, 0)])
+    assert [d.reason for d in out.dead_letters] == ["not_object"] and not out.events
+
+
+def test_offsets_are_acknowledged_only_after_their_state_is_flushed():
+    acks: list[tuple] = []
+    flushed: list[int] = []
+
+    class Store(MemoryStateStore):
+        async def flush(self) -> None:
+            flushed.append(len(self.users))
+
+    async def nothing(records):
+        return None
+
+    service = RecommenderService(
+        Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600), Store(), FakeWriter(),
+        nothing, nothing, ack=lambda tp, first, last: acks.append((tp, first, last, len(flushed))),
+    )  # fmt: skip
+    events = world_events(100)
+
+    async def run():
+        await service.handle(messages(events[:50]), [("tp0", 0, 49)])
+        await service.handle(messages(events[50:], 50), [("tp0", 50, 99)])
+        assert acks == [] and flushed == []  # the checkpoint interval has not passed
+        await service.checkpoint()
+
+    asyncio.run(run())
+    assert flushed and flushed[0] == len({e["user_id"] for e in events})
+    assert acks == [("tp0", 0, 99, 1)]  # one range, acknowledged after the flush
