@@ -433,7 +433,7 @@ def _topn_recall(kept: list[dict[str, Any]], n_users: int, top_n: int, seed: int
         if truth:
             recalls.append(len(truth & {item for item, _ in a}) / len(truth))
     method = (f"offline: models.BPRMF (defaults) learned the first {len(kept)} events in batches of 2000; "
-              f"top_n_batch ({'IVF index' if indexed_path else 'exact: catalog below index_min_items'}) vs brute "
+              f"top_n_batch ({'shared pool, proven per user' if indexed_path else 'catalog below index_min_items'}) vs brute "
               f"force (index_min_items=None) for {len(users)} users, histories excluded; mean recall@{top_n}")
     return {
         "topn_recall": float(np.mean(recalls)) if recalls else 1.0,
