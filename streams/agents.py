@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from streams.app import app, settings
 from streams.cache import RecsWriter, async_redis
 from streams.events import kafka_partition
-from streams.kafka import BatchSender, Record
+from streams.fences import read_fences
+from streams.kafka import METRICS_BATCH_BYTES, BatchSender, Record
 from streams.service import RecommenderService
 from streams.tables import TableStateStore
 from streams.topics import dlq_topic, events_topic, metrics_topic
@@ -25,6 +26,8 @@ __all__ = ["learn", "process_events", "tick", "service", "sender"]
 logger = logging.getLogger(__name__)
 
 sender = BatchSender(settings)
+# Window records and the fence of a checkpoint must land together: one compressed batch.
+metrics_sender = BatchSender(settings, max_batch_bytes=METRICS_BATCH_BYTES, compression="gzip")
 
 
 async def _send_dead_letters(records: Sequence[Record]) -> None:
@@ -40,7 +43,7 @@ async def _send_dead_letters(records: Sequence[Record]) -> None:
 
 
 async def _send_metrics(records: Sequence[Record]) -> None:
-    await asyncio.gather(*await sender.send(metrics_topic.get_topic_name(), 0, records))
+    await asyncio.gather(*await metrics_sender.send(metrics_topic.get_topic_name(), 0, records))
 
 
 def _highwater(tp: Any) -> int | None:
@@ -54,6 +57,10 @@ def _ack(tp: Any, first: int, last: int) -> None:
     app.consumer.ack_offsets(tp, first, last)
 
 
+async def _read_fences(partitions: set[int]) -> dict[int, int]:
+    return await read_fences(settings, partitions)
+
+
 service = RecommenderService(
     settings,
     TableStateStore(sender),
@@ -62,6 +69,7 @@ service = RecommenderService(
     _send_metrics,
     _highwater,
     _ack,
+    _read_fences,
 )
 app.bulk_handlers[events_topic.get_topic_name()] = service.offer
 
@@ -84,6 +92,11 @@ async def tick() -> None:
     await service.tick()
 
 
+@app.on_partitions_assigned.connect
+async def _on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+    await service.on_partitions_assigned({tp for tp in assigned if tp.topic == events_topic.get_topic_name()})
+
+
 @app.on_partitions_revoked.connect
 async def _on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
     await service.on_partitions_revoked(set(revoked))
@@ -93,3 +106,4 @@ async def _on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
 async def _flush_on_shutdown(app: Any, **kwargs: Any) -> None:
     await service.shutdown()
     await sender.stop()
+    await metrics_sender.stop()

@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -121,13 +122,15 @@ def _generate(opts: BenchOptions) -> tuple[Any, list[tuple[bytes, bytes]], list[
     from streams.synthetic import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(WorldConfig(users=opts.users, items=opts.items, seed=opts.seed))
-    # Event times end about now (mean gap ~20 ms), so the freshness events (ts = now) come after them.
-    start_ms = _now_ms() - 20 * opts.events
+    # A backlog as a busy app makes it: 20,000 events per second of event time, ending about now
+    # (so the freshness events, ts = now, come after them, and 1M events fill 5 metric windows).
+    rate = 20_000.0
+    start_ms = _now_ms() - int(opts.events / rate * 1000)
     keep = min(opts.recall_events, opts.events)
     encoded: list[tuple[bytes, bytes]] = []
     kept: list[dict[str, Any]] = []
     dumps = orjson.dumps
-    for n, event in enumerate(world.events(opts.events, start_ms=start_ms)):
+    for n, event in enumerate(world.events(opts.events, start_ms=start_ms, rate_per_s=rate)):
         encoded.append((event["user_id"].encode(), dumps(event)))
         if n < keep:
             kept.append(event)
@@ -578,6 +581,8 @@ def main(args: argparse.Namespace) -> int:
     import orjson
 
     opts = options_from_args(args)
+    # A plain kill must still stop the broker, Redis and worker this run started (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = run_bench(opts)
     except KeyboardInterrupt:

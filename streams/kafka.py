@@ -11,8 +11,12 @@ import faust
 from streams.settings import Settings
 
 __all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics", "topic_partitions",
-           "assign_all_partitions", "BatchSender", "Record"]
+           "assign_all_partitions", "BatchSender", "Record", "METRICS_BATCH_BYTES"]
 
+
+#: A checkpoint's window records and its fence go out as one compressed record batch of at most
+#: this many bytes before compression (the metrics topic is created to accept it).
+METRICS_BATCH_BYTES = 16 * 1024 * 1024
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A verifying TLS context when the protocol uses SSL, else None."""
@@ -71,12 +75,14 @@ async def ensure_topics(settings: Settings) -> list[str]:
         settings.dlq_topic: settings.partitions,
         settings.metrics_topic: 1,
     }
+    configs = {settings.metrics_topic: {"max.message.bytes": str(METRICS_BATCH_BYTES + 1_000_000)}}
     admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor,
+                     topic_configs=configs.get(name, {}))
             for name, n in wanted.items()
             if name not in existing
         ]
@@ -137,13 +143,12 @@ class BatchSender:
     in-sync replicas (``acks="all"``); :meth:`send` returns the delivery futures.
     """
 
-    max_batch_bytes = 900_000  # under the brokers' default 1 MiB message.max.bytes
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, max_batch_bytes: int = 900_000, compression: str | None = None) -> None:
+        # 900 kB: under the brokers' default 1 MiB message.max.bytes (the metrics topic allows more)
         self._options = dict(
             aiokafka_options(settings), acks="all", linger_ms=0, enable_idempotence=False,
-            max_batch_size=self.max_batch_bytes, max_request_size=self.max_batch_bytes + 100_000,
-            client_id=f"{settings.app_id}-batch-sender",
+            max_batch_size=max_batch_bytes, max_request_size=max_batch_bytes + 100_000,
+            compression_type=compression, client_id=f"{settings.app_id}-batch-sender",
         )  # fmt: skip
         self._producer: Any = None
         self._start_lock: asyncio.Lock | None = None

@@ -79,6 +79,7 @@ class EngagementWindows:
         self.grace_ms = int(grace_ms)
         self._open: dict[int, _Window] = {}
         self._revisions: dict[int, int] = {}  # window start -> records emitted so far
+        self._closed: set[int] = set()  # window starts past their end + grace (bounded like _revisions)
         self.late_events = 0
 
     def add(self, events: Iterable[Event]) -> None:
@@ -142,7 +143,7 @@ class EngagementWindows:
         if window is None:
             window = self._open[start] = _Window(start, self._revisions.get(start, 0))
         n = len(users)
-        if window.revision:
+        if start in self._closed:
             self.late_events += n
         keys = window.keys
         try:
@@ -167,21 +168,47 @@ class EngagementWindows:
         """Records of every open window (at shutdown)."""
         return self._close(sorted(self._open))
 
+    def flush_partials(self) -> list[dict[str, Any]]:
+        """Records of the counts gathered so far in every window, which stay open (revision + 1).
+
+        The worker calls this at each checkpoint, before it acknowledges the offsets of
+        the events counted: what a crash replays was never emitted, what was emitted is
+        never replayed, so the counts of all revisions of a window add up exactly.
+
+        >>> from streams.events import Event
+        >>> w = EngagementWindows(window_ms=10_000, grace_ms=0)
+        >>> w.add([Event("e1", "u1", "i1", "view", 1_000)])
+        >>> [(r["id"], r["views"], r["revision"]) for r in w.flush_partials()]
+        [('i1', 1, 0)]
+        >>> w.add([Event("e2", "u2", "i1", "view", 2_000)])
+        >>> [(r["id"], r["views"], r["revision"]) for r in w.close_due(now_ms=10_000)]
+        [('i1', 1, 1)]
+        """
+        return self._close(sorted(self._open), keep_open=True)
+
     @property
     def open_windows(self) -> int:
         return len(self._open)
 
-    def _close(self, starts: Sequence[int]) -> list[dict[str, Any]]:
+    def _close(self, starts: Sequence[int], keep_open: bool = False) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         for start in starts:
             window = self._open.pop(start)
+            if not keep_open:
+                self._closed.add(start)
+            if not window.rows:
+                continue  # nothing counted since the last records of this window
             self._revisions[start] = window.revision + 1
             head = {"window_start_ms": start, "window_end_ms": start + self.window_ms, "revision": window.revision}
             _window_records(window, head, records)
-        # Remember revisions for a day of windows at most: bounded memory.
+            if keep_open:
+                self._open[start] = _Window(start, window.revision + 1)
+        # Remember revisions and closed windows for the last 10,000 windows: bounded memory.
         if len(self._revisions) > 10_000:
-            for start in sorted(self._revisions)[: len(self._revisions) - 10_000]:
+            for start in sorted(self._revisions)[:-10_000]:
                 del self._revisions[start]
+        if len(self._closed) > 10_000:
+            self._closed = set(sorted(self._closed)[-10_000:])
         return records
 
 
@@ -303,6 +330,7 @@ class HealthCounters:
     events_dead_lettered: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     duplicates_skipped: int = 0
+    replayed_skipped: int = 0  # redelivered records at or below a fence (already applied)
     users_refreshed: int = 0
     redis_errors: int = 0
     freshness_samples: list[np.ndarray] = field(default_factory=list)
@@ -330,6 +358,7 @@ class HealthCounters:
             "events_dead_lettered": self.events_dead_lettered,
             "dead_letter_reasons": dict(self.dead_letter_reasons),
             "duplicates_skipped": self.duplicates_skipped,
+            "replayed_skipped": self.replayed_skipped,
             "events_per_s": round(self.events_processed / elapsed_s, 1),
             "users_refreshed": self.users_refreshed,
             "redis_errors": self.redis_errors,
@@ -343,7 +372,7 @@ class HealthCounters:
             **extra,
         }
         self.started_ms = now_ms
-        self.events_processed = self.events_dead_lettered = self.duplicates_skipped = 0
+        self.events_processed = self.events_dead_lettered = self.duplicates_skipped = self.replayed_skipped = 0
         self.users_refreshed = self.redis_errors = 0
         self.dead_letter_reasons = {}
         self.freshness_samples = []

@@ -263,12 +263,23 @@ class Pipeline:
                 if blob is not None:
                     self.restore_item(item_id, blob)
         for user_id in users:
-            if not self.model.has_user(user_id):
+            if user_id not in self.history:  # new here, or forgotten at a rebalance
                 blob = self.store.get_user(user_id)
                 if blob is not None:
                     vector, history = decode_user(blob)
                     self.model.set_user_vectors([user_id], vector[None, :])
                     self.history[user_id] = dict.fromkeys(history)
+
+    def forget_partitions(self, partitions: set[int]) -> int:
+        """Forget the history of users of ``partitions`` (revoked): if they come back, :meth:`_hydrate`
+        reads their state again from the store, as their last owner left it. Returns how many."""
+        if not partitions:
+            return 0
+        n = self.settings.partitions
+        gone = [u for u in self.history if kafka_partition(u.encode(), n) in partitions]
+        for user_id in gone:
+            del self.history[user_id]
+        return len(gone)
 
     def restore_item(self, item_id: str, blob: bytes) -> None:
         state = decode_item(blob)

@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 _TRENDING_INTERVAL_S = 1.0
 _CHECKPOINT_SLICE = 4000  # users + items encoded between two batches
-_METRICS_SLICE = 2000  # window records sent between two batches
 
 
 @dataclass
@@ -141,6 +140,7 @@ class RecommenderService:
         send_metrics: Sender,
         highwater: Callable[[Any], int | None] | None = None,
         ack: Acker | None = None,
+        read_fences: Callable[[set[int]], Awaitable[dict[int, int]]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -150,6 +150,9 @@ class RecommenderService:
         self.send_metrics = send_metrics
         self.highwater = highwater
         self.ack = ack
+        self.read_fences = read_fences
+        self._fences_ready = asyncio.Event()
+        self._fences_ready.set()
         self.worker_id = settings.effective_worker_id
         self.started_ms = _now_ms()
         self.ready_ms: int | None = None
@@ -169,14 +172,40 @@ class RecommenderService:
         self.redis_backoff_s = 0.0
         self.trending_written = -_TRENDING_INTERVAL_S  # the first refresh writes them
         self.last_health_ms = self.started_ms
-        self.metrics_backlog: deque[Mapping[str, Any]] = deque()  # closed windows' records to send
+        self.fences: dict[int, int] = {}  # events partition -> last offset whose effects are durable
         self._batch_lock = asyncio.Lock()
         self._refresh_lock = asyncio.Lock()
 
     # --- intake ----------------------------------------------------------------------------
     async def offer(self, tp: Any, records: list[Any]) -> None:
-        """The consumer's bulk handler: queue one partition's fetched records."""
-        await self.intake.put(tp, records)
+        """The consumer's bulk handler: queue one partition's fetched records.
+
+        Records at or below the partition's fence were applied before (by this worker
+        before a crash, or by the partition's previous owner): they are acknowledged,
+        not applied again (see :mod:`streams.fences`).
+        """
+        await self._fences_ready.wait()
+        fence = self.fences.get(tp.partition)
+        if fence is not None and records[0].offset <= fence:
+            fresh = [r for r in records if r.offset > fence]
+            skipped = len(records) - len(fresh)
+            self.pipeline.health.replayed_skipped += skipped
+            if self.ack is not None:
+                self.ack(tp, records[0].offset, records[skipped - 1].offset)
+            records = fresh
+        if records:
+            await self.intake.put(tp, records)
+
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        """Read the fences of newly assigned events partitions before any of their records is taken."""
+        missing = {tp.partition for tp in assigned if tp.partition not in self.fences}
+        if not missing or self.read_fences is None:
+            return
+        self._fences_ready.clear()
+        try:
+            self.fences.update(await self.read_fences(missing))
+        finally:
+            self._fences_ready.set()
 
     async def run(self) -> None:
         """Process what arrives, batch after batch, until cancelled."""
@@ -189,14 +218,21 @@ class RecommenderService:
             await self.handle(messages, [(tp, records[0].offset, records[-1].offset) for tp, records in chunks])
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
-        """A rebalance takes ``revoked`` away: drop their queued records, make the rest durable."""
+        """A rebalance takes ``revoked`` away: drop their queued records, make the rest durable,
+        and forget those partitions' users (their next owner changes them; if they come back,
+        they are read again from the changelog)."""
         async with self._batch_lock:
             dropped = self.intake.drop(revoked)
             if dropped:
                 logger.info("rebalance: ~%d queued events of revoked partitions left to their next owner", dropped)
             await self.checkpoint()
+            partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
+            forgotten = self.pipeline.forget_partitions(partitions)
             for tp in revoked:
                 self.positions.pop(tp, None)
+                self.fences.pop(tp.partition, None)
+            if forgotten:
+                logger.info("rebalance: forgot %d users of partitions %s", forgotten, sorted(partitions))
 
     # --- batches -------------------------------------------------------------------------
     async def handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]] = ()) -> BatchOutcome:
@@ -240,7 +276,6 @@ class RecommenderService:
             self.pending_ts.append(np.fromiter((e.ts for e in outcome.events), np.int64, len(outcome.events)))
             await self.refresh()
         await self._checkpoint_step()
-        await self._metrics_step()
         return outcome
 
     async def checkpoint(self) -> None:
@@ -283,9 +318,24 @@ class RecommenderService:
             return
         self._checkpoint = None
         await self.store.flush()  # the broker has every state record of this checkpoint
+        for tp, (_, last) in cp.offsets.items():
+            self.fences[tp.partition] = max(last, self.fences.get(tp.partition, -1))
+        windows = self.pipeline.windows
+        records = [*windows.close_due(_now_ms()), *windows.flush_partials()]
+        await self.emit([*records, self._fence_record()])  # one record batch: counted and fenced together
         if self.ack is not None:
             for tp, (first, last) in cp.offsets.items():
                 self.ack(tp, first, last)
+
+    def _fence_record(self) -> dict[str, Any]:
+        """The offsets up to which every effect is durable, per events partition of this worker."""
+        return {
+            "type": "fence",
+            "worker_id": self.worker_id,
+            "topic": self.settings.events_topic,
+            "offsets": {str(p): offset for p, offset in sorted(self.fences.items())},
+            "ts_ms": _now_ms(),
+        }
 
     async def refresh(self) -> bool:
         """Write the lists of all pending users to Redis; False (and retry later) if Redis is down."""
@@ -342,26 +392,12 @@ class RecommenderService:
         if time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             async with self._batch_lock:
                 await self._checkpoint_step()
-        await self._metrics_step()
         if now - self.last_health_ms >= self.settings.metrics_window_s * 1000:
             await self.emit_health(now)
         try:
             await self.writer.heartbeat(self.worker_id, self.status(now))
         except (redis.RedisError, OSError):
             pass  # counted by refresh(); the heartbeat is best effort
-
-    async def _metrics_step(self) -> None:
-        """Send a slice of the closed windows' records; close the next due window when all are out.
-
-        Closing a window builds thousands of records (one per item, creator and tag):
-        one window and ``_METRICS_SLICE`` records at a time, between batches, so that
-        no batch waits long behind them.
-        """
-        backlog = self.metrics_backlog
-        if not backlog:
-            backlog.extend(self.pipeline.windows.close_due(_now_ms(), max_windows=1))
-        if backlog:
-            await self.emit([backlog.popleft() for _ in range(min(_METRICS_SLICE, len(backlog)))])
 
     async def emit(self, records: Sequence[Mapping[str, Any]]) -> None:
         if records:
@@ -397,8 +433,8 @@ class RecommenderService:
         async with self._batch_lock:
             await self.refresh()
             await self.checkpoint()
-        await self.emit([*self.metrics_backlog, *self.pipeline.windows.close_all()])
-        self.metrics_backlog.clear()
+        if self.pipeline.windows.open_windows:  # nothing unacknowledged is left: these windows are complete
+            await self.emit(self.pipeline.windows.close_all())
         await self.emit_health(_now_ms())
 
     def consumer_lag(self) -> int | None:

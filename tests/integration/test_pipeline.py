@@ -64,6 +64,9 @@ def test_list_moves_toward_the_community_a_user_engages_with(make_settings, star
 
 
 
+WINDOW_TYPES = ("item", "creator", "tag")
+
+
 def test_metrics_topic_carries_exact_counts_per_item_creator_and_tag(make_settings, start_worker):
     settings = make_settings()
     start_worker(settings)
@@ -89,15 +92,15 @@ def test_metrics_topic_carries_exact_counts_per_item_creator_and_tag(make_settin
     def complete(records: list[Any]) -> bool:
         seen = Counter()
         for rec in metric_records(records):
-            if rec["type"] != "health":
+            if rec["type"] in WINDOW_TYPES:
                 seen[(rec["type"], rec["id"])] += rec["views"] + rec["likes"] + rec["shares"]
         return all(seen[k] == sum(v[:3]) for k, v in expected.items())
 
     records = metric_records(consume(settings, settings.metrics_topic, complete, timeout=60))
     got: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for rec in records:
-        if rec["type"] == "health":
-            continue
+        if rec["type"] not in WINDOW_TYPES:
+            continue  # health and fence records
         key = (rec["type"], rec["id"])
         for i, field in enumerate(("views", "likes", "shares", "unique_users")):
             got[key][i] += rec[field]
@@ -107,7 +110,10 @@ def test_metrics_topic_carries_exact_counts_per_item_creator_and_tag(make_settin
         assert rec["window_end_ms"] - rec["window_start_ms"] == 2000
         if rec["type"] == "item":
             assert (rec["creator_id"], rec["tags"]) == catalog[rec["id"]]
-    assert dict(got) == {k: [v[0], v[1], v[2], len(v[3])] for k, v in expected.items()}
+    # counts add up exactly across revisions; unique users are unique within one record
+    assert {k: v[:3] for k, v in got.items()} == {k: v[:3] for k, v in expected.items()}
+    for key, (views, likes, shares, unique) in got.items():
+        assert len(expected[key][3]) <= unique <= views + likes + shares
 
     health = consume(settings, settings.metrics_topic,
                      lambda rs: sum(r.get("events_processed", 0) for r in metric_records(rs)
@@ -161,9 +167,8 @@ def test_every_kind_of_invalid_input_is_dead_lettered_and_the_worker_keeps_going
 
 
 def test_restarted_worker_resumes_with_its_learned_state(services, make_settings, start_worker):
-    if services.broker_kind != "kafka":
-        pytest.skip("state recovery needs Apache Kafka: the embedded Tansu misreports changelog end offsets "
-                    "(DESIGN-NOTES §8); CI runs this test against Apache Kafka")
+    # On Tansu too: each checkpoint ends every changelog partition with a one-record batch, so
+    # its misreported end offsets (DESIGN-NOTES §8) come out right (streams.tables.MARKER_KEY).
     settings = make_settings()
     world = SyntheticWorld(WorldConfig(users=300, items=400, creators=60, communities=8, seed=11))
     worker = start_worker(settings, "first")

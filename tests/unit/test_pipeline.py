@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
+import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -9,10 +12,15 @@ from streams.events import encode_event
 from streams.pipeline import Pipeline, RawMessage
 from streams.service import RecommenderService
 from streams.settings import Settings
-from streams.state import MemoryStateStore
+from streams.state import MemoryStateStore, encode_user
 from streams.synthetic import SyntheticWorld, WorldConfig
 
 SETTINGS = Settings(n_factors=8, top_n=10, worker_id="test")
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
 
 
 def messages(events, first_offset=0):
@@ -199,11 +207,67 @@ def test_offsets_are_acknowledged_only_after_their_state_is_flushed():
     events = world_events(100)
 
     async def run():
-        await service.handle(messages(events[:50]), [("tp0", 0, 49)])
-        await service.handle(messages(events[50:], 50), [("tp0", 50, 99)])
+        await service.handle(messages(events[:50]), [(TP0, 0, 49)])
+        await service.handle(messages(events[50:], 50), [(TP0, 50, 99)])
         assert acks == [] and flushed == []  # the checkpoint interval has not passed
         await service.checkpoint()
 
     asyncio.run(run())
     assert flushed and flushed[0] == len({e["user_id"] for e in events})
-    assert acks == [("tp0", 0, 99, 1)]  # one range, acknowledged after the flush
+    assert acks == [(TP0, 0, 99, 1)]  # one range, acknowledged after the flush
+    assert service.fences == {0: 99}
+
+
+TP0 = TP("t.events", 0)
+
+
+def test_a_checkpoint_sends_window_counts_and_fence_in_one_batch_and_replays_are_skipped():
+    sent: list[list] = []
+    acks: list[tuple] = []
+
+    async def metrics(records):
+        sent.append([orjson.loads(value) for _, value, _ in records])
+
+    async def nothing(records):
+        return None
+
+    async def fences(partitions):
+        return {0: 49}  # a previous owner applied offsets 0..49 of partition 0
+
+    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600, partitions=1,
+                        topic_prefix="t")
+    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics,
+                                 ack=lambda tp, first, last: acks.append((tp, first, last)), read_fences=fences)
+    events = world_events(100)
+
+    async def run():
+        await service.on_partitions_assigned({TP0})
+        await service.offer(TP0, messages(events))  # offsets 0..99: 0..49 are behind the fence
+        chunks = await service.intake.take(10_000, 0)
+        assert [r.offset for r in chunks[0][1]] == list(range(50, 100))
+        await service.handle(chunks[0][1], [(TP0, 50, 99)])
+        await service.checkpoint()
+
+    asyncio.run(run())
+    assert acks == [(TP0, 0, 49), (TP0, 50, 99)]  # the skipped ones at once, the applied ones after the checkpoint
+    (batch,) = sent
+    assert batch[-1]["type"] == "fence" and batch[-1]["offsets"] == {"0": 99}
+    views = sum(r["views"] for r in batch if r["type"] == "item")
+    assert views == sum(e["kind"] == "view" for e in events[50:])  # exactly the applied events
+    assert service.pipeline.health.replayed_skipped == 50
+
+
+def test_revoked_partitions_users_are_read_again_from_the_store():
+    from streams.events import kafka_partition
+
+    store = MemoryStateStore()
+    pipe = Pipeline(Settings(n_factors=8, partitions=4), store)
+    out = pipe.process(messages(world_events(300)))
+    users = sorted(out.dirty_users)
+    gone = {kafka_partition(users[0].encode(), 4)}
+    store.users[users[0]] = encode_user(np.zeros(8, np.float32), ["elsewhere"])  # its next owner's state
+    forgotten = pipe.forget_partitions(gone)
+    assert forgotten == sum(kafka_partition(u.encode(), 4) in gone for u in users) and users[0] not in pipe.history
+    pipe._hydrate([users[0]], [])
+    assert list(pipe.history[users[0]]) == ["elsewhere"]
+    assert not pipe.model.user_vectors([users[0]]).any()

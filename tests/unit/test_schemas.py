@@ -318,7 +318,7 @@ async def test_records_emitted_by_the_service_validate(metrics_validator: jsonsc
     await service.handle(messages)
     await service.shutdown()
     records = [orjson.loads(v) for v in sent]
-    assert {r["type"] for r in records} == {"item", "creator", "tag", "health"}
+    assert {r["type"] for r in records} == {"item", "creator", "tag", "health", "fence"}
     health = [r for r in records if r["type"] == "health"]
     assert health[-1]["events_dead_lettered"] > 0 and "ready" in health[-1]
     for record in records:
