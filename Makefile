@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 KAFKA_PORT ?= 19192
 KAFKA_DIR ?= .ci/work/kafka
 
-.PHONY: install demo test test-unit test-kafka clean
+.PHONY: install demo test test-unit test-kafka lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The security linter (ruff's flake8-bandit rules; pyproject.toml explains every ignore).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check streams models bench tests
+
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
@@ -35,7 +39,8 @@ test-unit: $(STAMP)
 # needs Java 17 and Maven (.ci/install-system.sh installs them on Debian).
 test-kafka: $(STAMP)
 	PYTHON=$(PY) bash .ci/kafka.sh start $(KAFKA_PORT) $(KAFKA_DIR)
-	STREAMREC_TEST_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) $(PY) -m pytest -m integration $(PYTEST_ARGS); \
+	STREAMREC_TEST_BROKER=kafka://127.0.0.1:$(KAFKA_PORT) STREAMREC_TEST_KAFKA_DIR=$(KAFKA_DIR) \
+		$(PY) -m pytest -m integration $(PYTEST_ARGS); \
 		status=$$?; bash .ci/kafka.sh stop $(KAFKA_DIR); exit $$status
 
 clean:

@@ -2,6 +2,7 @@
 # Single-node Apache Kafka 4.x (KRaft, combined broker+controller) for CI, jars from Maven Central.
 #   .ci/kafka.sh start PORT WORKDIR   # broker on 127.0.0.1:PORT, controller on PORT+1 (or $KAFKA_CONTROLLER_PORT)
 #   .ci/kafka.sh stop WORKDIR
+#   .ci/kafka.sh restart PORT WORKDIR   # stop, then start again keeping the data (fault-injection tests)
 # Env: KAFKA_LIB (jar dir, default .ci/kafka/lib), KAFKA_HEAP (default -Xmx512m -Xms256m),
 #      KAFKA_START_TIMEOUT (s, default 120), PYTHON (readiness client, default python3).
 set -euo pipefail
@@ -70,7 +71,8 @@ start() {
   for p in "$port" "$cport"; do port_open "$p" && die "port $p on 127.0.0.1 is already in use"; done
   ensure_jars
 
-  rm -rf "$work/data"; mkdir -p "$work/data"
+  [[ "${KAFKA_KEEP_DATA:-0}" == 1 ]] || rm -rf "$work/data"
+  mkdir -p "$work/data"
   cat > "$work/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -95,10 +97,14 @@ auto.create.topics.enable=true
 delete.topic.enable=true
 EOF
 
-  log "formatting KRaft storage in $work/data"
-  java_run kafka.tools.StorageTool format --standalone --ignore-formatted \
-    -t "$(random_cluster_id)" -c "$work/server.properties" > "$work/format.log" 2>&1 \
-    || { cat "$work/format.log" >&2; die "storage format failed"; }
+  if [[ "${KAFKA_KEEP_DATA:-0}" == 1 && -f "$work/data/meta.properties" ]]; then
+    log "keeping the KRaft storage in $work/data"
+  else
+    log "formatting KRaft storage in $work/data"
+    java_run kafka.tools.StorageTool format --standalone --ignore-formatted \
+      -t "$(random_cluster_id)" -c "$work/server.properties" > "$work/format.log" 2>&1 \
+      || { cat "$work/format.log" >&2; die "storage format failed"; }
+  fi
 
   log "starting broker on 127.0.0.1:$port (controller :$cport), log $work/kafka.log"
   # shellcheck disable=SC2086
@@ -142,5 +148,6 @@ stop() {
 case "${1:-}" in
   start) [[ $# -eq 3 ]] || die "usage: $0 start PORT WORKDIR"; start "$2" "$3" ;;
   stop)  [[ $# -eq 2 ]] || die "usage: $0 stop WORKDIR"; stop "$2" ;;
-  *) die "usage: $0 start PORT WORKDIR | stop WORKDIR" ;;
+  restart) [[ $# -eq 3 ]] || die "usage: $0 restart PORT WORKDIR"; stop "$3"; KAFKA_KEEP_DATA=1 start "$2" "$3" ;;
+  *) die "usage: $0 start PORT WORKDIR | stop WORKDIR | restart PORT WORKDIR" ;;
 esac

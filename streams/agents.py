@@ -89,7 +89,8 @@ async def process_events() -> None:
 
 @app.timer(interval=1.0)
 async def tick() -> None:
-    await service.tick()
+    recovery = app.tables.recovery
+    await service.tick(recovered=recovery.completed.is_set() and not app.rebalancing and not recovery.in_recovery)
 
 
 @app.on_partitions_assigned.connect

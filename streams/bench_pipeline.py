@@ -550,8 +550,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         for proc in reversed(started):
             try:
                 proc.stop()
-            except Exception:  # keep stopping the others
-                pass
+            except Exception as exc:  # keep stopping the others
+                log(f"could not stop {proc.name}: {exc}")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -94,7 +94,7 @@ async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> N
     world = SyntheticWorld(WorldConfig(users=options.users, items=options.items, seed=options.seed))
     by_size = sorted(world.communities, key=lambda t: -len(world.community_items(t)))
     state.binge_tags = (by_size[1], by_size[2])
-    rng = random.Random(options.seed)
+    rng = random.Random(options.seed)  # noqa: S311 - seeded demo traffic, not a secret
     bad = malformed_payloads(max(options.events // options.malformed_every, 1), seed=options.seed)
     reader = AsyncRecsReader(settings)
     watcher = asyncio.create_task(_watch_metrics(settings, state))

@@ -269,7 +269,7 @@ def _spawn(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         offset = log.tell()
-        popen = subprocess.Popen(
+        popen = subprocess.Popen(  # noqa: S603 - argv list of a server binary we located; no shell
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,

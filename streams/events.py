@@ -77,6 +77,7 @@ REASONS: Final = (
     "too_long",  # a string or the tag list is longer than allowed
     "key_mismatch",  # message key missing, not UTF-8, or not equal to user_id
     "wrong_partition",  # an event of a batch message whose user_id belongs to another partition
+    "future_ts",  # ts further ahead of the worker's clock than STREAMREC_MAX_CLOCK_SKEW_S
     "internal_error",  # the worker failed on a batch: the whole batch is dead-lettered, not dropped
 )
 

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: that stretch had no checkpoint for a long while, so its committed offset (which never
 #: passes a fence) already is its fence.
 FENCE_SCAN_RECORDS = 500_000
-_CHUNK = 50_000
+_CHUNK = 20_000
 
 
 async def read_fences(settings: Settings, partitions: Collection[int]) -> dict[int, int]:
@@ -57,11 +57,12 @@ async def read_fences(settings: Settings, partitions: Collection[int]) -> dict[i
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         found: dict[int, int] = {}
-        top: int | None = None  # None: read to the end (some brokers report it short, DESIGN-NOTES §8)
+        top: int | None = None  # None: up to the end as of now (see _fences_between)
         bottom = end
         while wanted - found.keys() and bottom > 0 and end - bottom < FENCE_SCAN_RECORDS:
             bottom = max(0, bottom - _CHUNK)
-            latest = await _fences_between(consumer, tp, bottom, top, settings.events_topic, wanted)
+            latest = await _fences_between(consumer, tp, bottom, top if top is not None else end, settings.events_topic,
+                                           wanted)
             for partition, offset in latest.items():
                 found.setdefault(partition, offset)  # a later chunk (read first) holds the later fence
             top = bottom
@@ -72,19 +73,19 @@ async def read_fences(settings: Settings, partitions: Collection[int]) -> dict[i
         await consumer.stop()
 
 
-async def _fences_between(
-    consumer: Any, tp: Any, start: int, stop: int | None, topic: str, wanted: set[int]
-) -> dict[int, int]:
-    """Latest fence per wanted partition among the records at offsets [start, stop)."""
+async def _fences_between(consumer: Any, tp: Any, start: int, stop: int, topic: str, wanted: set[int]) -> dict[int, int]:
+    """Latest fence per wanted partition among the records from ``start`` until the position passes ``stop``.
+
+    Reading on past ``stop`` to the end of the record batch that holds it: some brokers report
+    a partition's end inside its last batch (DESIGN-NOTES §8), and a fence ends its batch.
+    """
     consumer.seek(tp, start)
     latest: dict[int, int] = {}
-    while True:
+    while await consumer.position(tp) < stop:
         batch = (await consumer.getmany(tp, timeout_ms=1000, max_records=10_000)).get(tp, [])
         if not batch:
             return latest
         for record in batch:
-            if stop is not None and record.offset >= stop:
-                return latest
             if record.key is None or not record.key.startswith(b"fence:"):
                 continue
             try:
@@ -96,3 +97,4 @@ async def _fences_between(
                         latest[int(partition)] = int(offset)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                 logger.warning("ignoring a malformed fence record at offset %d", record.offset)
+    return latest

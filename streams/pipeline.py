@@ -163,13 +163,16 @@ class Pipeline:
         dead = outcome.dead_letters
         max_bytes = self.settings.max_message_bytes
         seen = self.seen_event_ids.check_and_add
+        horizon = self._horizon_ms()
         duplicates = 0
         for message in messages:
             if message.headers and is_batch(message.headers):
-                duplicates += self._process_batch_message(message, outcome)
+                duplicates += self._process_batch_message(message, outcome, horizon)
                 continue
             try:
                 event = decode_event(message.key, message.value, max_bytes)
+                if event.ts > horizon:
+                    raise _future(event, horizon)
             except InvalidEvent as exc:
                 dead.append(DeadLetter(message, exc.reason, exc.detail))
                 continue
@@ -186,7 +189,11 @@ class Pipeline:
             self._learn(events, outcome)
         return outcome
 
-    def _process_batch_message(self, message: MessageLike, outcome: BatchOutcome) -> int:
+    def _horizon_ms(self) -> int:
+        """Latest acceptable event time: the clock plus the allowed skew (late events are all kept)."""
+        return _now_ms() + int(self.settings.max_clock_skew_s * 1000)
+
+    def _process_batch_message(self, message: MessageLike, outcome: BatchOutcome, horizon: int) -> int:
         """The events of one batch message; returns how many were duplicates."""
         try:
             items = decode_batch(message.value, self.settings.max_batch_bytes)
@@ -205,6 +212,8 @@ class Pipeline:
                     if len(owner) >= 1_000_000:
                         owner.clear()  # a cache: bounded memory, recomputed on demand
                     user_partition = owner[event.user_id] = kafka_partition(event.user_id.encode(), partitions)
+                if event.ts > horizon:
+                    raise _future(event, horizon)
                 if user_partition != partition:
                     raise InvalidEvent(
                         "wrong_partition",
@@ -343,6 +352,10 @@ class Pipeline:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _future(event: Event, horizon: int) -> InvalidEvent:
+    return InvalidEvent("future_ts", f"ts {event.ts} is {event.ts - horizon} ms past the allowed clock skew")
 
 
 def _dumps_loose(item: Any) -> bytes:

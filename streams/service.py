@@ -381,10 +381,14 @@ class RecommenderService:
             return True
 
     # --- timer ---------------------------------------------------------------------------
-    async def tick(self) -> None:
-        """Once a second: readiness, closed windows, health, heartbeat, Redis retries, checkpoints."""
+    async def tick(self, recovered: bool = True) -> None:
+        """Once a second: readiness, closed windows, health, heartbeat, Redis retries, checkpoints.
+
+        ``recovered``: the worker's tables are recovered from their changelogs (it reports
+        ready only then, so that "ready" means "serving from its full state").
+        """
         now = _now_ms()
-        if self.ready_ms is None:
+        if self.ready_ms is None and recovered:
             _settle_garbage_collector()
             self.ready_ms = now
             logger.info("streamrec worker %s ready in %.2f s", self.worker_id, (now - self.started_ms) / 1000)

@@ -99,6 +99,9 @@ class Settings:
         1.0, "How often changed user and item state goes to the changelogs; offsets are committed only after it, seconds."
     )
     max_message_bytes: int = _setting(65536, "Messages larger than this are dead-lettered before decoding.")
+    max_clock_skew_s: float = _setting(
+        300.0, "Events whose ts is further ahead of the worker's clock are dead-lettered (future_ts); late ones are kept."
+    )
     max_batch_bytes: int = _setting(1048576, "Batch messages (many events, see the event contract) larger than this are dead-lettered.")
     metrics_window_s: float = _setting(10.0, "Tumbling window of the engagement aggregates, seconds of event time.")
     metrics_grace_s: float = _setting(2.0, "Wall-clock wait after a window's end before it is emitted, seconds.")
@@ -202,6 +205,8 @@ class Settings:
                 raise SettingsError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
         if self.metrics_window_s <= 0:
             raise SettingsError("STREAMREC_METRICS_WINDOW_S must be > 0")
+        if self.max_clock_skew_s < 0:
+            raise SettingsError("STREAMREC_MAX_CLOCK_SKEW_S must be >= 0")
         if self.batch_within_s < 0 or self.checkpoint_interval_s < 0:
             raise SettingsError("STREAMREC_BATCH_WITHIN_S and STREAMREC_CHECKPOINT_INTERVAL_S must be >= 0")
         if not self.bootstrap_servers:

@@ -513,7 +513,7 @@ def malformed_payloads(n: int, seed: int = 0) -> list[tuple[bytes | None, bytes,
     ``n >= MALFORMED_CASE_COUNT`` covers every case; the underlying valid
     events (ids, kinds, timestamps) vary with ``seed``.
     """
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded test data, not a secret
     out: list[tuple[bytes | None, bytes, str]] = []
     for k in range(n):
         event: _Event = {

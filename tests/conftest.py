@@ -9,6 +9,7 @@ consumer group and worker id.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -76,9 +77,10 @@ def start_worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cal
     workers: list[WorkerProcess] = []
 
     def start(settings: Settings, name: str = "worker") -> WorkerProcess:
+        spawned_ms = int(time.time() * 1000)
         worker = WorkerProcess(settings, tmp_path / f"{name}-{len(workers)}.log").start()
         workers.append(worker)
-        worker.wait_ready()
+        worker.wait_ready(after_ms=spawned_ms)  # this process's heartbeat, not a killed predecessor's
         return worker
 
     yield start

@@ -271,3 +271,19 @@ def test_revoked_partitions_users_are_read_again_from_the_store():
     pipe._hydrate([users[0]], [])
     assert list(pipe.history[users[0]]) == ["elsewhere"]
     assert not pipe.model.user_vectors([users[0]]).any()
+
+
+def test_events_too_far_in_the_future_are_dead_lettered_and_late_ones_kept():
+    import time
+
+    pipe = Pipeline(Settings(n_factors=8, max_clock_skew_s=60), MemoryStateStore())
+    now = int(time.time() * 1000)
+    base = {"user_id": "u1", "item_id": "i1", "kind": "view"}
+    plan = {"soon": now + 30_000, "future": now + 3_600_000, "last-week": now - 7 * 86_400_000}
+    out = pipe.process([RawMessage(b"u1", orjson.dumps({**base, "event_id": e, "ts": ts}), "t", 0, n)
+                        for n, (e, ts) in enumerate(plan.items())])
+    assert [e.event_id for e in out.events] == ["soon", "last-week"]
+    assert [(d.reason, d.message.offset) for d in out.dead_letters] == [("future_ts", 1)]
+    # the late event counts in its own (old) window
+    starts = {r["window_start_ms"] for r in pipe.windows.close_all()}
+    assert len(starts) == 2

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "streams" / "schemas"
 
 # Reasons decided before or after the JSON value is looked at: no schema can see them.
-NOT_SCHEMA_REASONS = {"empty", "not_json", "too_large", "key_mismatch", "wrong_partition", "internal_error"}
+NOT_SCHEMA_REASONS = {"empty", "not_json", "too_large", "key_mismatch", "wrong_partition", "future_ts", "internal_error"}
 
 
 def _load(name: str) -> dict[str, Any]:
