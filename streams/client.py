@@ -73,9 +73,13 @@ class EventProducer:
         self.sent = 0
 
     async def start(self) -> None:
-        if self._create_topics:
-            await ensure_topics(self.settings)
-        await self._producer.start()
+        try:
+            if self._create_topics:
+                await ensure_topics(self.settings)
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # release its connections: a broker may just be away
+            raise
         partitions = await self._producer.partitions_for(self.topic)
         if partitions:
             self._partitions = len(partitions)

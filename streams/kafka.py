@@ -14,8 +14,8 @@ __all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topic
            "assign_all_partitions", "BatchSender", "Record", "METRICS_BATCH_BYTES"]
 
 
-#: A checkpoint's window records and its fence go out as one compressed record batch of at most
-#: this many bytes before compression (the metrics topic is created to accept it).
+#: A checkpoint's window records and its fence go out as one record batch of at most this many
+#: bytes (the metrics topic is created to accept it).
 METRICS_BATCH_BYTES = 16 * 1024 * 1024
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
