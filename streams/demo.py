@@ -108,8 +108,10 @@ async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> N
                 state.produced += 1
                 if state.produced in binge_at:  # the spotlight viewer binges a community
                     tag = state.binge_tags[binge_at[state.produced]]
-                    for binge in world.engage(state.spotlight_user, tag, 8, int(time.time() * 1000)):
-                        await producer.send(binge)
+                    binges = world.engage(state.spotlight_user, tag, 8, 0)
+                    now_ms = int(time.time() * 1000)  # a binge just finished: its last event is now
+                    for binge in binges:
+                        await producer.send({**binge, "ts": binge["ts"] - binges[-1]["ts"] + now_ms})
                     state.phase += 1
                 if state.produced % options.malformed_every == 0 and bad:
                     key, value, _ = bad[rng.randrange(len(bad))]
