@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 KAFKA_PORT ?= 19192
 KAFKA_DIR ?= .ci/work/kafka
 
-.PHONY: install demo test test-unit test-kafka lint clean
+.PHONY: install demo test test-unit test-kafka lint soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 # Unit tests, doctests and the integration suite on the embedded Tansu broker + redis-server.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Opt-in soak: SOAK_S seconds of steady load with a SIGKILL and a 30 s Redis outage (RELIABILITY.md).
+SOAK_S ?= 300
+soak: $(STAMP)
+	STREAMREC_SOAK_S=$(SOAK_S) $(PY) -m pytest -s -k test_soak tests/integration/test_faults.py $(PYTEST_ARGS)
 
 # The security linter (ruff's flake8-bandit rules; pyproject.toml explains every ignore).
 lint: $(STAMP)

@@ -232,20 +232,24 @@ def _validate_checked(obj: Any) -> Event:
     return Event(event_id, user_id, item_id, kind, ts, watch_ms, creator_id, tags)
 
 
+def _load_json(value: bytes | None, max_bytes: int, what: str) -> Any:
+    """The JSON in ``value``, its size checked first; else :class:`InvalidEvent` (empty, too_large, not_json)."""
+    if not value:
+        raise InvalidEvent("empty", f"the {what} has no value")
+    if len(value) > max_bytes:
+        raise InvalidEvent("too_large", f"{what} is {len(value)} bytes, limit {max_bytes}")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("not_json", str(exc)[:200]) from None
+
+
 def decode_event(key: bytes | None, value: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Event:
     """Decode one Kafka message into an :class:`Event` or raise :class:`InvalidEvent`.
 
     The size limit is enforced before any decoding; the key must be the UTF-8 ``user_id``.
     """
-    if not value:
-        raise InvalidEvent("empty", "the message has no value")
-    if len(value) > max_bytes:
-        raise InvalidEvent("too_large", f"message is {len(value)} bytes, limit {max_bytes}")
-    try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("not_json", str(exc)[:200]) from None
-    event = validate_event(obj)
+    event = validate_event(_load_json(value, max_bytes, "message"))
     if key is None:
         raise InvalidEvent("key_mismatch", "the message key must be the user_id, got no key")
     try:
@@ -286,14 +290,7 @@ def decode_batch(value: bytes | None, max_bytes: int = MAX_BATCH_BYTES) -> list[
     ...     print(exc.reason)
     not_object
     """
-    if not value:
-        raise InvalidEvent("empty", "the batch message has no value")
-    if len(value) > max_bytes:
-        raise InvalidEvent("too_large", f"batch message is {len(value)} bytes, limit {max_bytes}")
-    try:
-        items = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent("not_json", str(exc)[:200]) from None
+    items = _load_json(value, max_bytes, "batch message")
     if type(items) is not list:
         raise InvalidEvent("not_object", f"a batch is a JSON array of events, got {type(items).__name__}")
     if not items:

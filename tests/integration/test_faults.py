@@ -369,3 +369,66 @@ def test_broker_restart_workers_reconnect_and_nothing_is_lost(services, make_set
            worker_restarts=0 if worker.alive() else 1)
     assert worker.alive()
     assert_oracle(observed, expected)
+
+
+def rss_mb(worker: Any) -> float | None:
+    try:
+        for line in Path(f"/proc/{worker.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_settings, start_worker):
+    """Opt-in (minutes): ``make soak`` or ``STREAMREC_SOAK_S=300``. Events at a steady rate for
+    ``STREAMREC_SOAK_S`` seconds; the worker is SIGKILLed at a third, Redis is down for 30 s at two
+    thirds. Exact oracle at the end; RSS sampled throughout must level off."""
+    duration = float(os.environ.get("STREAMREC_SOAK_S") or 0)
+    if not duration:
+        pytest.skip("opt-in soak run: set STREAMREC_SOAK_S=<seconds> (make soak)")
+    rate = float(os.environ.get("STREAMREC_SOAK_RATE") or 5000)
+    settings = make_settings(metrics_window_s=10.0, metrics_grace_s=2.0)
+    worker = start_worker(settings, "w0")
+    world = SyntheticWorld(WorldConfig(users=50_000, items=20_000, seed=28))
+    sent: list[dict[str, Any]] = []
+    rss: list[tuple[float, float]] = []
+    started = time.monotonic()
+    killed = redis_down = False
+    redis_stopped = 0.0  # when Redis was stopped; 0 when it runs
+    recovery_s = None
+    while (elapsed := time.monotonic() - started) < duration:
+        chunk = list(world.events(int(rate), start_ms=_now_ms(), rate_per_s=rate))
+        produce(settings, chunk)
+        sent.extend(chunk)
+        if (value := rss_mb(worker)) is not None:
+            rss.append((elapsed, value))
+        if not killed and elapsed > duration / 3:
+            killed = True
+            worker.kill()
+            t = time.monotonic()
+            worker = start_worker(settings, "w1")
+            recovery_s = round(time.monotonic() - t, 1)
+        if not redis_down and elapsed > 2 * duration / 3:
+            redis_down = True
+            services.redis_control.stop_redis()
+            redis_stopped = time.monotonic()
+        if redis_down and redis_stopped and time.monotonic() - redis_stopped > 30:
+            services.redis_control.start_redis()
+            redis_stopped = 0.0
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+    if redis_down and redis_stopped:
+        services.redis_control.start_redis()
+    expected = Expected.of(sent)
+    caught_up = time.monotonic()
+    observed = wait_for_oracle(settings, expected, timeout=600)
+    after_restart = [v for t, v in rss if t > duration / 3 + (recovery_s or 0) + 10]
+    half = len(after_restart) // 2
+    report("soak", services, seconds=duration, rate=rate, produced=len(sent), recovery_s=recovery_s,
+           catch_up_s=round(time.monotonic() - caught_up, 1),
+           rss_mb_first_half_max=round(max(after_restart[:half]), 1) if half else None,
+           rss_mb_second_half_max=round(max(after_restart[half:]), 1) if half else None)
+    assert_oracle(observed, expected)
+    if half:
+        assert max(after_restart[half:]) < 1.5 * max(after_restart[:half])  # memory levels off

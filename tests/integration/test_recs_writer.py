@@ -87,3 +87,46 @@ def test_unreachable_redis_raises_a_redis_error(make_settings):
         await writer.client.aclose()
 
     asyncio.run(run())
+
+
+def test_lists_over_tls_with_a_verified_server_certificate(tmp_path):
+    """``rediss://`` with STREAMREC_REDIS_SSL_CA_CERTS: the writer writes, the reader reads, over TLS."""
+    import shutil
+    import subprocess
+
+    from streams.client import RecsReader
+    from streams.dev import find_redis_server, start_redis
+    from streams.settings import Settings
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    help_text = subprocess.run([str(find_redis_server()), "--help"], capture_output=True, text=True).stdout
+    tls_port = free_port()
+    try:
+        server = start_redis(free_port(), tmp_path, extra_args=[
+            "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"])
+    except Exception as exc:  # a redis-server built without TLS refuses the --tls-* options
+        pytest.skip(f"this redis-server has no TLS support ({type(exc).__name__}; {help_text[:80]!r})")
+    try:
+        settings = Settings(redis_url=f"rediss://127.0.0.1:{tls_port}/0", redis_ssl_ca_certs=str(cert),
+                            redis_prefix="tlstest")
+
+        async def write() -> None:
+            client = async_redis(settings)
+            await RecsWriter(client, settings).write({"u1": [("a", 0.9), ("b", 0.5)]}, popular=[("p", 1.0)],
+                                                     model_version="v1", updated_ms=5)
+            await client.aclose()
+
+        asyncio.run(write())
+        recs = RecsReader(settings).get("u1")
+        assert (recs.source, recs.items) == ("personal", ["a", "b"])
+        untrusted = Settings(redis_url=f"rediss://127.0.0.1:{tls_port}/0", redis_prefix="tlstest")
+        assert RecsReader(untrusted).get("u1").source == "unavailable"  # the certificate is not trusted by default
+    finally:
+        server.stop()

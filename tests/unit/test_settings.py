@@ -56,3 +56,23 @@ def test_learning_defaults_are_the_models_defaults():
     s = Settings()
     for name in ("n_factors", "learning_rate", "regularization", "n_negatives", "init_std", "seed"):
         assert getattr(s, name) == defaults[name], name
+
+
+def test_kafka_sasl_and_ssl_options_come_from_the_environment():
+    import ssl
+
+    from streams.kafka import aiokafka_options, faust_credentials
+
+    env = {"STREAMREC_SECURITY_PROTOCOL": "SASL_SSL", "STREAMREC_SASL_MECHANISM": "SCRAM-SHA-512",
+           "STREAMREC_SASL_USERNAME": "svc", "STREAMREC_SASL_PASSWORD": "pw-from-env"}
+    s = Settings.from_env(env)
+    options = aiokafka_options(s)
+    assert options["security_protocol"] == "SASL_SSL" and options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("svc", "pw-from-env")
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    credentials = faust_credentials(s)
+    assert credentials is not None and credentials.username == "svc" and credentials.ssl_context is not None
+    assert "pw-from-env" not in repr(s)  # secrets stay out of logs
+    plain = aiokafka_options(Settings.from_env({}))
+    assert plain["security_protocol"] == "PLAINTEXT" and "ssl_context" not in plain and faust_credentials(Settings()) is None
