@@ -48,6 +48,7 @@ class _Checkpoint:
     users: list[str]
     items: list[str]
     offsets: dict[Any, tuple[int, int]]  # tp -> offsets whose effects this checkpoint makes durable
+    records: list[dict[str, Any]]  # the window counts of exactly those events
     next_user: int = 0
     next_item: int = 0
 
@@ -298,8 +299,12 @@ class RecommenderService:
         await self._advance_checkpoint(_CHECKPOINT_SLICE)
 
     def _start_checkpoint(self) -> _Checkpoint:
-        """Snapshot what changed and the offsets behind it; later changes go to the next checkpoint."""
-        started = _Checkpoint(sorted(self.dirty_users), sorted(self.dirty_items), self.unacked)
+        """Snapshot what changed, the window counts and the offsets behind them; what comes later
+        goes to the next checkpoint (the counts sent with a fence must be exactly those of the
+        events it covers, even though later batches run between the slices of this one)."""
+        windows = self.pipeline.windows
+        records = [*windows.close_due(_now_ms()), *windows.flush_partials()]
+        started = _Checkpoint(sorted(self.dirty_users), sorted(self.dirty_items), self.unacked, records)
         self.dirty_users, self.dirty_items, self.unacked = set(), set(), {}
         self.last_checkpoint = time.monotonic()
         return started
@@ -320,9 +325,7 @@ class RecommenderService:
         await self.store.flush()  # the broker has every state record of this checkpoint
         for tp, (_, last) in cp.offsets.items():
             self.fences[tp.partition] = max(last, self.fences.get(tp.partition, -1))
-        windows = self.pipeline.windows
-        records = [*windows.close_due(_now_ms()), *windows.flush_partials()]
-        await self.emit([*records, self._fence_record()])  # one record batch: counted and fenced together
+        await self.emit([*cp.records, self._fence_record()])  # one record batch: counted and fenced together
         if self.ack is not None:
             for tp, (first, last) in cp.offsets.items():
                 self.ack(tp, first, last)

@@ -287,3 +287,36 @@ def test_events_too_far_in_the_future_are_dead_lettered_and_late_ones_kept():
     # the late event counts in its own (old) window
     starts = {r["window_start_ms"] for r in pipe.windows.close_all()}
     assert len(starts) == 2
+
+
+def test_counts_sent_with_a_fence_are_exactly_those_of_the_events_it_covers(monkeypatch):
+    """A checkpoint is written in slices with batches in between; its counts must not include them
+    (a crash would replay those batches, above the fence, and count them twice)."""
+    import streams.service as service_module
+
+    monkeypatch.setattr(service_module, "_CHECKPOINT_SLICE", 1)
+    sent: list[list] = []
+
+    async def metrics(records):
+        sent.append([orjson.loads(value) for _, value, _ in records])
+
+    async def nothing(records):
+        return None
+
+    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=0, partitions=1, topic_prefix="t")
+    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics)
+    events = world_events(200)
+
+    async def run():
+        await service.handle(messages(events[:100]), [(TP0, 0, 99)])  # starts a checkpoint of many users
+        for k in range(100, 200, 10):  # more batches while its slices are written
+            await service.handle(messages(events[k:k + 10], k), [(TP0, k, k + 9)])
+        assert not sent  # still writing the first checkpoint's slices
+        while not sent:
+            await service._checkpoint_step()
+
+    asyncio.run(run())
+    first = sent[0]
+    assert first[-1]["type"] == "fence" and first[-1]["offsets"] == {"0": 99}
+    views = sum(r["views"] for r in first if r["type"] == "item")
+    assert views == sum(e["kind"] == "view" for e in events[:100])
