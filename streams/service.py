@@ -343,12 +343,12 @@ class RecommenderService:
     async def refresh(self) -> bool:
         """Write the lists of all pending users to Redis; False (and retry later) if Redis is down."""
         async with self._refresh_lock:
-            if not self.pending_users and not (self.pending_tags and time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S):
+            # Trending lists change slowly and cost a ranking per tag: rewritten once a second.
+            trending_due = time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S
+            if not self.pending_users and not (self.pending_tags and trending_due):
                 return True
             if time.monotonic() < self.redis_retry_at:
                 return False
-            # Trending lists change slowly and cost a ranking per tag: rewritten once a second.
-            trending_due = time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S
             users, stamps = self.pending_users, self.pending_ts
             tags = self.pending_tags if trending_due else set()
             self.pending_users, self.pending_ts = set(), []
