@@ -153,19 +153,6 @@ def rank_arrays(
     return rows_out, vals_out
 
 
-def rank_rows(
-    score_rows: Callable[[int, int], np.ndarray],
-    n_rows: int,
-    n: int,
-    items: IdMap,
-    exclude: Sequence[Iterable[str]] | None,
-) -> list[list[tuple[str, float]]]:
-    """Top-N for ``n_rows`` users; ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block."""
-    rows, vals = rank_arrays(score_rows, n_rows, n, items, exclude)
-    names, vals_l = as_lists(rows, vals, items._array())
-    return [list(zip(a, v)) for a, v in zip(names, vals_l)]
-
-
 def tag_tuple(tags: Iterable[str] | None) -> tuple[str, ...]:
     """Distinct tags in first-seen order; ``None`` means none. A bare string is rejected."""
     if tags is None:
