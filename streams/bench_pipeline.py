@@ -224,16 +224,6 @@ async def _consume_raw(settings: Any, n: int, timeout_s: float) -> tuple[float, 
         await consumer.stop()
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def _run_pipeline(worker: Any, settings: Any, n: int, last_keys: dict[int, bytes], timeout_s: float) -> dict[str, Any]:
     """Start the worker on the produced events; poll Redis until it has processed ``n``."""
     import orjson
@@ -530,7 +520,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             f"{result['freshness_missing']} missing")
 
         assert worker.process is not None
-        result["worker_rss_mb"] = _vm_hwm_mb(worker.process.pid)
+        result["worker_rss_mb"] = worker.memory_mb("VmHWM")
         worker.stop()
         worker = None
 

@@ -98,6 +98,18 @@ class WorkerProcess:
                 self.process.wait(10)
         return self.process.returncode
 
+    def memory_mb(self, field: str = "VmHWM") -> float | None:
+        """The worker's ``VmHWM`` (peak RSS) or ``VmRSS`` from ``/proc``, MB; None if unknown (or exited)."""
+        if self.process is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) / 1024.0
+        except (OSError, ValueError):
+            pass
+        return None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

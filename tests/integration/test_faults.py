@@ -86,16 +86,6 @@ def stream(seed: int, n: int, rate_per_s: float = 2000.0) -> list[dict[str, Any]
     return list(world.events(n, start_ms=_now_ms(), rate_per_s=rate_per_s))
 
 
-def peak_rss_mb(worker: Any) -> float | None:
-    try:
-        for line in Path(f"/proc/{worker.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, AttributeError):
-        pass
-    return None
-
-
 def test_worker_killed_three_times_mid_stream_loses_nothing_and_counts_nothing_twice(
     services, make_settings, start_worker
 ):
@@ -119,7 +109,7 @@ def test_worker_killed_three_times_mid_stream_loses_nothing_and_counts_nothing_t
     report("SIGKILL x3 mid-stream", services, produced=len(events), malformed=len(bad),
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"),
            dead_lettered=len(observed.dead_letter_positions), dead_letter_copies=observed.dead_letter_messages,
-           recovery_s=recoveries, catch_up_s=round(time.monotonic() - started, 1), worker_rss_mb=peak_rss_mb(worker))
+           recovery_s=recoveries, catch_up_s=round(time.monotonic() - started, 1), worker_rss_mb=worker.memory_mb())
     assert_oracle(observed, expected)
     assert max(recoveries) < 60
 
@@ -144,7 +134,7 @@ def test_rebalance_one_two_one_workers_while_producing(services, make_settings, 
     after = int((survivor.status() or {}).get("events_total") or 0)
     report("rebalance 1 -> 2 -> 1", services, produced=len(events),
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"),
-           second_worker_ready_s=joined_s, survivor_events=after, worker_rss_mb=peak_rss_mb(survivor))
+           second_worker_ready_s=joined_s, survivor_events=after, worker_rss_mb=survivor.memory_mb())
     assert_oracle(observed, expected)
     assert after > before  # the survivor kept going alone
     assert survivor.alive()
@@ -371,16 +361,6 @@ def test_broker_restart_workers_reconnect_and_nothing_is_lost(services, make_set
     assert_oracle(observed, expected)
 
 
-def rss_mb(worker: Any) -> float | None:
-    try:
-        for line in Path(f"/proc/{worker.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, AttributeError):
-        pass
-    return None
-
-
 def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_settings, start_worker):
     """Opt-in (minutes): ``make soak`` or ``STREAMREC_SOAK_S=300``. Events at a steady rate for
     ``STREAMREC_SOAK_S`` seconds; the worker is SIGKILLed at a third, Redis is down for 30 s at two
@@ -402,7 +382,7 @@ def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_setti
         chunk = list(world.events(int(rate), start_ms=_now_ms(), rate_per_s=rate))
         produce(settings, chunk)
         sent.extend(chunk)
-        if (value := rss_mb(worker)) is not None:
+        if (value := worker.memory_mb("VmRSS")) is not None:
             rss.append((elapsed, value))
         if not killed and elapsed > duration / 3:
             killed = True
