@@ -66,13 +66,16 @@ class Producer(threading.Thread):
         try:
             n, b = len(self.events), len(self.bad)
             for k in range(self.chunks):
-                produce(self.settings, self.events[k * n // self.chunks:(k + 1) * n // self.chunks])
+                self.send(self.events[k * n // self.chunks:(k + 1) * n // self.chunks])
                 bad = self.bad[k * b // self.chunks:(k + 1) * b // self.chunks]
                 if bad:
                     produce_raw(self.settings, [(key, value) for key, value, _ in bad])
                 time.sleep(self.pause_s)
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
+
+    def send(self, chunk: list[dict[str, Any]]) -> None:
+        produce(self.settings, chunk)
 
     def finish(self, timeout: float = 120.0) -> None:
         self.join(timeout)
@@ -313,22 +316,14 @@ class RetryingProducer(Producer):
     """A :class:`Producer` that retries a chunk while the broker is away (redelivered events are
     then deduplicated by ``event_id``: the oracle counts each once)."""
 
-    def run(self) -> None:
-        try:
-            n = len(self.events)
-            for k in range(self.chunks):
-                chunk = self.events[k * n // self.chunks:(k + 1) * n // self.chunks]
-                for attempt in range(60):
-                    try:
-                        produce(self.settings, chunk)
-                        break
-                    except Exception:  # the broker is restarting
-                        time.sleep(1.0)
-                else:
-                    raise RuntimeError("the broker did not come back within a minute")
-                time.sleep(self.pause_s)
-        except BaseException as exc:
-            self.error = exc
+    def send(self, chunk: list[dict[str, Any]]) -> None:
+        for _ in range(60):
+            try:
+                produce(self.settings, chunk)
+                return
+            except Exception:  # the broker is restarting
+                time.sleep(1.0)
+        raise RuntimeError("the broker did not come back within a minute")
 
 
 def test_broker_restart_workers_reconnect_and_nothing_is_lost(services, make_settings, start_worker):
