@@ -150,7 +150,6 @@ class Pipeline:
         )
         self.health = HealthCounters(worker_id=settings.effective_worker_id, started_ms=_now_ms())
         self.seen_event_ids = EventIdWindow()
-        self._user_partition: dict[str, int] = {}
         self.run_id = format(_now_ms(), "x")
         self.batches = 0
         self.events_total = 0
@@ -201,17 +200,12 @@ class Pipeline:
             outcome.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
             return 0
         partition, partitions = message.partition, self.settings.partitions
-        owner = self._user_partition
         seen = self.seen_event_ids.check_and_add
         duplicates = 0
         for index, item in enumerate(items):
             try:
                 event = validate_event(item)
-                user_partition = owner.get(event.user_id)
-                if user_partition is None:
-                    if len(owner) >= 1_000_000:
-                        owner.clear()  # a cache: bounded memory, recomputed on demand
-                    user_partition = owner[event.user_id] = kafka_partition(event.user_id.encode(), partitions)
+                user_partition = kafka_partition(event.user_id.encode(), partitions)
                 if event.ts > horizon:
                     raise _future(event, horizon)
                 if user_partition != partition:
