@@ -148,7 +148,7 @@ def _producer(settings: Any, linger_ms: int, batch_bytes: int) -> Any:
 
 def _messages(settings: Any, encoded: list[tuple[bytes, bytes]], batch_events: int) -> list[tuple[Any, ...]]:
     """(key, value, partition, headers) of every message, packed as :class:`~streams.client.EventProducer` does."""
-    from streams.events import BATCH_HEADER, kafka_partition
+    from streams.events import BATCH_HEADER, join_batch, kafka_partition
 
     if batch_events <= 1:
         return [(key, value, None, None) for key, value in encoded]
@@ -159,11 +159,11 @@ def _messages(settings: Any, encoded: list[tuple[bytes, bytes]], batch_events: i
         buffer = buffers.setdefault(partition, [])
         buffer.append(value)
         if len(buffer) >= batch_events:
-            messages.append((None, b"[" + b",".join(buffer) + b"]", partition, [BATCH_HEADER]))
+            messages.append((None, join_batch(buffer), partition, [BATCH_HEADER]))
             buffers[partition] = []
     for partition, buffer in buffers.items():
         if buffer:
-            messages.append((None, b"[" + b",".join(buffer) + b"]", partition, [BATCH_HEADER]))
+            messages.append((None, join_batch(buffer), partition, [BATCH_HEADER]))
     return messages
 
 

@@ -30,7 +30,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from streams.cache import async_redis, sync_redis
-from streams.events import BATCH_HEADER, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, encode_event, kafka_partition
+from streams.events import BATCH_HEADER, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, encode_event, join_batch, kafka_partition
 from streams.kafka import aiokafka_options, ensure_topics
 from streams.settings import Settings
 
@@ -147,7 +147,7 @@ class EventProducer:
         self._buffered_bytes.pop(partition, None)
         if values:
             await self._producer.send(
-                self.topic, value=b"[" + b",".join(values) + b"]", partition=partition, headers=[BATCH_HEADER]
+                self.topic, value=join_batch(values), partition=partition, headers=[BATCH_HEADER]
             )
 
     async def _send_buffers(self) -> None:
