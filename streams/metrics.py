@@ -158,11 +158,10 @@ class EngagementWindows:
         window.user_codes.append(user_codes)
         window.kinds.append(kinds)
 
-    def close_due(self, now_ms: int, max_windows: int | None = None) -> list[dict[str, Any]]:
-        """Records of every window whose end plus grace is at or before ``now_ms`` (oldest first,
-        at most ``max_windows`` of them: the worker closes one at a time between batches)."""
-        due = sorted(s for s in self._open if s + self.window_ms + self.grace_ms <= now_ms)
-        return self._close(due if max_windows is None else due[:max_windows])
+    def close_due(self, now_ms: int) -> list[dict[str, Any]]:
+        """Records of every window whose end plus grace is at or before ``now_ms``."""
+        due = [s for s in self._open if s + self.window_ms + self.grace_ms <= now_ms]
+        return self._close(sorted(due))
 
     def close_all(self) -> list[dict[str, Any]]:
         """Records of every open window (at shutdown)."""
