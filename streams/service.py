@@ -83,9 +83,6 @@ class Intake:
         self._room = asyncio.Event()
         self._room.set()
 
-    def __len__(self) -> int:
-        return self._events
-
     async def put(self, tp: Any, records: list[Any]) -> None:
         """Add the records of one partition; waits while the intake is full (back-pressure)."""
         while self._events >= self.max_events:

@@ -18,7 +18,7 @@ from streams.app import app, settings
 from streams.events import kafka_partition
 from streams.kafka import BatchSender
 
-__all__ = ["user_state", "item_state", "TableStateStore", "kafka_partition"]
+__all__ = ["user_state", "item_state", "TableStateStore", "MARKER_KEY"]
 
 
 class KeyPartitionedTable(faust.Table):
