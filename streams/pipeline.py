@@ -104,6 +104,7 @@ class BatchOutcome:
     duplicates: int = 0
     dirty_users: set[str] = field(default_factory=set)
     dirty_items: set[str] = field(default_factory=set)
+    ts_ms: np.ndarray | None = None  # event times of ``events`` (int64), once learned
 
 
 class EventIdWindow:
@@ -236,7 +237,7 @@ class Pipeline:
             watch_time_ref_ms=self.settings.watch_time_ref_ms,
         )
         self.model.learn_batch(users, items, weights, item_tags=tags)  # tagged new items start from their tags
-        ts = np.array(ts_list, dtype=np.int64)
+        ts = outcome.ts_ms = np.array(ts_list, dtype=np.int64)
         self.popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)
         max_history = self.settings.max_history
         histories, item_meta = self.history, self.item_meta

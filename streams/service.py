@@ -271,7 +271,8 @@ class RecommenderService:
             self.dirty_items.update(outcome.dirty_items)
             self.pending_users.update(outcome.dirty_users)
             self.pending_tags.update(tag for event in outcome.events for tag in event.tags)
-            self.pending_ts.append(np.fromiter((e.ts for e in outcome.events), np.int64, len(outcome.events)))
+            assert outcome.ts_ms is not None  # set by learning, which every applied event went through
+            self.pending_ts.append(outcome.ts_ms)
             await self.refresh()
         await self._checkpoint_step()
         return outcome
