@@ -37,6 +37,9 @@ def test_list_moves_toward_the_community_a_user_engages_with(make_settings, star
         socket.create_connection(("127.0.0.1", settings.web_port), timeout=1).close()
     background = list(world.events(15_000, start_ms=_now_ms() - 60_000))
     produce(settings, background)
+    # The binge comes after the background is learned: in a batch of its own, not averaged into a
+    # 15,000-event batch's item steps (which made the taste checks below depend on batch timing).
+    _wait_applied(worker, len(background))
     tag = "gaming"  # a mid-sized community (26 of 400 items)
     engaged = world.engage("fan-1", tag, 6, _now_ms())
     produce(settings, engaged)
@@ -174,6 +177,9 @@ def test_restarted_worker_resumes_with_its_learned_state(services, make_settings
     worker = start_worker(settings, "first")
     background = list(world.events(15_000, start_ms=_now_ms() - 60_000))
     produce(settings, background)
+    # The binge comes after the background is learned: in a batch of its own, not averaged into a
+    # 15,000-event batch's item steps (which made the taste checks below depend on batch timing).
+    _wait_applied(worker, len(background))
     tag = "gaming"
     engaged = world.engage("fan-2", tag, 6, _now_ms())
     produce(settings, engaged)
