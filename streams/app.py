@@ -72,6 +72,12 @@ class _Consumer(faust_aiokafka.Consumer):
         index.update(fresh)
         self._n_acked += len(fresh)
 
+    async def _seek_back_to_committed(self) -> None:
+        try:
+            await self.perform_seek()
+        except Exception as exc:  # as in Faust: the rebalance under way seeks again when it ends
+            self.log.info("could not seek back to the committed offsets (%r); the rebalance will", exc)
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         handlers: dict[str, BulkHandler] = getattr(self.app, "bulk_handlers", {})
         if not handlers:
@@ -86,7 +92,13 @@ class _Consumer(faust_aiokafka.Consumer):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(1.0)
                 await self.sleep(0)
-                if not records or self.should_stop or not self.flow_active:
+                if not records or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    # As in Faust's getmany: records fetched while the flow was stopped (a
+                    # rebalance raced the fetch) are not handed over, so the fetch position
+                    # goes back to the committed offsets, or they would never be read.
+                    await self._seek_back_to_committed()
                     continue
                 generation_id = self.app.consumer_generation_id
                 for tp, batch in records.items():
@@ -101,12 +113,15 @@ class _Consumer(faust_aiokafka.Consumer):
                             batch = [r for r in batch if r.offset >= last]
                             if not batch:
                                 continue
-                        if last and batch[0].offset - last > 1 and self.app.topics.acks_enabled_for(tp.topic):
-                            await self._add_gap(tp, last + 1, batch[0].offset)
                     handler = handlers.get(tp.topic)
                     if handler is not None:
-                        await self.wait_first(handler(tp, batch), self.suspend_flow.wait())
+                        # (No gap bookkeeping: the handler acknowledges whole offset ranges, holes included.)
+                        handed = await self.wait_first(handler(tp, batch), self.suspend_flow.wait())
+                        if handed.stopped or self.suspend_flow.is_set():
+                            break  # a rebalance or shutdown interrupted the hand-over: fetched again later
                     else:
+                        if last and batch[0].offset - last > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, last + 1, batch[0].offset)
                         for record in batch:
                             await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
                     read_offset[tp] = batch[-1].offset

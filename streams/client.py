@@ -50,6 +50,9 @@ class EventProducer:
     :mod:`streams.events`), sent when full or ``linger_ms`` after their first event:
     the worker's cost is mostly per message, so this multiplies its throughput.
     ``batch_events=1`` sends one event per message, key = ``user_id``.
+
+    Delivery is checked: :meth:`flush` (and so :meth:`send_many` and :meth:`stop`) raises
+    the broker's error if any message sent since the last flush was not delivered.
     """
 
     def __init__(
@@ -70,6 +73,8 @@ class EventProducer:
         self._buffers: dict[int, list[bytes]] = {}
         self._buffered_bytes: dict[int, int] = {}
         self._lingerer: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()  # a buffer taken for sending is sent before a flush or stop goes on
+        self._deliveries: list[asyncio.Future[Any]] = []  # of the messages sent since the last flush
         self.sent = 0
 
     async def start(self) -> None:
@@ -87,12 +92,14 @@ class EventProducer:
             self._lingerer = asyncio.create_task(self._linger())
 
     async def stop(self) -> None:
+        """Send what is buffered, wait for delivery (raising if some failed), disconnect."""
         if self._lingerer is not None:
-            self._lingerer.cancel()
+            async with self._send_lock:  # not in the middle of sending a buffer it took
+                self._lingerer.cancel()
             await asyncio.gather(self._lingerer, return_exceptions=True)
             self._lingerer = None
         try:
-            await self._send_buffers()
+            await self.flush()
         finally:
             await self._producer.stop()
 
@@ -111,7 +118,7 @@ class EventProducer:
 
     async def send_raw(self, key: bytes | None, value: bytes) -> None:
         """Send bytes as they are, unvalidated, as a message of their own (for tests and tools)."""
-        await self._producer.send(self.topic, value=value, key=key)
+        self._track(await self._producer.send(self.topic, value=value, key=key))
 
     async def send_many(self, events: Iterable[EventLike]) -> int:
         """Validate every event first, then send them all and wait until the broker has them."""
@@ -123,13 +130,26 @@ class EventProducer:
         return len(encoded)
 
     async def flush(self) -> None:
-        """Send what is buffered and wait until the broker has everything sent so far."""
+        """Send what is buffered and wait until the broker has everything sent so far.
+
+        Raises the first delivery error (a :class:`aiokafka.errors.KafkaError`) if a message
+        sent since the last flush was not delivered.
+        """
         await self._send_buffers()
         await self._producer.flush()
+        deliveries, self._deliveries = self._deliveries, []
+        for outcome in await asyncio.gather(*deliveries, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _track(self, delivery: asyncio.Future[Any]) -> None:
+        self._deliveries.append(delivery)
+        if len(self._deliveries) >= 10_000:  # keep the failed and the pending ones only
+            self._deliveries = [d for d in self._deliveries if not d.done() or d.cancelled() or d.exception()]
 
     async def _enqueue(self, key: bytes, value: bytes) -> None:
         if self.batch_events == 1:
-            await self._producer.send(self.topic, value=value, key=key)
+            self._track(await self._producer.send(self.topic, value=value, key=key))
             return
         partition = kafka_partition(key, self._partitions)
         buffer = self._buffers.setdefault(partition, [])
@@ -143,12 +163,13 @@ class EventProducer:
             await self._send_buffer(partition)
 
     async def _send_buffer(self, partition: int) -> None:
-        values = self._buffers.pop(partition, None)
-        self._buffered_bytes.pop(partition, None)
-        if values:
-            await self._producer.send(
-                self.topic, value=join_batch(values), partition=partition, headers=[BATCH_HEADER]
-            )
+        async with self._send_lock:
+            values = self._buffers.pop(partition, None)
+            self._buffered_bytes.pop(partition, None)
+            if values:
+                self._track(await self._producer.send(
+                    self.topic, value=join_batch(values), partition=partition, headers=[BATCH_HEADER]
+                ))  # fmt: skip
 
     async def _send_buffers(self) -> None:
         for partition in list(self._buffers):

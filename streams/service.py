@@ -149,8 +149,7 @@ class RecommenderService:
         self.highwater = highwater
         self.ack = ack
         self.read_fences = read_fences
-        self._fences_ready = asyncio.Event()
-        self._fences_ready.set()
+        self._fences_ready = asyncio.Event()  # set once the fences of the assigned partitions are known
         self.worker_id = settings.effective_worker_id
         self.started_ms = _now_ms()
         self.ready_ms: int | None = None
@@ -171,6 +170,8 @@ class RecommenderService:
         self.trending_written = -_TRENDING_INTERVAL_S  # the first refresh writes them
         self.last_health_ms = self.started_ms
         self.fences: dict[int, int] = {}  # events partition -> last offset whose effects are durable
+        self._taken: list[tuple[Any, list[Any]]] = []  # taken from the intake, waiting for the batch lock
+        self._closed = False  # shut down: the last checkpoint is written
         self._batch_lock = asyncio.Lock()
         self._refresh_lock = asyncio.Lock()
 
@@ -195,13 +196,12 @@ class RecommenderService:
             await self.intake.put(tp, records)
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
-        """Read the fences of newly assigned events partitions before any of their records is taken."""
+        """Read the fences of newly assigned events partitions; until then :meth:`offer` waits
+        (from start-up, and from every revocation on)."""
         missing = {tp.partition for tp in assigned if tp.partition not in self.fences}
-        if not missing or self.read_fences is None:
-            return
-        self._fences_ready.clear()
         try:
-            self.fences.update(await self.read_fences(missing))
+            if missing and self.read_fences is not None:
+                self.fences.update(await self.read_fences(missing))
         finally:
             self._fences_ready.set()
 
@@ -209,20 +209,30 @@ class RecommenderService:
         """Process what arrives, batch after batch, until cancelled."""
         settings = self.settings
         while True:
-            chunks = await self.intake.take(settings.batch_max_events, settings.batch_within_s)
+            self._taken = await self.intake.take(settings.batch_max_events, settings.batch_within_s)
             if self.first_batch_ms is None:
                 self.first_batch_ms = _now_ms()
-            messages = [record for _, records in chunks for record in records]
-            await self.handle(messages, [(tp, records[0].offset, records[-1].offset) for tp, records in chunks])
+            async with self._batch_lock:
+                # A rebalance (or the shutdown) may have run while this waited for the lock:
+                # what it took away is no longer in ``_taken``.
+                chunks, self._taken = self._taken, []
+                if chunks and not self._closed:
+                    messages = [record for _, records in chunks for record in records]
+                    await self._timed_handle(messages, [(tp, rs[0].offset, rs[-1].offset) for tp, rs in chunks])
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         """A rebalance takes ``revoked`` away: drop their queued records, make the rest durable,
         and forget those partitions' users (their next owner changes them; if they come back,
         they are read again from the changelog)."""
+        self._fences_ready.clear()  # records offered from now on wait for the next assignment's fences
         async with self._batch_lock:
             dropped = self.intake.drop(revoked)
-            if dropped:
-                logger.info("rebalance: ~%d queued events of revoked partitions left to their next owner", dropped)
+            kept = [chunk for chunk in self._taken if chunk[0] not in revoked]
+            taken = sum(len(records) for tp, records in self._taken if tp in revoked)
+            self._taken = kept
+            if dropped or taken:
+                logger.info("rebalance: ~%d queued events and %d taken messages of revoked partitions left to "
+                            "their next owner", dropped, taken)
             await self.checkpoint()
             partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
             forgotten = self.pipeline.forget_partitions(partitions)
@@ -240,11 +250,14 @@ class RecommenderService:
         acknowledged at the next checkpoint.
         """
         async with self._batch_lock:
-            started = time.perf_counter()
-            try:
-                return await self._handle(messages, ranges)
-            finally:
-                self.pipeline.health.batch_done(len(messages), time.perf_counter() - started)
+            return await self._timed_handle(messages, ranges)
+
+    async def _timed_handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
+        started = time.perf_counter()
+        try:
+            return await self._handle(messages, ranges)
+        finally:
+            self.pipeline.health.batch_done(len(messages), time.perf_counter() - started)
 
     async def _handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
         if not self.items_restored:
@@ -434,12 +447,12 @@ class RecommenderService:
         await self.emit([record])
 
     async def shutdown(self) -> None:
-        """Flush what is open: last refresh, checkpoint, every open window, a final health record."""
+        """Last refresh, last checkpoint, a final health record; no batch is processed after them
+        (what is still queued was never acknowledged: the partitions' next owner reads it)."""
         async with self._batch_lock:
             await self.refresh()
             await self.checkpoint()
-        if self.pipeline.windows.open_windows:  # nothing unacknowledged is left: these windows are complete
-            await self.emit(self.pipeline.windows.close_all())
+            self._closed = True
         await self.emit_health(_now_ms())
 
     def consumer_lag(self) -> int | None:

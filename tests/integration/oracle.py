@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from streams.kafka import assign_all_partitions, aiokafka_options
@@ -35,6 +36,7 @@ class Expected:
     engaged: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     counts: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
     dead_letters: int = 0
+    event_ids: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, events: Iterable[Mapping[str, Any]], malformed: int = 0) -> "Expected":
@@ -44,6 +46,7 @@ class Expected:
             if e["event_id"] in seen:
                 continue  # a duplicate: applied once
             seen.add(e["event_id"])
+            expected.event_ids.add(e["event_id"])
             expected.engaged[e["user_id"]].add(e["item_id"])
             keys = [("item", e["item_id"])] + [("tag", t) for t in dict.fromkeys(e.get("tags") or ())]
             if e.get("creator_id") is not None:
@@ -73,6 +76,56 @@ class Observed:
     def set_mismatches(self, expected: Expected) -> dict[str, tuple[set[str], set[str]]]:
         return {u: (items, self.engaged.get(u, set())) for u, items in expected.engaged.items()
                 if self.engaged.get(u, set()) != items}
+
+
+def assert_oracle(settings: Settings, observed: Observed, expected: Expected) -> None:
+    """Fail, with a diagnosis, unless counts, sets and dead letters are exactly the expected ones."""
+    counts, sets = observed.count_mismatches(expected), observed.set_mismatches(expected)
+    dead = len(observed.dead_letter_positions)
+    if counts or sets or dead != expected.dead_letters:
+        pytest.fail(diagnose(settings, expected, observed), pytrace=False)
+
+
+def diagnose(settings: Settings, expected: Expected, observed: Observed) -> str:
+    """What differs, and where the missing events are: never produced, or not applied."""
+    counts, sets = observed.count_mismatches(expected), observed.set_mismatches(expected)
+    counted = sum(c[0] + c[1] + c[2] for (kind, _), c in observed.counts.items() if kind == "item")
+    lines = [
+        f"oracle mismatch: {expected.events} events expected, {counted} counted "
+        f"({len(counts)} keys differ, {len(sets)} users' sets differ); "
+        f"dead letters {len(observed.dead_letter_positions)} of {expected.dead_letters}",
+    ]
+    for key, (want, got) in sorted(counts.items())[:5]:
+        lines.append(f"  {key}: expected {want}, counted {got}")
+    in_topic, ends, fences = asyncio.run(_topic_facts(settings))
+    missing = expected.event_ids - in_topic
+    lines.append(f"events topic: {len(expected.event_ids) - len(missing)} of {len(expected.event_ids)} expected "
+                 f"events are in it" + (f"; never produced, e.g. {sorted(missing)[:3]}" if missing else ""))
+    lines.append(f"per partition, end offset and latest fence: "
+                 f"{ {p: (ends.get(p), fences.get(p)) for p in sorted(ends)} }")
+    return "\n".join(lines)
+
+
+async def _topic_facts(settings: Settings) -> tuple[set[str], dict[int, int], dict[int, tuple[int, str]]]:
+    """Event ids in the events topic, its end offsets, and the latest fence (offset, worker) per partition."""
+    ids: set[str] = set()
+    ends: dict[int, int] = {}
+    for record in await _read_all(settings, settings.events_topic):
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+        try:
+            data = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            continue
+        for event in data if isinstance(data, list) else [data]:
+            if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+                ids.add(event["event_id"])
+    fences: dict[int, tuple[int, str]] = {}
+    for record in await _read_all(settings, settings.metrics_topic):
+        if record.key and record.key.startswith(b"fence:"):
+            fence = orjson.loads(record.value)
+            for partition, offset in fence.get("offsets", {}).items():
+                fences[int(partition)] = (offset, fence.get("worker_id"))
+    return ids, ends, fences
 
 
 def observe(settings: Settings) -> Observed:

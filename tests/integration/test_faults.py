@@ -26,7 +26,7 @@ import pytest
 from streams.client import RecsReader
 from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import produce, produce_raw
-from tests.integration.oracle import Expected, Observed, observe, wait_for_oracle
+from tests.integration.oracle import Expected, assert_oracle, observe, wait_for_oracle
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +44,6 @@ def report(name: str, services: Any, **figures: Any) -> None:
     if target:
         with open(target, "a") as out:
             out.write(json.dumps(line) + "\n")
-
-
-def assert_oracle(observed: Observed, expected: Expected) -> None:
-    assert observed.count_mismatches(expected) == {}
-    assert observed.set_mismatches(expected) == {}
-    assert len(observed.dead_letter_positions) == expected.dead_letters
 
 
 class Producer(threading.Thread):
@@ -113,7 +107,7 @@ def test_worker_killed_three_times_mid_stream_loses_nothing_and_counts_nothing_t
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"),
            dead_lettered=len(observed.dead_letter_positions), dead_letter_copies=observed.dead_letter_messages,
            recovery_s=recoveries, catch_up_s=round(time.monotonic() - started, 1), worker_rss_mb=worker.memory_mb())
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
     assert max(recoveries) < 60
 
 
@@ -138,7 +132,7 @@ def test_rebalance_one_two_one_workers_while_producing(services, make_settings, 
     report("rebalance 1 -> 2 -> 1", services, produced=len(events),
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"),
            second_worker_ready_s=joined_s, survivor_events=after, worker_rss_mb=survivor.memory_mb())
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
     assert after > before  # the survivor kept going alone
     assert survivor.alive()
 
@@ -189,7 +183,7 @@ def test_redis_down_for_30_seconds(services, make_settings, start_worker):
     report("Redis down 30 s", services, produced=len(before) + len(during), outage_s=30,
            lists_rewritten=len(users), lists_back_after_s=recovered_s,
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"))
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
 
 
 def test_the_same_events_delivered_twice_are_applied_once(services, make_settings, start_worker):
@@ -203,7 +197,7 @@ def test_the_same_events_delivered_twice_are_applied_once(services, make_setting
     observed = wait_for_oracle(settings, Expected.of(events))
     report("duplicates", services, produced=len(events) + 3000 + 2000, distinct=len(events),
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"))
-    assert_oracle(observed, Expected.of(events))
+    assert_oracle(settings, observed, Expected.of(events))
 
 
 def test_clock_skew_future_events_dead_lettered_late_ones_counted(services, make_settings, start_worker):
@@ -219,7 +213,7 @@ def test_clock_skew_future_events_dead_lettered_late_ones_counted(services, make
     observed = wait_for_oracle(settings, expected)
     report("clock skew", services, on_time=len(events), two_days_late=len(late), hour_ahead=len(future),
            dead_lettered=dict(observed.dead_letter_reasons))
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
     assert observed.dead_letter_reasons == {"future_ts": len(future)}
 
 
@@ -308,7 +302,7 @@ def test_fuzz_corpus_lands_in_the_dead_letter_topic_and_valid_events_still_apply
            valid_interleaved=len(valid), worker_restarts=0 if worker.alive() else 1)
     assert len(bad) >= 1000
     assert worker.alive()
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
     assert "internal_error" not in observed.dead_letter_reasons
 
 
@@ -353,7 +347,7 @@ def test_broker_restart_workers_reconnect_and_nothing_is_lost(services, make_set
            applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"),
            worker_restarts=0 if worker.alive() else 1)
     assert worker.alive()
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
 
 
 def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_settings, start_worker):
@@ -404,6 +398,6 @@ def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_setti
            catch_up_s=round(time.monotonic() - caught_up, 1),
            rss_mb_first_half_max=round(max(after_restart[:half]), 1) if half else None,
            rss_mb_second_half_max=round(max(after_restart[half:]), 1) if half else None)
-    assert_oracle(observed, expected)
+    assert_oracle(settings, observed, expected)
     if half:
         assert max(after_restart[half:]) < 1.5 * max(after_restart[:half])  # memory levels off

@@ -320,3 +320,76 @@ def test_counts_sent_with_a_fence_are_exactly_those_of_the_events_it_covers(monk
     assert first[-1]["type"] == "fence" and first[-1]["offsets"] == {"0": 99}
     views = sum(r["views"] for r in first if r["type"] == "item")
     assert views == sum(e["kind"] == "view" for e in events[:100])
+
+
+def test_a_batch_taken_before_a_rebalance_is_left_to_the_partitions_next_owner():
+    """The processing loop takes records, then waits for the batch lock; a revocation that runs
+    first takes them back (their next owner reads them again: applied here too, they would count twice)."""
+    sent: list[list] = []
+
+    async def metrics(records):
+        sent.append([orjson.loads(value) for _, value, _ in records])
+
+    async def nothing(records):
+        return None
+
+    async def no_fences(partitions):
+        return {}
+
+    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600, partitions=1,
+                        topic_prefix="t", batch_within_s=0)
+    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics, read_fences=no_fences)
+
+    async def scenario():
+        await service.on_partitions_assigned({TP0})
+        await service.offer(TP0, messages(world_events(50)))
+        await service._batch_lock.acquire()  # a batch (or a checkpoint) under way
+        revoke = asyncio.create_task(service.on_partitions_revoked({TP0}))
+        await asyncio.sleep(0)  # the rebalance now waits for the lock
+        loop = asyncio.create_task(service.run())
+        await asyncio.sleep(0.05)  # the loop took the records and waits for the lock, behind the rebalance
+        assert not service.intake._chunks and service._taken
+        service._batch_lock.release()
+        await asyncio.wait_for(revoke, 5)
+        await asyncio.sleep(0.05)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        # offers wait for the next assignment's fences
+        blocked = asyncio.create_task(service.offer(TP0, messages(world_events(5))))
+        await asyncio.sleep(0.05)
+        assert not blocked.done()
+        await service.on_partitions_assigned({TP0})
+        await asyncio.wait_for(blocked, 5)
+
+    asyncio.run(scenario())
+    assert service.pipeline.events_total == 0
+    assert all(r["type"] == "fence" for batch in sent for r in batch)  # nothing counted
+
+
+def test_nothing_is_processed_after_the_last_checkpoint_of_a_shutdown():
+    sent: list[list] = []
+
+    async def metrics(records):
+        sent.append([orjson.loads(value) for _, value, _ in records])
+
+    async def nothing(records):
+        return None
+
+    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600, partitions=1,
+                        topic_prefix="t", batch_within_s=0)
+    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics)
+
+    async def scenario():
+        await service.handle(messages(world_events(20)), [(TP0, 0, 19)])
+        await service.shutdown()
+        service._fences_ready.set()
+        await service.offer(TP0, messages(world_events(30, seed=2), 20))  # fetched before the consumer stopped
+        loop = asyncio.create_task(service.run())
+        await asyncio.sleep(0.05)
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert service.pipeline.events_total == 20  # the 30 later ones are their next owner's
+    counted = sum(r["views"] + r["likes"] + r["shares"] for batch in sent for r in batch if r["type"] == "item")
+    assert counted == 20
