@@ -221,9 +221,9 @@ def test_offsets_are_acknowledged_only_after_their_state_is_flushed():
 TP0 = TP("t.events", 0)
 
 
-def test_a_checkpoint_sends_window_counts_and_fence_in_one_batch_and_replays_are_skipped():
+def fenced_service(*, ack=None, read_fences=None, **settings) -> tuple[RecommenderService, list[list]]:
+    """A one-partition service whose metrics batches (decoded) are collected in the returned list."""
     sent: list[list] = []
-    acks: list[tuple] = []
 
     async def metrics(records):
         sent.append([orjson.loads(value) for _, value, _ in records])
@@ -231,13 +231,19 @@ def test_a_checkpoint_sends_window_counts_and_fence_in_one_batch_and_replays_are
     async def nothing(records):
         return None
 
+    config = Settings(n_factors=8, top_n=10, worker_id="t", partitions=1, topic_prefix="t", **settings)
+    return RecommenderService(config, MemoryStateStore(), FakeWriter(), nothing, metrics, ack=ack,
+                              read_fences=read_fences), sent
+
+
+def test_a_checkpoint_sends_window_counts_and_fence_in_one_batch_and_replays_are_skipped():
+    acks: list[tuple] = []
+
     async def fences(partitions):
         return {0: 49}  # a previous owner applied offsets 0..49 of partition 0
 
-    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600, partitions=1,
-                        topic_prefix="t")
-    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics,
-                                 ack=lambda tp, first, last: acks.append((tp, first, last)), read_fences=fences)
+    service, sent = fenced_service(checkpoint_interval_s=3600, ack=lambda tp, first, last: acks.append((tp, first, last)),
+                                   read_fences=fences)
     events = world_events(100)
 
     async def run():
@@ -295,16 +301,7 @@ def test_counts_sent_with_a_fence_are_exactly_those_of_the_events_it_covers(monk
     import streams.service as service_module
 
     monkeypatch.setattr(service_module, "_CHECKPOINT_SLICE", 1)
-    sent: list[list] = []
-
-    async def metrics(records):
-        sent.append([orjson.loads(value) for _, value, _ in records])
-
-    async def nothing(records):
-        return None
-
-    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=0, partitions=1, topic_prefix="t")
-    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics)
+    service, sent = fenced_service(checkpoint_interval_s=0)
     events = world_events(200)
 
     async def run():
@@ -325,20 +322,11 @@ def test_counts_sent_with_a_fence_are_exactly_those_of_the_events_it_covers(monk
 def test_a_batch_taken_before_a_rebalance_is_left_to_the_partitions_next_owner():
     """The processing loop takes records, then waits for the batch lock; a revocation that runs
     first takes them back (their next owner reads them again: applied here too, they would count twice)."""
-    sent: list[list] = []
-
-    async def metrics(records):
-        sent.append([orjson.loads(value) for _, value, _ in records])
-
-    async def nothing(records):
-        return None
 
     async def no_fences(partitions):
         return {}
 
-    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600, partitions=1,
-                        topic_prefix="t", batch_within_s=0)
-    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics, read_fences=no_fences)
+    service, sent = fenced_service(checkpoint_interval_s=3600, batch_within_s=0, read_fences=no_fences)
 
     async def scenario():
         await service.on_partitions_assigned({TP0})
@@ -367,17 +355,7 @@ def test_a_batch_taken_before_a_rebalance_is_left_to_the_partitions_next_owner()
 
 
 def test_nothing_is_processed_after_the_last_checkpoint_of_a_shutdown():
-    sent: list[list] = []
-
-    async def metrics(records):
-        sent.append([orjson.loads(value) for _, value, _ in records])
-
-    async def nothing(records):
-        return None
-
-    settings = Settings(n_factors=8, top_n=10, worker_id="t", checkpoint_interval_s=3600, partitions=1,
-                        topic_prefix="t", batch_within_s=0)
-    service = RecommenderService(settings, MemoryStateStore(), FakeWriter(), nothing, metrics)
+    service, sent = fenced_service(checkpoint_interval_s=3600, batch_within_s=0)
 
     async def scenario():
         await service.handle(messages(world_events(20)), [(TP0, 0, 19)])
