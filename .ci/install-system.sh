@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
-command -v java >/dev/null || pkgs+=(openjdk-17-jre-headless)
+command -v java >/dev/null && command -v keytool >/dev/null || pkgs+=(openjdk-17-jre-headless)  # keytool: Kafka's TLS listener
 command -v mvn >/dev/null || pkgs+=(maven)
 if (( ${#pkgs[@]} == 0 )); then echo "[install-system] all present, nothing to do" >&2; exit 0; fi
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Single-node Apache Kafka 4.x (KRaft, combined broker+controller) for CI, jars from Maven Central.
 #   .ci/kafka.sh start PORT WORKDIR   # broker on 127.0.0.1:PORT, controller on PORT+1 (or $KAFKA_CONTROLLER_PORT)
+#                                     # and a SASL_SSL listener on PORT+2 (or $KAFKA_SASL_PORT), see below
 #   .ci/kafka.sh stop WORKDIR
 #   .ci/kafka.sh restart PORT WORKDIR   # stop, then start again keeping the data (fault-injection tests)
 # Env: KAFKA_LIB (jar dir, default .ci/kafka/lib), KAFKA_HEAP (default -Xmx512m -Xms256m),
 #      KAFKA_START_TIMEOUT (s, default 120), PYTHON (readiness client, default python3).
+# The SASL_SSL listener (mechanisms PLAIN and SCRAM-SHA-256, user "streamrec") uses a throwaway
+# self-signed certificate and a random password made at the first start in WORKDIR/sasl; the
+# tests read WORKDIR/sasl/client.json (bootstrap, user, password, CA file).
 set -euo pipefail
 
 CI_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,25 +66,55 @@ EOF
   fi
 }
 
+sasl_material() {  # sasl_material DIR SASL_PORT: password, broker keystore, CA file, client.json (kept if present)
+  local dir="$1" sport="$2"
+  mkdir -p "$dir"
+  if [[ ! -f "$dir/secret" ]]; then
+    head -c24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$dir/secret"
+    chmod 600 "$dir/secret"
+  fi
+  local secret; secret="$(cat "$dir/secret")"
+  if [[ ! -f "$dir/broker.p12" ]]; then
+    keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 30 -dname CN=localhost \
+      -ext SAN=ip:127.0.0.1,dns:localhost -ext BC=ca:true -keystore "$dir/broker.p12" -storetype PKCS12 \
+      -storepass "$secret" -keypass "$secret" >/dev/null 2>&1 || die "keytool could not make the broker certificate"
+    keytool -exportcert -rfc -alias broker -keystore "$dir/broker.p12" -storepass "$secret" \
+      -file "$dir/ca.pem" >/dev/null 2>&1 || die "keytool could not export the CA certificate"
+  fi
+  printf '{"bootstrap": "127.0.0.1:%s", "username": "streamrec", "password": "%s", "cafile": "%s"}\n' \
+    "$sport" "$secret" "$dir/ca.pem" > "$dir/client.json"
+  chmod 600 "$dir/client.json"
+}
+
 start() {
   local port="$1" work; work="$(mkdir -p "$2" && cd "$2" && pwd)"
-  local cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}" timeout="${KAFKA_START_TIMEOUT:-120}"
+  local cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}" sport="${KAFKA_SASL_PORT:-$((port + 2))}"
+  local timeout="${KAFKA_START_TIMEOUT:-120}"
   if [[ -f "$work/kafka.pid" ]] && alive "$(cat "$work/kafka.pid")"; then
     die "Kafka already running from $work (pid $(cat "$work/kafka.pid"))"
   fi
-  for p in "$port" "$cport"; do port_open "$p" && die "port $p on 127.0.0.1 is already in use"; done
+  for p in "$port" "$cport" "$sport"; do port_open "$p" && die "port $p on 127.0.0.1 is already in use"; done
   ensure_jars
 
-  [[ "${KAFKA_KEEP_DATA:-0}" == 1 ]] || rm -rf "$work/data"
+  [[ "${KAFKA_KEEP_DATA:-0}" == 1 ]] || rm -rf "$work/data" "$work/sasl"
   mkdir -p "$work/data"
+  sasl_material "$work/sasl" "$sport"
+  local secret; secret="$(cat "$work/sasl/secret")"
   cat > "$work/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_streamrec="$secret";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$work/sasl/broker.p12
+ssl.keystore.password=$secret
+ssl.client.auth=none
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
 log.dirs=$work/data
 num.partitions=4
@@ -102,7 +136,8 @@ EOF
   else
     log "formatting KRaft storage in $work/data"
     java_run kafka.tools.StorageTool format --standalone --ignore-formatted \
-      -t "$(random_cluster_id)" -c "$work/server.properties" > "$work/format.log" 2>&1 \
+      -t "$(random_cluster_id)" -c "$work/server.properties" \
+      --add-scram "SCRAM-SHA-256=[name=streamrec,password=$secret]" > "$work/format.log" 2>&1 \
       || { cat "$work/format.log" >&2; die "storage format failed"; }
   fi
 
