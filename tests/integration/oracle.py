@@ -97,7 +97,10 @@ def diagnose(settings: Settings, expected: Expected, observed: Observed) -> str:
     ]
     for key, (want, got) in sorted(counts.items())[:5]:
         lines.append(f"  {key}: expected {want}, counted {got}")
-    in_topic, ends, fences = asyncio.run(_topic_facts(settings))
+    try:
+        in_topic, ends, fences = asyncio.run(_topic_facts(settings))
+    except Exception as exc:  # the diagnosis must not hide the failure
+        return "\n".join([*lines, f"(could not read the topics to diagnose further: {exc!r})"])
     missing = expected.event_ids - in_topic
     lines.append(f"events topic: {len(expected.event_ids) - len(missing)} of {len(expected.event_ids)} expected "
                  f"events are in it" + (f"; never produced, e.g. {sorted(missing)[:3]}" if missing else ""))
@@ -114,7 +117,7 @@ async def _topic_facts(settings: Settings) -> tuple[set[str], dict[int, int], di
         ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
         try:
             data = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, TypeError):  # a malformed payload of a fuzz test
             continue
         for event in data if isinstance(data, list) else [data]:
             if isinstance(event, dict) and isinstance(event.get("event_id"), str):
