@@ -10,6 +10,7 @@ The embedded broker has no SASL listener: there these tests are skipped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -73,9 +74,15 @@ def connects(settings: Settings) -> bool:
         asyncio.run(asyncio.wait_for(connect(), 30))
         return True
     except KafkaConnectionError:  # aiokafka: "Unable to bootstrap", the reason is in its log
+        gc.collect()  # aiokafka leaves the refused connection's socket open: collected here, not in a later test
         return False
 
 
+# aiokafka (0.14) does not close the socket of a refused bootstrap: its ResourceWarning is not ours.
+refusal = pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@refusal
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "PLAIN"])
 def test_a_wrong_password_is_refused(make_settings, sasl, mechanism, caplog):
     assert connects(sasl_settings(make_settings, sasl, mechanism))  # the control: the right one gets in
@@ -84,5 +91,6 @@ def test_a_wrong_password_is_refused(make_settings, sasl, mechanism, caplog):
     assert "Authentication failed" in caplog.text
 
 
+@refusal
 def test_a_client_without_tls_is_refused(make_settings, sasl):
     assert not connects(sasl_settings(make_settings, sasl, "PLAIN", protocol="SASL_PLAINTEXT"))
