@@ -28,7 +28,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Opt-in soak: SOAK_S seconds of steady load with a SIGKILL and a 30 s Redis outage (RELIABILITY.md).
+# Opt-in soak: SOAK_S seconds of steady load (STREAMREC_SOAK_RATE events/s, default 5000) with a SIGKILL
+# and a 30 s Redis outage, on the embedded broker unless STREAMREC_TEST_BROKER says otherwise (RELIABILITY.md).
 SOAK_S ?= 300
 soak: $(STAMP)
 	STREAMREC_SOAK_S=$(SOAK_S) $(PY) -m pytest -s -k test_soak tests/integration/test_faults.py $(PYTEST_ARGS)

@@ -131,6 +131,13 @@ async def _topic_facts(settings: Settings) -> tuple[set[str], dict[int, int], di
     return ids, ends, fences
 
 
+def health_records(settings: Settings) -> list[dict[str, Any]]:
+    """Every worker health record on the metrics topic, oldest first."""
+    records = asyncio.run(_read_all(settings, settings.metrics_topic))
+    health = [data for data in (orjson.loads(r.value) for r in records) if data.get("type") == "health"]
+    return sorted(health, key=lambda r: r["window_end_ms"])
+
+
 def observe(settings: Settings) -> Observed:
     """Read the user-state changelog, the metrics topic and the dead-letter topic from the beginning."""
     return asyncio.run(_observe(settings))

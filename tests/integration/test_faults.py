@@ -26,7 +26,7 @@ import pytest
 from streams.client import RecsReader
 from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import produce, produce_raw
-from tests.integration.oracle import Expected, assert_oracle, observe, wait_for_oracle
+from tests.integration.oracle import Expected, assert_oracle, health_records, observe, wait_for_oracle
 
 pytestmark = pytest.mark.integration
 
@@ -350,34 +350,54 @@ def test_broker_restart_workers_reconnect_and_nothing_is_lost(services, make_set
     assert_oracle(settings, observed, expected)
 
 
+class PacedProducer(threading.Thread):
+    """Produces ``rate`` events a second for ``duration`` seconds in the background, whatever the
+    test does meanwhile (kills, outages); ``sent`` holds every event produced."""
+
+    def __init__(self, settings: Any, world: SyntheticWorld, rate: float, duration: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.world, self.rate, self.duration = settings, world, rate, duration
+        self.sent: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < self.duration:
+                chunk = list(self.world.events(int(self.rate), start_ms=_now_ms(), rate_per_s=self.rate))
+                produce(self.settings, chunk)
+                self.sent.extend(chunk)
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+
 def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_settings, start_worker):
     """Opt-in (minutes): ``make soak`` or ``STREAMREC_SOAK_S=300``. Events at a steady rate for
-    ``STREAMREC_SOAK_S`` seconds; the worker is SIGKILLed at a third, Redis is down for 30 s at two
-    thirds. Exact oracle at the end; RSS sampled throughout must level off."""
+    ``STREAMREC_SOAK_S`` seconds, produced throughout; the worker is SIGKILLed at a third (its
+    successor recovers while events keep coming), Redis is down for 30 s at two thirds. Exact
+    oracle at the end; the lag must come back to zero; RSS sampled throughout must level off."""
     duration = float(os.environ.get("STREAMREC_SOAK_S") or 0)
     if not duration:
         pytest.skip("opt-in soak run: set STREAMREC_SOAK_S=<seconds> (make soak)")
     rate = float(os.environ.get("STREAMREC_SOAK_RATE") or 5000)
     settings = make_settings(metrics_window_s=10.0, metrics_grace_s=2.0)
     worker = start_worker(settings, "w0")
-    world = SyntheticWorld(WorldConfig(users=50_000, items=20_000, seed=28))
-    sent: list[dict[str, Any]] = []
+    producer = PacedProducer(settings, SyntheticWorld(WorldConfig(users=50_000, items=20_000, seed=28)), rate, duration)
     rss: list[tuple[float, float]] = []
     started = time.monotonic()
+    producer.start()
     killed = redis_down = False
     redis_stopped = 0.0  # when Redis was stopped; 0 when it runs
     recovery_s = None
     while (elapsed := time.monotonic() - started) < duration:
-        chunk = list(world.events(int(rate), start_ms=_now_ms(), rate_per_s=rate))
-        produce(settings, chunk)
-        sent.extend(chunk)
         if (value := worker.memory_mb("VmRSS")) is not None:
             rss.append((elapsed, value))
         if not killed and elapsed > duration / 3:
             killed = True
             worker.kill()
             t = time.monotonic()
-            worker = start_worker(settings, "w1")
+            worker = start_worker(settings, "w1")  # the producer goes on meanwhile
             recovery_s = round(time.monotonic() - t, 1)
         if not redis_down and elapsed > 2 * duration / 3:
             redis_down = True
@@ -386,18 +406,25 @@ def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_setti
         if redis_down and redis_stopped and time.monotonic() - redis_stopped > 30:
             services.redis_control.start_redis()
             redis_stopped = 0.0
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
+        time.sleep(1.0)
     if redis_down and redis_stopped:
         services.redis_control.start_redis()
-    expected = Expected.of(sent)
+    producer.join(120)
+    assert not producer.is_alive() and producer.error is None, producer.error
+    expected = Expected.of(producer.sent)
     caught_up = time.monotonic()
     observed = wait_for_oracle(settings, expected, timeout=600)
+    catch_up_s = round(time.monotonic() - caught_up, 1)
+    time.sleep(2 * settings.metrics_window_s)  # a health record after the catch-up
+    lags = [r["consumer_lag"] for r in health_records(settings) if r.get("consumer_lag") is not None]
     after_restart = [v for t, v in rss if t > duration / 3 + (recovery_s or 0) + 10]
     half = len(after_restart) // 2
-    report("soak", services, seconds=duration, rate=rate, produced=len(sent), recovery_s=recovery_s,
-           catch_up_s=round(time.monotonic() - caught_up, 1),
+    report("soak", services, seconds=duration, rate=rate, produced=len(producer.sent), recovery_s=recovery_s,
+           catch_up_s=catch_up_s, lag_peak_messages=max(lags, default=None),
+           lag_last_messages=lags[-1] if lags else None,
            rss_mb_first_half_max=round(max(after_restart[:half]), 1) if half else None,
            rss_mb_second_half_max=round(max(after_restart[half:]), 1) if half else None)
     assert_oracle(settings, observed, expected)
+    assert lags and lags[-1] == 0  # the lag came back to zero
     if half:
         assert max(after_restart[half:]) < 1.5 * max(after_restart[:half])  # memory levels off
