@@ -18,6 +18,7 @@ __all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topic
 #: bytes (the metrics topic is created to accept it).
 METRICS_BATCH_BYTES = 16 * 1024 * 1024
 
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """A verifying TLS context when the protocol uses SSL, else None."""
     if settings.security_protocol not in ("SSL", "SASL_SSL"):
@@ -143,12 +144,12 @@ class BatchSender:
     in-sync replicas (``acks="all"``); :meth:`send` returns the delivery futures.
     """
 
-    def __init__(self, settings: Settings, *, max_batch_bytes: int = 900_000, compression: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, max_batch_bytes: int = 900_000) -> None:
         # 900 kB: under the brokers' default 1 MiB message.max.bytes (the metrics topic allows more)
         self._options = dict(
             aiokafka_options(settings), acks="all", linger_ms=0, enable_idempotence=False,
             max_batch_size=max_batch_bytes, max_request_size=max_batch_bytes + 100_000,
-            compression_type=compression, client_id=f"{settings.app_id}-batch-sender",
+            client_id=f"{settings.app_id}-batch-sender",
         )  # fmt: skip
         self._producer: Any = None
         self._start_lock: asyncio.Lock | None = None

@@ -164,7 +164,8 @@ class EngagementWindows:
         return self._close(sorted(due))
 
     def close_all(self) -> list[dict[str, Any]]:
-        """Records of every open window (at shutdown)."""
+        """Records of every open window, all closed now (tests and benchmarks; the worker closes
+        windows as they fall due, at its checkpoints)."""
         return self._close(sorted(self._open))
 
     def flush_partials(self) -> list[dict[str, Any]]:

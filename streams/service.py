@@ -396,7 +396,7 @@ class RecommenderService:
 
     # --- timer ---------------------------------------------------------------------------
     async def tick(self, recovered: bool = True) -> None:
-        """Once a second: readiness, closed windows, health, heartbeat, Redis retries, checkpoints.
+        """Once a second: readiness, Redis retries, checkpoints (with the windows' counts), health, heartbeat.
 
         ``recovered``: the worker's tables are recovered from their changelogs (it reports
         ready only then, so that "ready" means "serving from its full state").

@@ -350,25 +350,23 @@ def test_broker_restart_workers_reconnect_and_nothing_is_lost(services, make_set
     assert_oracle(settings, observed, expected)
 
 
-class PacedProducer(threading.Thread):
-    """Produces ``rate`` events a second for ``duration`` seconds in the background, whatever the
-    test does meanwhile (kills, outages); ``sent`` holds every event produced."""
+class PacedProducer(Producer):
+    """A :class:`Producer` of ``rate`` new events a second for ``duration`` seconds, whatever the
+    test does meanwhile (kills, outages); ``events`` holds every event produced."""
 
     def __init__(self, settings: Any, world: SyntheticWorld, rate: float, duration: float) -> None:
-        super().__init__(daemon=True)
-        self.settings, self.world, self.rate, self.duration = settings, world, rate, duration
-        self.sent: list[dict[str, Any]] = []
-        self.error: BaseException | None = None
+        super().__init__(settings, [])
+        self.world, self.rate, self.duration = world, rate, duration
 
     def run(self) -> None:
         try:
             started = time.monotonic()
             while (elapsed := time.monotonic() - started) < self.duration:
                 chunk = list(self.world.events(int(self.rate), start_ms=_now_ms(), rate_per_s=self.rate))
-                produce(self.settings, chunk)
-                self.sent.extend(chunk)
+                self.send(chunk)
+                self.events.extend(chunk)
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - started - elapsed)))
-        except BaseException as exc:  # surfaced by the test
+        except BaseException as exc:  # surfaced by finish()
             self.error = exc
 
 
@@ -409,9 +407,8 @@ def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_setti
         time.sleep(1.0)
     if redis_down and redis_stopped:
         services.redis_control.start_redis()
-    producer.join(120)
-    assert not producer.is_alive() and producer.error is None, producer.error
-    expected = Expected.of(producer.sent)
+    producer.finish()
+    expected = Expected.of(producer.events)
     caught_up = time.monotonic()
     observed = wait_for_oracle(settings, expected, timeout=600)
     catch_up_s = round(time.monotonic() - caught_up, 1)
@@ -419,7 +416,7 @@ def test_soak_sustained_load_with_a_kill_and_a_redis_outage(services, make_setti
     lags = [r["consumer_lag"] for r in health_records(settings) if r.get("consumer_lag") is not None]
     after_restart = [v for t, v in rss if t > duration / 3 + (recovery_s or 0) + 10]
     half = len(after_restart) // 2
-    report("soak", services, seconds=duration, rate=rate, produced=len(producer.sent), recovery_s=recovery_s,
+    report("soak", services, seconds=duration, rate=rate, produced=len(producer.events), recovery_s=recovery_s,
            catch_up_s=catch_up_s, lag_peak_messages=max(lags, default=None),
            lag_last_messages=lags[-1] if lags else None,
            rss_mb_first_half_max=round(max(after_restart[:half]), 1) if half else None,
