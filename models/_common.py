@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -151,6 +152,45 @@ def rank_arrays(
             vals_out = vals_out.astype(v.dtype)
         vals_out[lo:hi] = v
     return rows_out, vals_out
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser, elementwise on ``uint64`` (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def id_normals(ids: Sequence[str], k: int, seed: int | None) -> np.ndarray:
+    """``(len(ids), k)`` standard normal draws that depend only on each id and ``seed``.
+
+    Any process, in any order, gets the same row for the same id: new items start
+    from the same vector on every worker. Each id is hashed (BLAKE2b, 64 bits, keyed
+    by the seed), a SplitMix64 counter stream turns the hash into uniforms and the
+    Box-Muller transform into normals.
+
+    >>> a = id_normals(["x", "y"], 3, seed=1)
+    >>> b = id_normals(["y"], 3, seed=1)
+    >>> a.shape, bool((a[1] == b[0]).all()), bool((a[0] == id_normals(["x"], 3, seed=2)[0]).all())
+    ((2, 3), True, False)
+    """
+    key = int(seed or 0).to_bytes(8, "little", signed=True)
+    hashes = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest(), "little")
+         for i in ids),
+        np.uint64, len(ids),
+    )  # fmt: skip
+    pairs = (k + 1) // 2
+    counters = np.arange(1, 2 * pairs + 1, dtype=np.uint64) * _GOLDEN
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(hashes[:, None] + counters[None, :])
+    uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53  # in (0, 1)
+    radius = np.sqrt(-2.0 * np.log(uniform[:, :pairs]))
+    angle = 2.0 * np.pi * uniform[:, pairs:]
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :k]
 
 
 def tag_tuple(tags: Iterable[str] | None) -> tuple[str, ...]:

@@ -43,6 +43,9 @@ class Popularity:
     ----------
     half_life_s
         Half-life in seconds, or ``None`` for all-time counts.
+    track_deltas
+        Keep the counts learned since the last :meth:`take_deltas`: what a worker sends
+        to the others, which add them with :meth:`add_counts`.
 
     Examples
     --------
@@ -59,12 +62,14 @@ class Popularity:
     ([('b', 3.0)], [('b', 6.0), ('a', 2.0)])
     """
 
-    def __init__(self, half_life_s: float | None = None) -> None:
+    def __init__(self, half_life_s: float | None = None, *, track_deltas: bool = False) -> None:
         if half_life_s is not None and not half_life_s > 0:
             raise InvalidInputError(f"half_life_s must be > 0 or None, got {half_life_s!r}")
         self.half_life_s = None if half_life_s is None else float(half_life_s)
+        self.track_deltas = bool(track_deltas)
         self._items = IdMap()
         self._c = np.zeros(0)  # forward-decayed counts, float64
+        self._dc = np.zeros(0)  # counts learned since the last take_deltas (same base), when tracked
         self._t0 = 0.0  # base time (ms) of the forward decay
         self._now = 0.0  # latest event time seen (ms)
         self._tags = C.TagIndex()
@@ -132,14 +137,21 @@ class Popularity:
         if self.half_life_s is not None:
             w = w * self._forward_decay(t)
         np.add.at(self._c, i, w)
+        if self.track_deltas:
+            np.add.at(self._dc, i, w)
 
     def _index(self, items: Sequence[str]) -> np.ndarray:
         """Indices of ``items`` (new ones added), with room for their counts."""
         i = self._items.index(items)
         if len(self._c) < len(self._items):
-            c = np.zeros(max(len(self._items), 2 * len(self._c), 16))
+            size = max(len(self._items), 2 * len(self._c), 16)
+            c = np.zeros(size)
             c[: len(self._c)] = self._c
             self._c = c
+            if self.track_deltas:
+                dc = np.zeros(size)
+                dc[: len(self._dc)] = self._dc
+                self._dc = dc
         self._tags.grow(len(self._items))
         return i
 
@@ -149,9 +161,58 @@ class Popularity:
         h = self.half_life_s * 1000.0
         self._now = max(self._now, float(t.max(initial=self._now)))
         if (self._now - self._t0) / h > _REBASE_HALF_LIVES:
-            self._c *= 2.0 ** ((self._t0 - self._now) / h)
+            factor = 2.0 ** ((self._t0 - self._now) / h)
+            self._c *= factor
+            self._dc *= factor
             self._t0 = self._now
         return np.exp2((t - self._t0) / h)
+
+    @property
+    def clock_ms(self) -> float:
+        """The latest event time seen (ms): the time the scores are decayed to."""
+        return self._now
+
+    def take_deltas(self) -> tuple[list[str], np.ndarray, float]:
+        """Counts learned since the last call: item ids, their forward-decayed counts and the base time (ms).
+
+        Only with ``track_deltas=True``. Another model adds them with :meth:`add_counts`.
+
+        >>> a, b = Popularity(half_life_s=60, track_deltas=True), Popularity(half_life_s=60)
+        >>> a.learn_batch(["u1", "u2"], ["x", "y"], ts_ms=[0, 60_000])
+        >>> b.add_counts(*a.take_deltas(), clock_ms=a.clock_ms)
+        >>> b.top_n("", 2) == a.top_n("", 2), a.take_deltas()[0]
+        (True, [])
+        """
+        n = len(self._items)
+        rows = np.flatnonzero(self._dc[:n]) if self.track_deltas else np.zeros(0, np.int64)
+        counts = self._dc[rows]
+        self._dc[rows] = 0.0
+        return self._items._array()[rows].tolist(), counts, self._t0
+
+    def peek_deltas(self, items: Sequence[str]) -> tuple[np.ndarray, float]:
+        """The counts :meth:`take_deltas` would return for ``items`` (0 where none) and the base time."""
+        C.check_ids(items, "items")
+        idx = self._items.lookup(items)
+        if not self.track_deltas or not len(idx):
+            return np.zeros(len(idx)), self._t0
+        return np.where(idx >= 0, self._dc[np.maximum(idx, 0)], 0.0), self._t0
+
+    def add_counts(self, items: Sequence[str], counts: np.ndarray, base_ms: float, clock_ms: float | None = None) -> None:
+        """Add another model's :meth:`take_deltas` (counts forward-decayed to ``base_ms``); new items are added.
+
+        ``clock_ms``, the other model's clock, moves this one's forward if it is later. Not
+        recorded as this model's own counts. Ids must not repeat.
+        """
+        C.check_ids(items, "items")
+        c = np.asarray(counts, dtype=np.float64)
+        if c.shape != (len(items),) or not np.isfinite(c).all():
+            raise InvalidInputError(f"counts must be finite with shape ({len(items)},)")
+        i = self._index(items)
+        if self.half_life_s is not None:
+            if clock_ms is not None and clock_ms > self._now:
+                self._forward_decay(np.array([float(clock_ms)]))
+            c = c * 2.0 ** ((float(base_ms) - self._t0) / (self.half_life_s * 1000.0))
+        self._c[i] += c
 
     # -------------------------------------------------------------- scoring
     def _current(self) -> np.ndarray:
@@ -213,6 +274,14 @@ class Popularity:
             scores[[r for r, j in enumerate(cand.tolist()) if ids[j] in excluded]] = -np.inf
         best = C.select_top(scores[None, :], min(n, len(cand)), [ids[j] for j in cand.tolist()])[0]
         return best
+
+    def item_tags(self, item: str) -> tuple[str, ...]:
+        """The tags of ``item`` (``()`` if it has none or is unknown)."""
+        x = self._items.get(item)
+        if x is None or x >= len(self._tags.item_tags):
+            return ()
+        names = self._tags.vocab._ids
+        return tuple(names[t] for t in self._tags.item_tags[x])
 
     def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None:
         """Set (replace) the tags of ``items``; unknown items are added with a count of 0.

@@ -16,6 +16,7 @@ from streams.app import app, settings
 from streams.cache import RecsWriter, async_redis
 from streams.events import kafka_partition
 from streams.fences import read_fences
+from streams.item_log import KafkaItemLog
 from streams.kafka import METRICS_BATCH_BYTES, BatchSender, Record
 from streams.service import RecommenderService
 from streams.tables import TableStateStore
@@ -71,6 +72,7 @@ service = RecommenderService(
     _highwater,
     _ack,
     _read_fences,
+    KafkaItemLog(settings, sender),
 )
 app.bulk_handlers[events_topic.get_topic_name()] = service.offer
 

@@ -11,12 +11,16 @@ import faust
 from streams.settings import Settings
 
 __all__ = ["ssl_context", "faust_credentials", "aiokafka_options", "ensure_topics", "topic_partitions",
-           "assign_all_partitions", "BatchSender", "Record", "METRICS_BATCH_BYTES"]
+           "assign_all_partitions", "BatchSender", "Record", "METRICS_BATCH_BYTES",
+           "ITEM_UPDATES_RETENTION_MS"]
 
 
 #: A checkpoint's window records and its fence go out as one record batch of at most this many
 #: bytes (the metrics topic is created to accept it).
 METRICS_BATCH_BYTES = 16 * 1024 * 1024
+#: How long the item-updates topic keeps the workers' item deltas (a restarting worker replays them
+#: from the last item snapshot on, at most a few snapshot intervals back).
+ITEM_UPDATES_RETENTION_MS = 24 * 3600 * 1000
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -63,7 +67,8 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the events, dead-letter and metrics topics if missing; returns those created.
+    """Create streamrec's topics if missing (events, dead letters, metrics, item updates and item
+    state); returns those created.
 
     The worker creates them too; producers call this so that events sent before the
     first worker starts land in a topic with the configured partition count.
@@ -75,8 +80,15 @@ async def ensure_topics(settings: Settings) -> list[str]:
         settings.events_topic: settings.partitions,
         settings.dlq_topic: settings.partitions,
         settings.metrics_topic: 1,
+        settings.item_updates_topic: settings.partitions,
+        settings.item_state_topic: settings.partitions,
     }
-    configs = {settings.metrics_topic: {"max.message.bytes": str(METRICS_BATCH_BYTES + 1_000_000)}}
+    configs = {
+        settings.metrics_topic: {"max.message.bytes": str(METRICS_BATCH_BYTES + 1_000_000)},
+        # Replayed from the item snapshots' fences on; a day is far more than a snapshot interval.
+        settings.item_updates_topic: {"retention.ms": str(ITEM_UPDATES_RETENTION_MS)},
+        settings.item_state_topic: {"cleanup.policy": "compact"},
+    }
     admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
     try:

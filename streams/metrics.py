@@ -333,6 +333,7 @@ class HealthCounters:
     replayed_skipped: int = 0  # redelivered records at or below a fence (already applied)
     users_refreshed: int = 0
     redis_errors: int = 0
+    state_quarantined: int = 0  # corrupt user state records set aside (the user started afresh)
     freshness_samples: list[np.ndarray] = field(default_factory=list)
     batch_ms: list[float] = field(default_factory=list)  # processing time of each batch
     batch_events: int = 0  # messages of those batches
@@ -362,6 +363,7 @@ class HealthCounters:
             "events_per_s": round(self.events_processed / elapsed_s, 1),
             "users_refreshed": self.users_refreshed,
             "redis_errors": self.redis_errors,
+            "state_quarantined": self.state_quarantined,
             "freshness_p50_ms": p50,
             "freshness_p99_ms": p99,
             "freshness_samples": int(sum(s.size for s in self.freshness_samples)),
@@ -373,7 +375,7 @@ class HealthCounters:
         }
         self.started_ms = now_ms
         self.events_processed = self.events_dead_lettered = self.duplicates_skipped = self.replayed_skipped = 0
-        self.users_refreshed = self.redis_errors = 0
+        self.users_refreshed = self.redis_errors = self.state_quarantined = 0
         self.dead_letter_reasons = {}
         self.freshness_samples = []
         self.batch_ms = []

@@ -18,19 +18,21 @@ unit-tested without a broker.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import orjson
 
 from models import BPRMF, Popularity, event_weights
 from streams.events import Event, InvalidEvent, decode_batch, decode_event, is_batch, kafka_partition, validate_event
+from streams.exchange import ItemExchange
 from streams.metrics import KIND_CODES, EngagementWindows, HealthCounters
 from streams.settings import Settings
-from streams.state import StateStore, decode_item, decode_user, encode_items, encode_users
+from streams.state import StateCorrupt, StateStore, decode_user, encode_users
 
 __all__ = ["Pipeline", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
 
@@ -103,7 +105,6 @@ class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
     dirty_users: set[str] = field(default_factory=set)
-    dirty_items: set[str] = field(default_factory=set)
     ts_ms: np.ndarray | None = None  # event times of ``events`` (int64), once learned
 
 
@@ -119,14 +120,22 @@ class EventIdWindow:
         self.capacity = capacity
         self._ids: OrderedDict[str, None] = OrderedDict()
 
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
     def check_and_add(self, event_id: str) -> bool:
         """True if ``event_id`` was seen within the window (a duplicate), else remember it."""
         if event_id in self._ids:
             return True
-        self._ids[event_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        self.add_many((event_id,))
         return False
+
+    def add_many(self, event_ids: Iterable[str]) -> None:
+        """Remember ``event_ids`` (the most recent ``capacity`` ids are kept)."""
+        ids = self._ids
+        ids.update(dict.fromkeys(event_ids))
+        while len(ids) > self.capacity:
+            ids.popitem(last=False)
 
 
 class Pipeline:
@@ -142,8 +151,9 @@ class Pipeline:
             n_negatives=settings.n_negatives,
             init_std=settings.init_std,
             seed=settings.seed,
+            track_item_deltas=True,
         )
-        self.popularity = Popularity(half_life_s=settings.popular_half_life_s)
+        self.popularity = Popularity(half_life_s=settings.popular_half_life_s, track_deltas=True)
         self.history: dict[str, dict[str, None]] = {}  # engaged items per user, oldest first
         self.item_meta: dict[str, tuple[str | None, tuple[str, ...]]] = {}
         self.windows = EngagementWindows(
@@ -151,23 +161,32 @@ class Pipeline:
         )
         self.health = HealthCounters(worker_id=settings.effective_worker_id, started_ms=_now_ms())
         self.seen_event_ids = EventIdWindow()
-        self.run_id = format(_now_ms(), "x")
+        self.run_id = format(_now_ms(), "x") + secrets.token_hex(2)  # unique per worker incarnation
+        #: The item side of the model, shared with the other workers (see :mod:`streams.exchange`).
+        self.exchange = ItemExchange(self.model, self.popularity, self.item_meta, partitions=settings.partitions,
+                                     origin=f"{settings.effective_worker_id}/{self.run_id}")
         self.batches = 0
         self.events_total = 0
 
     # --- the batch path ------------------------------------------------------------------
     def process(self, messages: Iterable[MessageLike]) -> BatchOutcome:
-        """Validate, deduplicate and learn one batch; nothing in it is dropped silently."""
+        """Validate, deduplicate and learn one batch; nothing in it is dropped silently.
+
+        All or nothing for what is counted: if learning raises, no history, window count,
+        health counter or seen event id has changed (the model's factors may have moved:
+        they are approximate anyway), and the caller dead-letters the whole batch, which
+        can then be replayed as it is.
+        """
         outcome = BatchOutcome()
         events = outcome.events
         dead = outcome.dead_letters
         max_bytes = self.settings.max_message_bytes
-        seen = self.seen_event_ids.check_and_add
+        is_duplicate = self._duplicate_check()
         horizon = self._horizon_ms()
         duplicates = 0
         for message in messages:
             if message.headers and is_batch(message.headers):
-                duplicates += self._process_batch_message(message, outcome, horizon)
+                duplicates += self._process_batch_message(message, outcome, horizon, is_duplicate)
                 continue
             try:
                 event = decode_event(message.key, message.value, max_bytes)
@@ -176,24 +195,40 @@ class Pipeline:
             except InvalidEvent as exc:
                 dead.append(DeadLetter(message, exc.reason, exc.detail))
                 continue
-            if seen(event.event_id):
+            if is_duplicate(event.event_id):
                 duplicates += 1
             else:
                 events.append(event)
         outcome.duplicates = duplicates
+        if events:
+            self._learn(events, outcome)
+        self.seen_event_ids.add_many([event.event_id for event in events])
         health = self.health
         health.duplicates_skipped += duplicates
         for letter in dead:
             health.dead_lettered(letter.reason)
-        if events:
-            self._learn(events, outcome)
         return outcome
+
+    def _duplicate_check(self) -> Callable[[str], bool]:
+        """``is_duplicate(event_id)`` for one batch: seen before, or earlier in the batch (nothing is marked
+        seen until the batch is applied)."""
+        seen, in_batch = self.seen_event_ids, set()
+
+        def is_duplicate(event_id: str) -> bool:
+            if event_id in in_batch or event_id in seen:
+                return True
+            in_batch.add(event_id)
+            return False
+
+        return is_duplicate
 
     def _horizon_ms(self) -> int:
         """Latest acceptable event time: the clock plus the allowed skew (late events are all kept)."""
         return _now_ms() + int(self.settings.max_clock_skew_s * 1000)
 
-    def _process_batch_message(self, message: MessageLike, outcome: BatchOutcome, horizon: int) -> int:
+    def _process_batch_message(
+        self, message: MessageLike, outcome: BatchOutcome, horizon: int, is_duplicate: Callable[[str], bool]
+    ) -> int:
         """The events of one batch message; returns how many were duplicates."""
         try:
             items = decode_batch(message.value, self.settings.max_batch_bytes)
@@ -201,7 +236,6 @@ class Pipeline:
             outcome.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
             return 0
         partition, partitions = message.partition, self.settings.partitions
-        seen = self.seen_event_ids.check_and_add
         duplicates = 0
         for index, item in enumerate(items):
             try:
@@ -218,7 +252,7 @@ class Pipeline:
             except InvalidEvent as exc:
                 outcome.dead_letters.append(DeadLetter(message, exc.reason, exc.detail, index, _dumps_loose(item)))
                 continue
-            if seen(event.event_id):
+            if is_duplicate(event.event_id):
                 duplicates += 1
             else:
                 outcome.events.append(event)
@@ -228,7 +262,7 @@ class Pipeline:
         n = len(events)
         # One pass to columns (an Event is a tuple: zip(*events) transposes in C).
         event_ids, users, items, kinds, ts_list, watch, creators, tags = zip(*events)
-        self._hydrate(set(users), set(items))
+        self._hydrate(set(users))
         weights = event_weights(
             kinds,
             np.array([-1 if w is None else w for w in watch], dtype=np.float64),
@@ -236,11 +270,17 @@ class Pipeline:
             watch_time_weight=self.settings.watch_time_weight,
             watch_time_ref_ms=self.settings.watch_time_ref_ms,
         )
-        self.model.learn_batch(users, items, weights, item_tags=tags)  # tagged new items start from their tags
-        ts = outcome.ts_ms = np.array(ts_list, dtype=np.int64)
+        # New items first (tagged ones start from their tags): their starting point goes to the other workers.
+        self.exchange.note_new_items(self.model.add_items(items, tags))
+        self.model.learn_batch(users, items, weights, item_tags=tags)
+        ts = np.array(ts_list, dtype=np.int64)
         self.popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)
+        kind_codes = np.array([KIND_CODES[k] for k in kinds], np.int8)
+        self.windows.add_columns(ts, kind_codes, users, items, creators, tags)
+        # Only plain dict updates from here on: nothing below fails halfway.
+        self.exchange.note_learned(_now_ms())
         max_history = self.settings.max_history
-        histories, item_meta = self.history, self.item_meta
+        histories, item_meta, note_meta = self.history, self.item_meta, self.exchange.note_meta
         for user_id, item_id, creator_id, item_tags in zip(users, items, creators, tags):
             history = histories.get(user_id)
             if history is None:
@@ -251,28 +291,35 @@ class Pipeline:
             if len(history) > max_history:
                 del history[next(iter(history))]
             if creator_id is not None or item_tags:
-                item_meta[item_id] = (creator_id, item_tags)
-        self.windows.add_columns(ts, np.array([KIND_CODES[k] for k in kinds], np.int8), users, items, creators, tags)
+                meta = (creator_id, item_tags)
+                if item_meta.get(item_id) != meta:
+                    item_meta[item_id] = meta
+                    note_meta(item_id, creator_id, item_tags)
+        outcome.ts_ms = ts
         outcome.dirty_users.update(users)
-        outcome.dirty_items.update(items)
         self.batches += 1
         self.events_total += n
         self.health.events_processed += n
 
-    def _hydrate(self, users: Iterable[str], items: Iterable[str]) -> None:
-        """Load checkpointed state of users and items this worker has not seen since it started."""
-        for item_id in items:
-            if not self.model.has_item(item_id):
-                blob = self.store.get_item(item_id)
-                if blob is not None:
-                    self.restore_item(item_id, blob)
+    def _hydrate(self, users: Iterable[str]) -> None:
+        """Load the checkpointed state of users this worker has not seen since it started (or since they
+        came back with a rebalance). A corrupt state record is quarantined: logged, counted, the user
+        starts afresh."""
         for user_id in users:
             if user_id not in self.history:  # new here, or forgotten at a rebalance
                 blob = self.store.get_user(user_id)
-                if blob is not None:
+                if blob is None:
+                    continue
+                try:
                     vector, history = decode_user(blob)
-                    self.model.set_user_vectors([user_id], vector[None, :])
-                    self.history[user_id] = dict.fromkeys(history)
+                    if vector.shape != (self.model.n_factors,):
+                        raise StateCorrupt(f"user state has {vector.shape[0]} factors, the model {self.model.n_factors}")
+                except StateCorrupt as exc:
+                    self.health.state_quarantined += 1
+                    logger.warning("quarantined the state of user %r (%s): the user starts afresh", user_id[:80], exc)
+                    continue
+                self.model.set_user_vectors([user_id], vector[None, :])
+                self.history[user_id] = dict.fromkeys(history)
 
     def forget_partitions(self, partitions: set[int]) -> int:
         """Forget the history of users of ``partitions`` (revoked): if they come back, :meth:`_hydrate`
@@ -285,36 +332,14 @@ class Pipeline:
             del self.history[user_id]
         return len(gone)
 
-    def restore_item(self, item_id: str, blob: bytes) -> None:
-        state = decode_item(blob)
-        self.model.set_item_vectors([item_id], state.vector[None, :], np.array([state.bias], dtype=np.float32))
-        self.popularity.set_item_weights([item_id], np.array([state.popularity]), state.popularity_ts_ms)
-        if state.tags:
-            self.model.set_item_tags([item_id], [state.tags])
-            self.popularity.set_item_tags([item_id], [state.tags])
-        self.item_meta[item_id] = (state.creator_id, state.tags)
-
-    def restore_all_items(self) -> int:
-        """Load every checkpointed item (after start-up or a rebalance), so top-N sees the whole catalog."""
-        count = 0
-        for item_id, blob in self.store.all_items():
-            if not self.model.has_item(item_id):
-                self.restore_item(item_id, blob)
-                count += 1
-        return count
-
     # --- checkpoints ---------------------------------------------------------------------
-    def checkpoint(self, users: Sequence[str], items: Sequence[str]) -> None:
-        """Hand the current state of ``users`` and ``items`` to the store (``store.flush()`` makes it durable)."""
+    def checkpoint(self, users: Sequence[str]) -> None:
+        """Hand the current state of ``users`` to the store (``store.flush()`` makes it durable).
+
+        Items are not checkpointed here: the item exchange snapshots them (:mod:`streams.item_log`)."""
         if users:
             vectors = self.model.user_vectors(users)
             self.store.put_users(dict(zip(users, encode_users(vectors, [self.history[u] for u in users]))))
-        if items:
-            item_vectors, biases = self.model.item_vectors(items)
-            pop_weights, pop_ts = self.popularity.item_weights(items)
-            meta = [self.item_meta.get(item_id, (None, ())) for item_id in items]
-            blobs = encode_items(item_vectors, biases, [m[0] for m in meta], [m[1] for m in meta], pop_weights, pop_ts)
-            self.store.put_items(dict(zip(items, blobs)))
 
     # --- recommendations -----------------------------------------------------------------
     def recommendations(self, users: Sequence[str]) -> dict[str, Recs]:

@@ -30,7 +30,9 @@ import orjson
 import redis
 
 from streams.cache import RecsWriter
-from streams.events import MAX_BATCH_EVENTS, is_batch
+from streams.events import MAX_BATCH_EVENTS, is_batch, kafka_partition
+from streams.item_log import ItemLog, ItemSync, MemoryItemLog
+from streams.metrics import percentiles_ms
 from streams.pipeline import BatchOutcome, DeadLetter, MessageLike, Pipeline
 from streams.settings import Settings
 from streams.state import StateStore
@@ -46,11 +48,9 @@ _CHECKPOINT_SLICE = 4000  # users + items encoded between two batches
 @dataclass
 class _Checkpoint:
     users: list[str]
-    items: list[str]
     offsets: dict[Any, tuple[int, int]]  # tp -> offsets whose effects this checkpoint makes durable
     records: list[dict[str, Any]]  # the window counts of exactly those events
     next_user: int = 0
-    next_item: int = 0
 
 #: ``async send(records)``: (key, value, headers) records to one topic.
 Sender = Callable[[Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]] | None]]], Awaitable[Any]]
@@ -139,10 +139,16 @@ class RecommenderService:
         highwater: Callable[[Any], int | None] | None = None,
         ack: Acker | None = None,
         read_fences: Callable[[set[int]], Awaitable[dict[int, int]]] | None = None,
+        item_log: ItemLog | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.pipeline = Pipeline(settings, store)
+        #: The item side of the model, shared with the other workers through ``item_log`` (a private
+        #: in-memory log if None: a worker alone, as in unit tests).
+        self.items = ItemSync(settings, self.pipeline.exchange,
+                              item_log if item_log is not None else MemoryItemLog(settings.partitions))
+        self.owned: set[int] = set()  # events partitions assigned to this worker
         self.writer = writer
         self.send_dead_letters = send_dead_letters
         self.send_metrics = send_metrics
@@ -154,20 +160,19 @@ class RecommenderService:
         self.started_ms = _now_ms()
         self.ready_ms: int | None = None
         self.first_batch_ms: int | None = None  # when the first batch of events was taken (benchmarks)
-        self.items_restored = False
         self.intake = Intake(max_events=2 * settings.batch_max_events)
         self.pending_users: set[str] = set()
         self.pending_tags: set[str] = set()
         self.pending_ts: list[np.ndarray] = []
         self.unacked: dict[Any, tuple[int, int]] = {}  # tp -> offsets processed, not yet checkpointed
         self.dirty_users: set[str] = set()
-        self.dirty_items: set[str] = set()
         self.last_checkpoint = time.monotonic()
         self._checkpoint: _Checkpoint | None = None  # the one being written, slice by slice
         self.positions: dict[Any, int] = {}  # topic-partition -> next offset to read
         self.redis_retry_at = 0.0
         self.redis_backoff_s = 0.0
         self.trending_written = -_TRENDING_INTERVAL_S  # the first refresh writes them
+        self._popular_stale = False  # own events since the popular list was last written
         self.last_health_ms = self.started_ms
         self.fences: dict[int, int] = {}  # events partition -> last offset whose effects are durable
         self._taken: list[tuple[Any, list[Any]]] = []  # taken from the intake, waiting for the batch lock
@@ -197,17 +202,27 @@ class RecommenderService:
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         """Read the fences of newly assigned events partitions; until then :meth:`offer` waits
-        (from start-up, and from every revocation on)."""
-        missing = {tp.partition for tp in assigned if tp.partition not in self.fences}
+        (from start-up, and from every revocation on). The worker now owns those partitions'
+        users, their items' snapshots and, with partition 0, the popular lists."""
+        partitions = {tp.partition for tp in assigned}
+        self.owned = partitions
+        self.items.assigned(partitions)
+        missing = {p for p in partitions if p not in self.fences}
         try:
             if missing and self.read_fences is not None:
                 self.fences.update(await self.read_fences(missing))
         finally:
             self._fences_ready.set()
 
+    @property
+    def writes_popular_lists(self) -> bool:
+        """One worker writes the popular and trending lists (they are the whole group's): partition 0's owner."""
+        return 0 in self.owned
+
     async def run(self) -> None:
-        """Process what arrives, batch after batch, until cancelled."""
+        """Restore the item model, then process what arrives, batch after batch, until cancelled."""
         settings = self.settings
+        await self.items.start()
         while True:
             self._taken = await self.intake.take(settings.batch_max_events, settings.batch_within_s)
             if self.first_batch_ms is None:
@@ -223,7 +238,7 @@ class RecommenderService:
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         """A rebalance takes ``revoked`` away: drop their queued records, make the rest durable,
         and forget those partitions' users (their next owner changes them; if they come back,
-        they are read again from the changelog)."""
+        they are read again from the changelog) and their lists still waiting for Redis."""
         self._fences_ready.clear()  # records offered from now on wait for the next assignment's fences
         async with self._batch_lock:
             dropped = self.intake.drop(revoked)
@@ -236,6 +251,10 @@ class RecommenderService:
             await self.checkpoint()
             partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
             forgotten = self.pipeline.forget_partitions(partitions)
+            n = self.settings.partitions
+            self.pending_users = {u for u in self.pending_users if kafka_partition(u.encode(), n) not in partitions}
+            self.owned -= partitions
+            self.items.revoked(partitions)
             for tp in revoked:
                 self.positions.pop(tp, None)
                 self.fences.pop(tp.partition, None)
@@ -260,14 +279,9 @@ class RecommenderService:
             self.pipeline.health.batch_done(len(messages), time.perf_counter() - started)
 
     async def _handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
-        if not self.items_restored:
-            restored = self.pipeline.restore_all_items()
-            self.items_restored = True
-            if restored:
-                logger.info("restored %d items from the item-state changelog", restored)
         try:
             outcome = self.pipeline.process(messages)
-        except Exception as exc:  # a bug of ours must not drop the batch: dead-letter it whole
+        except Exception as exc:  # a bug of ours must not drop the batch: dead-letter it whole (nothing counted)
             logger.exception("batch of %d messages failed; dead-lettering it", len(messages))
             outcome = BatchOutcome(dead_letters=[DeadLetter(m, "internal_error", repr(exc)) for m in messages])
             for _ in messages:
@@ -281,13 +295,16 @@ class RecommenderService:
             self.unacked[tp] = (first, last)
         if outcome.events:
             self.dirty_users.update(outcome.dirty_users)
-            self.dirty_items.update(outcome.dirty_items)
             self.pending_users.update(outcome.dirty_users)
-            self.pending_tags.update(tag for event in outcome.events for tag in event.tags)
+            if self.writes_popular_lists:
+                self._popular_stale = True
+                self.pending_tags.update(tag for event in outcome.events for tag in event.tags)
             assert outcome.ts_ms is not None  # set by learning, which every applied event went through
             self.pending_ts.append(outcome.ts_ms)
             await self.refresh()
+        await self.items.publish()
         await self._checkpoint_step()
+        await self.items.snapshot_step(_CHECKPOINT_SLICE)
         return outcome
 
     async def checkpoint(self) -> None:
@@ -315,22 +332,20 @@ class RecommenderService:
         events it covers, even though later batches run between the slices of this one)."""
         windows = self.pipeline.windows
         records = [*windows.close_due(_now_ms()), *windows.flush_partials()]
-        started = _Checkpoint(sorted(self.dirty_users), sorted(self.dirty_items), self.unacked, records)
-        self.dirty_users, self.dirty_items, self.unacked = set(), set(), {}
+        started = _Checkpoint(sorted(self.dirty_users), self.unacked, records)
+        self.dirty_users, self.unacked = set(), {}
         self.last_checkpoint = time.monotonic()
         return started
 
     async def _advance_checkpoint(self, budget: int | None) -> None:
         cp = self._checkpoint
         assert cp is not None
-        users, items = cp.users[cp.next_user :], cp.items[cp.next_item :]
+        users = cp.users[cp.next_user :]
         if budget is not None:
             users = users[:budget]
-            items = items[: max(budget - len(users), 0)]
-        self.pipeline.checkpoint(users, items)
+        self.pipeline.checkpoint(users)
         cp.next_user += len(users)
-        cp.next_item += len(items)
-        if cp.next_user < len(cp.users) or cp.next_item < len(cp.items):
+        if cp.next_user < len(cp.users):
             return
         self._checkpoint = None
         await self.store.flush()  # the broker has every state record of this checkpoint
@@ -354,17 +369,25 @@ class RecommenderService:
     async def refresh(self) -> bool:
         """Write the lists of all pending users to Redis; False (and retry later) if Redis is down."""
         async with self._refresh_lock:
-            # Trending lists change slowly and cost a ranking per tag: rewritten once a second.
-            trending_due = time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S
-            if not self.pending_users and not (self.pending_tags and trending_due):
+            # Popular and trending lists are the whole group's and change slowly: one worker rewrites them,
+            # once a second, when its events or the other workers' changed some counts.
+            exchange = self.pipeline.exchange
+            exchange.collect_changed = self.writes_popular_lists
+            trending_due = (
+                self.writes_popular_lists
+                and time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S
+                and bool(self.pending_tags or exchange.changed_items or self._popular_stale)
+            )
+            if not self.pending_users and not trending_due:
                 return True
             if time.monotonic() < self.redis_retry_at:
                 return False
             users, stamps = self.pending_users, self.pending_ts
-            tags = self.pending_tags if trending_due else set()
+            tags = (self.pending_tags | exchange.take_changed_tags()) if trending_due else set()
             self.pending_users, self.pending_ts = set(), []
             if trending_due:
                 self.pending_tags = set()
+                self._popular_stale = False
             pipeline = self.pipeline
             known, items, scores = pipeline.recommendation_lists(sorted(users))
             try:
@@ -378,6 +401,7 @@ class RecommenderService:
             except (redis.RedisError, OSError) as exc:
                 self.pending_users |= users  # written by a later refresh, with the factors of then
                 self.pending_tags |= tags
+                self._popular_stale |= trending_due
                 self.pending_ts[:0] = stamps
                 pipeline.health.redis_errors += 1
                 self.redis_backoff_s = min(max(self.redis_backoff_s * 2, 0.1), 5.0)
@@ -402,14 +426,17 @@ class RecommenderService:
         ready only then, so that "ready" means "serving from its full state").
         """
         now = _now_ms()
-        if self.ready_ms is None and recovered:
+        if self.ready_ms is None and recovered and self.items.ready.is_set():
             _settle_garbage_collector()
             self.ready_ms = now
             logger.info("streamrec worker %s ready in %.2f s", self.worker_id, (now - self.started_ms) / 1000)
         await self.refresh()
+        await self.items.publish()
         if time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s:
             async with self._batch_lock:
                 await self._checkpoint_step()
+        async with self._batch_lock:
+            await self.items.snapshot_step(_CHECKPOINT_SLICE)
         if now - self.last_health_ms >= self.settings.metrics_window_s * 1000:
             await self.emit_health(now)
         try:
@@ -426,6 +453,9 @@ class RecommenderService:
 
     async def emit_health(self, now: int) -> None:
         pipeline = self.pipeline
+        exchange = pipeline.exchange
+        staleness = exchange.take_staleness()
+        stale_p50, stale_p99 = percentiles_ms([np.asarray(staleness, np.float64)] if staleness else [])
         record = pipeline.health.record(
             now,
             late_events=pipeline.windows.late_events,
@@ -434,6 +464,16 @@ class RecommenderService:
             model_users=pipeline.model.n_users,
             model_items=pipeline.model.n_items,
             events_total=pipeline.events_total,
+            item_staleness_p50_ms=stale_p50,
+            item_staleness_p99_ms=stale_p99,
+            item_staleness_max_ms=max(staleness) if staleness else None,
+            item_updates_applied=len(staleness),
+            item_records_sent_total=exchange.records_sent,
+            item_bytes_sent_total=exchange.bytes_sent,
+            item_rows_applied_total=exchange.rows_applied,
+            item_bytes_applied_total=exchange.bytes_applied,
+            items_quarantined=exchange.quarantined_items + exchange.corrupt_records,
+            writes_popular_lists=self.writes_popular_lists,
             ready=self.ready_ms is not None,
         )
         self.last_health_ms = now
@@ -453,6 +493,7 @@ class RecommenderService:
             await self.refresh()
             await self.checkpoint()
             self._closed = True
+            await self.items.stop()
         await self.emit_health(_now_ms())
 
     def consumer_lag(self) -> int | None:

@@ -49,7 +49,10 @@ class Settings:
         "kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma-separated (kafka://host:port,host:port)."
     )
     topic_prefix: str = _setting("streamrec", "Prefix of every topic: <prefix>.events, .events.dlq, .metrics.")
-    partitions: int = _setting(4, "Partitions of the events topic (and of the state changelogs).")
+    partitions: int = _setting(
+        12, "Partitions of the events topic, the state changelogs and the item topics: the most worker processes "
+        "that can share the work (12 divides evenly among 1, 2, 3, 4, 6 or 12 of them)."
+    )
     replication_factor: int = _setting(1, "Replication factor of the topics streamrec creates.")
     security_protocol: SecurityProtocol = _setting("PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     sasl_mechanism: SaslMechanism = _setting("PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
@@ -106,6 +109,13 @@ class Settings:
     metrics_window_s: float = _setting(10.0, "Tumbling window of the engagement aggregates, seconds of event time.")
     metrics_grace_s: float = _setting(2.0, "Wall-clock wait after a window's end before it is emitted, seconds.")
     worker_id: str = _setting("", "Name of this worker in health records and Redis; default <hostname>-<pid>.")
+    item_exchange_interval_s: float = _setting(
+        0.25, "How often a worker publishes what it learned about items to the others (bounds their staleness), seconds."
+    )
+    item_snapshot_interval_s: float = _setting(
+        10.0, "How often each worker writes the changed items of its partitions to the item-state topic (bounds the "
+        "item-updates log a restarting worker replays), seconds."
+    )
 
     # --- Faust worker --------------------------------------------------------------------
     web_enabled: bool = _setting(False, "Start Faust's web server (off by default; its table views stay disabled).")
@@ -125,6 +135,16 @@ class Settings:
     @property
     def metrics_topic(self) -> str:
         return f"{self.topic_prefix}.metrics"
+
+    @property
+    def item_updates_topic(self) -> str:
+        """Where workers exchange their item deltas (one model for the group ``app_id``)."""
+        return f"{self.app_id}-item-updates"
+
+    @property
+    def item_state_topic(self) -> str:
+        """Compacted snapshots of the item side of the model, as of offsets of the item-updates topic."""
+        return f"{self.app_id}-item-state"
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -209,6 +229,8 @@ class Settings:
             raise SettingsError("STREAMREC_MAX_CLOCK_SKEW_S must be >= 0")
         if self.batch_within_s < 0 or self.checkpoint_interval_s < 0:
             raise SettingsError("STREAMREC_BATCH_WITHIN_S and STREAMREC_CHECKPOINT_INTERVAL_S must be >= 0")
+        if self.item_exchange_interval_s <= 0 or self.item_snapshot_interval_s <= 0:
+            raise SettingsError("STREAMREC_ITEM_EXCHANGE_INTERVAL_S and STREAMREC_ITEM_SNAPSHOT_INTERVAL_S must be > 0")
         if not self.bootstrap_servers:
             raise SettingsError("STREAMREC_BROKER_URL names no server")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

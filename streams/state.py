@@ -1,8 +1,8 @@
-"""Byte codecs of the per-user and per-item state kept in Kafka changelogs, and the store interface.
+"""Byte codecs of the per-user and per-item state kept in Kafka, and the user store interface.
 
-The worker checkpoints every user and item it changes, once per batch, into two
-changelog-backed Faust tables (see :mod:`streams.tables`); a restarted worker reads
-them back instead of starting from zero. The layout is versioned, compact and
+The worker checkpoints every user it changes into a changelog-backed Faust table (see
+:mod:`streams.tables`) and the items of its partitions into the item-state topic (see
+:mod:`streams.exchange`); a restarted worker reads them back instead of starting from zero. The layout is versioned, compact and
 language-neutral (little-endian float32 plus a JSON tail), and never pickle.
 
 >>> import numpy as np
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import orjson
@@ -53,6 +53,7 @@ class ItemState:
     tags: tuple[str, ...]
     popularity: float  # decayed engagement weight at popularity_ts_ms
     popularity_ts_ms: int
+    offset: int = -1  # the item-updates offset whose changes this state includes (-1: none)
 
 
 def encode_user(vector: np.ndarray, history: Sequence[str] | Mapping[str, None]) -> bytes:
@@ -94,7 +95,12 @@ def _with_tails(magic: bytes, factors: np.ndarray, tails: list[bytes]) -> list[b
 
 
 def decode_user(blob: bytes) -> tuple[np.ndarray, list[str]]:
+    """A user's factors and engaged items; raises :class:`StateCorrupt` for anything else."""
     vector, history = _split(blob, _USER_MAGIC)
+    if not isinstance(history, (list, dict)) or not all(type(item) is str for item in history):
+        raise StateCorrupt("user state's history is not a list of item ids")
+    if not np.isfinite(vector).all():
+        raise StateCorrupt("user state has non-finite factors")
     return vector, list(history)
 
 
@@ -106,6 +112,7 @@ def encode_item(state: ItemState) -> bytes:
         "t": list(state.tags),
         "p": float(state.popularity),
         "pt": int(state.popularity_ts_ms),
+        "o": int(state.offset),
     }
     return _HEADER.pack(_ITEM_MAGIC, factors.size) + factors.tobytes() + orjson.dumps(meta)
 
@@ -117,9 +124,10 @@ def encode_items(
     tags: Sequence[Sequence[str]],
     popularity: Sequence[float] | np.ndarray,
     popularity_ts_ms: int | Sequence[int] | np.ndarray,
+    offsets: Sequence[int] | np.ndarray | None = None,
 ) -> list[bytes]:
     """:func:`encode_item` of many items (rows of ``vectors``), byte for byte; ``popularity_ts_ms`` is one
-    time for all or one per item.
+    time for all or one per item; ``offsets`` one per item (default -1).
 
     >>> one = ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7)
     >>> encode_items(np.ones((1, 2)), [0.5], ["c1"], [("a",)], [2.0], 7) == [encode_item(one)]
@@ -135,19 +143,32 @@ def encode_items(
         times = np.asarray(popularity_ts_ms, dtype=np.int64).tolist()
         if len(times) != n:
             raise ValueError("popularity_ts_ms must be one time or one per item")
+    if offsets is None:
+        positions = [-1] * n
+    else:
+        positions = np.asarray(offsets, dtype=np.int64).tolist()
+        if len(positions) != n:
+            raise ValueError("offsets must be one per item")
     dumps = orjson.dumps
     tails = [
-        dumps({"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt})
-        for b, c, t, p, pt in zip(
+        dumps({"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt, "o": o})
+        for b, c, t, p, pt, o in zip(
             np.asarray(biases, dtype=np.float64).tolist(), creators, tags,
-            np.asarray(popularity, dtype=np.float64).tolist(), times)
+            np.asarray(popularity, dtype=np.float64).tolist(), times, positions)
     ]
     return _with_tails(_ITEM_MAGIC, factors, tails)
 
 
 def decode_item(blob: bytes) -> ItemState:
+    """An item's state; raises :class:`StateCorrupt` for anything else."""
     vector, meta = _split(blob, _ITEM_MAGIC)
-    return ItemState(vector, float(meta["b"]), meta["c"], tuple(meta["t"]), float(meta["p"]), int(meta["pt"]))
+    if not np.isfinite(vector).all():
+        raise StateCorrupt("item state has non-finite factors")
+    try:
+        return ItemState(vector, float(meta["b"]), meta["c"], tuple(meta["t"]), float(meta["p"]), int(meta["pt"]),
+                         int(meta.get("o", -1)))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateCorrupt(f"item state has a malformed JSON tail: {exc!r}") from None
 
 
 def _split(blob: bytes, expected: bytes) -> tuple[np.ndarray, Any]:
@@ -168,17 +189,11 @@ def _split(blob: bytes, expected: bytes) -> tuple[np.ndarray, Any]:
 
 
 class StateStore(Protocol):
-    """Where the pipeline checkpoints user and item state (Faust tables in the worker)."""
+    """Where the pipeline checkpoints user state (a Faust table in the worker)."""
 
     def get_user(self, user_id: str) -> bytes | None: ...
 
-    def get_item(self, item_id: str) -> bytes | None: ...
-
     def put_users(self, blobs: Mapping[str, bytes]) -> None: ...
-
-    def put_items(self, blobs: Mapping[str, bytes]) -> None: ...
-
-    def all_items(self) -> Iterable[tuple[str, bytes]]: ...
 
     async def flush(self) -> None:
         """Make everything put so far durable (the worker acknowledges offsets after it)."""
@@ -190,22 +205,12 @@ class MemoryStateStore:
 
     def __init__(self) -> None:
         self.users: dict[str, bytes] = {}
-        self.items: dict[str, bytes] = {}
 
     def get_user(self, user_id: str) -> bytes | None:
         return self.users.get(user_id)
 
-    def get_item(self, item_id: str) -> bytes | None:
-        return self.items.get(item_id)
-
     def put_users(self, blobs: Mapping[str, bytes]) -> None:
         self.users.update(blobs)
-
-    def put_items(self, blobs: Mapping[str, bytes]) -> None:
-        self.items.update(blobs)
-
-    def all_items(self) -> Iterable[tuple[str, bytes]]:
-        return list(self.items.items())
 
     async def flush(self) -> None:
         pass  # memory is as durable as it gets here

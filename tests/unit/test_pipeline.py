@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from streams.events import encode_event
+from streams.item_log import ItemSync, MemoryItemLog
 from streams.pipeline import Pipeline, RawMessage
 from streams.service import RecommenderService
 from streams.settings import Settings
@@ -50,22 +51,37 @@ def test_lists_exclude_history_and_fallback_is_popular():
     assert len(popular) == 10 and [s for _, s in popular] == sorted((s for _, s in popular), reverse=True)
 
 
-def test_checkpoint_restores_the_same_model_in_a_new_worker():
-    store = MemoryStateStore()
-    first = Pipeline(SETTINGS, store)
-    out = first.process(messages(world_events()))
-    first.checkpoint(sorted(out.dirty_users), sorted(out.dirty_items))
-    users = sorted(out.dirty_users)[:5]
-    expected = first.recommendations(users)
+def test_checkpoint_and_item_snapshot_restore_the_same_model_in_a_new_worker():
+    store, log = MemoryStateStore(), MemoryItemLog(SETTINGS.partitions)
 
-    second = Pipeline(SETTINGS, store)  # a restarted worker: nothing in memory, state in the store
-    assert second.restore_all_items() == first.model.n_items
-    second._hydrate(users, [])
-    restored = second.recommendations(users)
-    for user in users:  # same items; scores equal up to float32 summation order
-        assert [i for i, _ in restored[user]] == [i for i, _ in expected[user]]
-        assert [s for _, s in restored[user]] == pytest.approx([s for _, s in expected[user]], rel=1e-5)
-    assert second.popular() == first.popular()
+    async def run():
+        first = Pipeline(SETTINGS, store)
+        first_items = ItemSync(SETTINGS, first.exchange, log)
+        await first_items.start()
+        first_items.assigned(set(range(SETTINGS.partitions)))
+        out = first.process(messages(world_events()))
+        first.checkpoint(sorted(out.dirty_users))
+        await first_items.publish(force=True)
+        while first.exchange.records_in_flight:  # until the log hands them back: they are in it now
+            await asyncio.sleep(0)
+        await first_items.snapshot_step(None)
+        users = sorted(out.dirty_users)[:5]
+        expected = first.recommendations(users)
+
+        second = Pipeline(SETTINGS, store)  # a restarted worker: nothing in memory, state in Kafka
+        second_items = ItemSync(SETTINGS, second.exchange, log)
+        await second_items.start()
+        assert second.model.n_items == first.model.n_items and second_items.restored_items == first.model.n_items
+        second._hydrate(users)
+        restored = second.recommendations(users)
+        for user in users:  # same items; scores equal up to float32 summation order
+            assert [i for i, _ in restored[user]] == [i for i, _ in expected[user]]
+            assert [s for _, s in restored[user]] == pytest.approx([s for _, s in expected[user]], rel=1e-5)
+        assert [i for i, _ in second.popular()] == [i for i, _ in first.popular()]
+        await first_items.stop()
+        await second_items.stop()
+
+    asyncio.run(run())
 
 
 class FakeWriter:
@@ -102,6 +118,7 @@ def test_service_keeps_learning_while_redis_is_down_and_catches_up():
     events = world_events(200)
 
     async def run():
+        await service.on_partitions_assigned({TP0})  # partition 0's owner writes the popular lists
         writer.down = True
         await service.handle(messages(events[:100]))
         assert service.pending_users and service.pipeline.events_total == 100
@@ -274,7 +291,7 @@ def test_revoked_partitions_users_are_read_again_from_the_store():
     store.users[users[0]] = encode_user(np.zeros(8, np.float32), ["elsewhere"])  # its next owner's state
     forgotten = pipe.forget_partitions(gone)
     assert forgotten == sum(kafka_partition(u.encode(), 4) in gone for u in users) and users[0] not in pipe.history
-    pipe._hydrate([users[0]], [])
+    pipe._hydrate([users[0]])
     assert list(pipe.history[users[0]]) == ["elsewhere"]
     assert not pipe.model.user_vectors([users[0]]).any()
 
