@@ -518,6 +518,8 @@ class RecommenderService:
             "heartbeat_ms": now,
             "events_total": self.pipeline.events_total,
             "pending_users": len(self.pending_users),
+            "partitions": sorted(self.owned),
+            "model_items": self.pipeline.model.n_items,
         }
 
 

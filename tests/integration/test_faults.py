@@ -111,6 +111,36 @@ def test_worker_killed_three_times_mid_stream_loses_nothing_and_counts_nothing_t
     assert max(recoveries) < 60
 
 
+def test_one_of_two_workers_killed_three_times_mid_stream_loses_nothing_and_counts_nothing_twice(
+    services, make_settings, start_worker
+):
+    """Two workers share the partitions and the item model; one is SIGKILLed three times while events
+    flow. Its partitions move to the survivor and back at each restart: every event counted once."""
+    settings = make_settings()
+    survivor = start_worker(dataclasses.replace(settings, worker_id=settings.worker_id + "-a"), "a")
+    victim_settings = dataclasses.replace(settings, worker_id=settings.worker_id + "-b")
+    victim = start_worker(victim_settings, "b0")
+    events = stream(seed=29, n=24_000)
+    bad = malformed_payloads(200, seed=6)
+    producer = Producer(settings, events, bad, chunks=60, pause_s=0.5)
+    producer.start()
+    recoveries = []
+    for k in range(3):
+        time.sleep(3.0)
+        victim.kill()
+        started = time.monotonic()
+        victim = start_worker(victim_settings, f"b{k + 1}")
+        recoveries.append(round(time.monotonic() - started, 1))
+    producer.finish()
+    expected = Expected.of(events, len(bad))
+    observed = wait_for_oracle(settings, expected)
+    report("two workers, one SIGKILLed x3", services, produced=len(events), malformed=len(bad),
+           applied=sum(c[0] + c[1] + c[2] for (t, _), c in observed.counts.items() if t == "item"),
+           dead_lettered=len(observed.dead_letter_positions), recovery_s=recoveries)
+    assert_oracle(settings, observed, expected)
+    assert survivor.alive()
+
+
 def test_rebalance_one_two_one_workers_while_producing(services, make_settings, start_worker):
     settings = make_settings()
     second = dataclasses.replace(settings, worker_id=settings.worker_id + "-b")

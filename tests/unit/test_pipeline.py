@@ -388,3 +388,66 @@ def test_nothing_is_processed_after_the_last_checkpoint_of_a_shutdown():
     assert service.pipeline.events_total == 20  # the 30 later ones are their next owner's
     counted = sum(r["views"] + r["likes"] + r["shares"] for batch in sent for r in batch if r["type"] == "item")
     assert counted == 20
+
+
+def test_a_batch_failing_midway_counts_nothing_and_its_dead_letters_replay_in_full(monkeypatch):
+    """Learning succeeded, counting failed: the batch is dead-lettered whole, nothing of it is counted
+    and no event id is remembered, so replaying the dead letters applies every event once."""
+    service, sent = make_service(FakeWriter())
+    events = world_events(40)
+    batch = messages(events, 100)
+    windows = service.pipeline.windows
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug while counting")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(windows, "add_columns", broken)
+        asyncio.run(service.handle(batch))
+    assert [h["streamrec.reason"] for _, _, h in sent["dlq"]] == [b"internal_error"] * len(batch)
+    pipe = service.pipeline
+    assert pipe.events_total == 0 and pipe.history == {} and pipe.health.events_processed == 0
+    assert not any(e["event_id"] in pipe.seen_event_ids for e in events)
+    replay = [RawMessage(key, value, "t.events.dlq", 0, n) for n, (key, value, _) in enumerate(sent["dlq"])]
+    out = asyncio.run(service.handle(replay))
+    assert len(out.events) == len(events) and out.duplicates == 0 and not out.dead_letters
+    views = sum(r["views"] for r in windows.close_all() if r["type"] == "item")
+    assert views == sum(e["kind"] == "view" for e in events)
+
+
+def test_a_corrupt_user_state_is_quarantined_and_the_user_starts_afresh():
+    store = MemoryStateStore()
+    pipe = Pipeline(SETTINGS, store)
+    events = world_events(200)
+    victim = events[0]["user_id"]
+    store.users[victim] = b"SRU1\x08\x00truncated"
+    out = pipe.process(messages(events))
+    assert len(out.events) == len(events) and not out.dead_letters  # nothing poisoned
+    assert pipe.health.state_quarantined == 1
+    assert set(pipe.history[victim]) == {e["item_id"] for e in events if e["user_id"] == victim}
+    assert pipe.recommendations([victim])[victim]
+
+
+def test_lists_waiting_for_redis_are_dropped_for_revoked_partitions():
+    from streams.events import kafka_partition
+
+    writer = FakeWriter()
+    service, _ = make_service(writer)
+    events = world_events(300)
+    n = SETTINGS.partitions
+    revoked_partition = kafka_partition(events[0]["user_id"].encode(), n)
+
+    async def run():
+        await service.on_partitions_assigned({TP(SETTINGS.events_topic, p) for p in range(n)})
+        writer.down = True
+        await service.handle(messages(events))
+        assert {kafka_partition(u.encode(), n) for u in service.pending_users} > {revoked_partition}
+        await service.on_partitions_revoked({TP(SETTINGS.events_topic, revoked_partition)})
+        assert service.pending_users and all(kafka_partition(u.encode(), n) != revoked_partition
+                                             for u in service.pending_users)
+        writer.down = False
+        service.redis_retry_at = 0
+        await service.refresh()
+
+    asyncio.run(run())
+    assert all(kafka_partition(u.encode(), n) != revoked_partition for u in writer.written)
