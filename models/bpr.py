@@ -539,11 +539,14 @@ class BPRMF:
             return np.zeros((len(i), self.n_factors), self.dtype), np.zeros(len(i), self.dtype)
         return self._dV[i], self._db[i]
 
-    def add_item_deltas(self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray) -> None:
-        """Add ``vectors`` (``(n, k)``) and ``biases`` (``(n,)``) to the rows of known ``items``.
+    def add_item_deltas(
+        self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray, *, create_missing: bool = False
+    ) -> None:
+        """Add ``vectors`` (``(n, k)``) and ``biases`` (``(n,)``) to the rows of ``items``.
 
         How another learner's changes are merged in (they are not recorded as this
-        model's own). Ids must be known and must not repeat.
+        model's own). Ids must not repeat. Unknown ids raise :class:`UnknownIdError`,
+        unless ``create_missing``: they are created first, as :meth:`add_items` would.
 
         >>> model = BPRMF(n_factors=2, init_std=0.0)
         >>> model.set_item_vectors(["a"], np.array([[1.0, 2.0]]), np.array([0.5]))
@@ -551,7 +554,13 @@ class BPRMF:
         >>> [v.tolist() for v in model.item_vectors(["a"])]
         [[[1.5, 1.0]], [0.75]]
         """
-        i = self._known(self._items, items, "item")
+        C.check_ids(items, "items")
+        i = self._items.lookup(items)
+        if (i < 0).any():
+            if not create_missing:
+                raise UnknownIdError(f"unknown item(s): {[items[r] for r in np.flatnonzero(i < 0)[:5]]!r}")
+            self._index_items([items[r] for r in np.flatnonzero(i < 0).tolist()])
+            i = self._items.lookup(items)
         v = self._check_rows(items, vectors, "items")
         bias = np.asarray(biases, dtype=self.dtype)
         if bias.shape != (len(i),) or not np.isfinite(bias).all():

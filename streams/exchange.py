@@ -87,11 +87,11 @@ def item_partition(item_id: str, partitions: int) -> int:
     >>> item_partition("v42", 12) == item_partition("v42", 12) < 12
     True
     """
-    return zlib.crc32(item_id.encode("utf-8", "surrogatepass")) % partitions
+    return zlib.crc32(item_id.encode()) % partitions
 
 
 def _partitions_of(ids: Sequence[str], partitions: int) -> np.ndarray:
-    crc = np.fromiter(map(zlib.crc32, (i.encode("utf-8", "surrogatepass") for i in ids)), np.int64, len(ids))
+    crc = np.fromiter(map(zlib.crc32, map(str.encode, ids)), np.int64, len(ids))
     return crc % partitions
 
 
@@ -169,7 +169,7 @@ def decode_update(value: bytes) -> ItemUpdate:
         for dtype, count in sizes:
             arrays.append(np.frombuffer(value, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=offset))
             offset += arrays[-1].nbytes
-        if offset != len(value) or not all(type(i) is str for i in ids) or any(not 0 <= p < n for p in proposals):
+        if offset != len(value) or set(map(type, ids)) - {str} or any(not 0 <= p < n for p in proposals):
             raise ValueError("sizes do not match")
         meta = {int(pos): (creator, tuple(tags)) for pos, creator, tags in h["m"]}
         return ItemUpdate(
@@ -185,7 +185,14 @@ class _Sent:
     """An own record sent, not yet read back from the log: its changes are in the replica, not in the log."""
 
     update: ItemUpdate
-    index: dict[str, int]
+    _index: dict[str, int] | None = None
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Position of each id in the record (built when a snapshot first needs it)."""
+        if self._index is None:
+            self._index = dict(zip(self.update.ids, range(len(self.update.ids))))
+        return self._index
 
 
 class ItemExchange:
@@ -271,7 +278,7 @@ class ItemExchange:
         self._first_change_ms = None
         if not ids:
             return []
-        position = {item_id: j for j, item_id in enumerate(ids)}
+        position = dict(zip(ids, range(len(ids))))
         all_counts = np.zeros(len(ids))
         if pop_ids:
             all_counts[[position[i] for i in pop_ids]] = counts
@@ -280,29 +287,45 @@ class ItemExchange:
         k = self.model.n_factors
         row_bytes = 4 * k + 16 + max(8, sum(map(len, ids[:100])) // min(len(ids), 100) + 3)
         per_record = max(1, self.max_record_bytes // row_bytes)
+        # Rows grouped by partition (stable), then cut into records of at most per_record rows.
         parts = _partitions_of(ids, self.partitions)
+        order = np.argsort(parts, kind="stable")
+        sorted_parts = parts[order]
+        starts = np.flatnonzero(np.r_[True, sorted_parts[1:] != sorted_parts[:-1]])
+        group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        record_of = np.empty(len(ids), np.int64)  # a row's record: its partition's group, then chunk
+        slot_of = np.empty(len(ids), np.int64)
+        rank = np.arange(len(order)) - group_start
+        record_of[order] = group_start * len(ids) + rank // per_record
+        slot_of[order] = rank % per_record
+        extras: dict[int, tuple[list[int], dict[int, tuple[str | None, tuple[str, ...]]]]] = {}
+        for item_id in {*proposals, *meta}:
+            row = position[item_id]
+            new, metas = extras.setdefault(int(record_of[row]), ([], {}))
+            if item_id in proposals:
+                new.append(row)
+            metas[int(slot_of[row])] = meta.get(item_id) or self.item_meta.get(item_id, (None, ()))
+        names = np.array(ids, dtype=object)
+        clock = self.popularity.clock_ms
         out = []
-        for partition in np.unique(parts).tolist():
-            rows = np.flatnonzero(parts == partition)
-            for lo in range(0, len(rows), per_record):
-                chunk = rows[lo:lo + per_record]
-                chunk_ids = [ids[j] for j in chunk.tolist()]
-                new = [(pos, i) for pos, i in enumerate(chunk_ids) if i in proposals]
-                update = ItemUpdate(
-                    self.origin, self._seq, chunk_ids, vectors[chunk], biases[chunk], all_counts[chunk], base,
-                    self.popularity.clock_ms, [pos for pos, _ in new],
-                    np.array([proposals[i][0] for _, i in new], np.float32).reshape(len(new), k),
-                    np.array([proposals[i][1] for _, i in new], np.float32),
-                    {pos: meta.get(i) or self.item_meta.get(i, (None, ())) for pos, i in enumerate(chunk_ids)
-                     if i in meta or i in proposals},
-                    first, now_ms,
-                )  # fmt: skip
-                value = encode_update(update)
-                self._sent[self._seq] = _Sent(update, {i: j for j, i in enumerate(chunk_ids)})
-                out.append((partition, self._seq, value))
-                self._seq += 1
-                self.records_sent += 1
-                self.bytes_sent += len(value)
+        boundaries = np.flatnonzero(np.r_[True, record_of[order][1:] != record_of[order][:-1]])
+        for lo, hi in zip(boundaries.tolist(), [*boundaries[1:].tolist(), len(order)]):
+            chunk = order[lo:hi]
+            key = int(record_of[chunk[0]])
+            new_rows, metas = extras.get(key, ([], {}))
+            new_rows.sort(key=lambda r: slot_of[r])
+            update = ItemUpdate(
+                self.origin, self._seq, names[chunk].tolist(), vectors[chunk], biases[chunk], all_counts[chunk], base,
+                clock, [int(slot_of[r]) for r in new_rows],
+                np.array([proposals[ids[r]][0] for r in new_rows], np.float32).reshape(len(new_rows), k),
+                np.array([proposals[ids[r]][1] for r in new_rows], np.float32), metas, first, now_ms,
+            )  # fmt: skip
+            value = encode_update(update)
+            self._sent[self._seq] = _Sent(update)
+            out.append((int(sorted_parts[lo]), self._seq, value))
+            self._seq += 1
+            self.records_sent += 1
+            self.bytes_sent += len(value)
         return out
 
     # --- what the others learned ----------------------------------------------------------
@@ -332,11 +355,9 @@ class ItemExchange:
         vectors = u.vectors if keep is None else u.vectors[keep]
         biases = u.biases if keep is None else u.biases[keep]
         counts = u.counts if keep is None else u.counts[keep]
-        unknown = [i for i in ids if not self.model.has_item(i)]
-        if unknown:  # changes of an item whose start was never seen here (its proposal is older than the log)
-            self.model.add_items(unknown)
         if ids:
-            self.model.add_item_deltas(ids, vectors, biases)
+            # (An item whose start was never seen here, its proposal being older than the log, starts from its id.)
+            self.model.add_item_deltas(ids, vectors, biases, create_missing=True)
             self.popularity.add_counts(ids, counts, u.count_base_ms, u.clock_ms)
             if self.collect_changed:
                 self.changed_items.update(ids)
@@ -356,33 +377,52 @@ class ItemExchange:
 
     def _merge_proposals(self, u: ItemUpdate, keep: np.ndarray | None) -> None:
         kept = None if keep is None else set(keep.tolist())
+        created: list[int] = []  # slots of items new here
+        corrected: list[tuple[int, str, tuple[np.ndarray, float]]] = []  # ours lost: start where the winner started
+        has_item = self.model.has_item
         for slot, pos in enumerate(u.proposals):
             if kept is not None and pos not in kept:
                 continue
             item_id = u.ids[pos]
-            base_vector, base_bias = u.base_vectors[slot], float(u.base_biases[slot])
             own = self._provisional.pop(item_id, None)
-            if own is not None:  # ours lost: start where the winner started
+            if own is not None:
                 self._to_propose.pop(item_id, None)
-                self.model.add_item_deltas([item_id], (base_vector - own[0])[None, :],
-                                           np.array([base_bias - own[1]]))
-            elif not self.model.has_item(item_id):
-                self.model.set_item_vectors([item_id], base_vector[None, :], np.array([base_bias]))
+                corrected.append((slot, item_id, own))
+            elif not has_item(item_id):
+                created.append(slot)
+        if created:
+            self.model.set_item_vectors([u.ids[u.proposals[slot]] for slot in created], u.base_vectors[created],
+                                        u.base_biases[created])
+        if corrected:
+            slots = [slot for slot, _, _ in corrected]
+            self.model.add_item_deltas(
+                [item_id for _, item_id, _ in corrected],
+                u.base_vectors[slots] - np.stack([own[0] for _, _, own in corrected]),
+                u.base_biases[slots] - np.array([own[1] for _, _, own in corrected], np.float32),
+            )
 
     def _merge_meta(self, u: ItemUpdate, keep: np.ndarray | None) -> None:
+        if not u.meta:
+            return
         kept = None if keep is None else set(keep.tolist())
-        for pos, (creator_id, tags) in u.meta.items():
-            if kept is not None and pos not in kept:
-                continue
-            self._set_meta(u.ids[pos], creator_id, tags)
+        self._set_meta([(u.ids[pos], creator_id, tags) for pos, (creator_id, tags) in u.meta.items()
+                        if kept is None or pos in kept])
 
-    def _set_meta(self, item_id: str, creator_id: str | None, tags: tuple[str, ...]) -> None:
-        self.item_meta[item_id] = (creator_id, tags)
-        if tags:
-            if not self.model.has_item(item_id) or not self.model.item_tags(item_id):
-                self.model.set_item_tags([item_id], [tags])
-            if not self.popularity.has_item(item_id) or not self.popularity.item_tags(item_id):
-                self.popularity.set_item_tags([item_id], [tags])
+    def _set_meta(self, metas: Sequence[tuple[str, str | None, tuple[str, ...]]]) -> None:
+        """Record creators and tags; an item without tags yet (in the model, in popularity) takes them."""
+        untagged_model: dict[str, tuple[str, ...]] = {}
+        untagged_pop: dict[str, tuple[str, ...]] = {}
+        for item_id, creator_id, tags in metas:
+            self.item_meta[item_id] = (creator_id, tags)
+            if tags:
+                if not self.model.item_tags(item_id):
+                    untagged_model[item_id] = tags
+                if not self.popularity.item_tags(item_id):
+                    untagged_pop[item_id] = tags
+        if untagged_model:
+            self.model.set_item_tags(list(untagged_model), list(untagged_model.values()))
+        if untagged_pop:
+            self.popularity.set_item_tags(list(untagged_pop), list(untagged_pop.values()))
 
     def take_changed_tags(self) -> set[str]:
         """The tags of the items other workers changed since the last call (with ``collect_changed``)."""
@@ -485,8 +525,8 @@ class ItemExchange:
             for clock, rows in sorted(by_clock.items()):
                 self.popularity.set_item_weights([ids[j] for j in rows],
                                                  np.array([states[j][1].popularity for j in rows]), clock)
+            self._set_meta([(item_id, s.creator_id, s.tags) for item_id, s in states])
             for item_id, s in states:
-                self._set_meta(item_id, s.creator_id, s.tags)
                 self._restored_offsets[item_id] = s.offset
         return {p: fences.get(p, -1) + 1 for p in range(self.partitions)}
 
