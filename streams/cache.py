@@ -14,6 +14,15 @@ All writes of one batch go out in one round trip: :meth:`RecsWriter.write_lists`
 back to back) and reads the ``+OK`` replies in one read, a few microseconds per list
 less than a redis-py pipeline. The only command it needs is ``SET`` (ACL: ``+set`` or
 ``+@write`` on ``~<p>:*``); the heartbeat also uses ``SET``.
+
+Redis Cluster (``STREAMREC_REDIS_CLUSTER``): :func:`async_redis` / :func:`sync_redis` return
+redis-py's cluster clients, and the writer keeps its packed commands but groups them by the
+node that owns each key's slot (the client's slot map), one connection and one read of the
+replies per node, the nodes in parallel. A key whose slot moved (a ``MOVED`` or ``ASK``
+reply: resharding, failover) is not lost: after a ``MOVED`` the slot map is read again, and
+every redirected key is written once more through the cluster client, which follows
+redirects. Anything else (a node down, ``CLUSTERDOWN``) raises ``redis.RedisError``, and the
+worker writes those lists later as it does when a single Redis is down.
 """
 
 from __future__ import annotations
@@ -26,13 +35,20 @@ import numpy as np
 import orjson
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AskError, MovedError, RedisClusterException
 from redis.retry import Retry
 
 from streams.settings import Settings
 
-__all__ = ["redis_options", "async_redis", "sync_redis", "RecsWriter", "encode_list", "encode_lists"]
+__all__ = ["redis_options", "async_redis", "sync_redis", "RecsWriter", "encode_list", "encode_lists", "REDIS_ERRORS"]
+
+#: What a Redis call can raise when Redis is down or refuses: redis-py's cluster clients raise
+#: ``RedisClusterException`` (not a ``RedisError``) when they cannot reach any node.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RedisClusterException)
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +72,20 @@ def redis_options(settings: Settings) -> dict[str, Any]:
 
 # redis-py retries a refused connection for seconds by default; the worker has its own
 # backoff and readers answer "unavailable" at once, so one quick retry is enough.
-def async_redis(settings: Settings) -> aioredis.Redis:
+def async_redis(settings: Settings) -> aioredis.Redis | aiocluster.RedisCluster:
+    """An asyncio client; with ``redis_cluster``, a cluster client (it connects on first use)."""
     retry = AsyncRetry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
+    if settings.redis_cluster:
+        return aiocluster.RedisCluster.from_url(settings.redis_url, retry=retry, **redis_options(settings))
     return aioredis.Redis.from_url(settings.redis_url, retry=retry, **redis_options(settings))
 
 
-def sync_redis(settings: Settings) -> redis.Redis:
+def sync_redis(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
+    """A blocking client; with ``redis_cluster``, a cluster client, which reads the slot map as it is built
+    (so this raises ``RedisClusterException`` if no node answers)."""
     retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
+    if settings.redis_cluster:
+        return redis.cluster.RedisCluster.from_url(settings.redis_url, retry=retry, **redis_options(settings))
     return redis.Redis.from_url(settings.redis_url, retry=retry, **redis_options(settings))
 
 
@@ -172,11 +195,17 @@ _CHUNK = 1000  # SET commands per socket write (~1 MB of 1 KB lists)
 
 
 class RecsWriter:
-    """Writes users' lists and the popular lists to Redis, all in one round trip per call."""
+    """Writes users' lists and the popular lists to Redis, all in one round trip per call (per node of a cluster).
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    ``client`` is :func:`async_redis`'s: a single Redis, or a cluster client (anything with a
+    ``nodes_manager``), whose commands are then sent to the node owning each key's slot.
+    """
+
+    def __init__(self, client: aioredis.Redis | aiocluster.RedisCluster, settings: Settings) -> None:
         self.client = client
         self.settings = settings
+        self.cluster = hasattr(client, "nodes_manager")
+        self._slots_stale = False  # a cluster write failed: read the slot map again before the next one
 
     async def write(
         self,
@@ -224,32 +253,45 @@ class RecsWriter:
         command_tail = b"\r\n$2\r\nEX\r\n$%d\r\n%b\r\n" % (len(ttl), ttl)
         base = settings.rec_key("").encode()
         shared: list[bytes] = []
+        shared_keys: list[str] = []
         if popular:
+            shared_keys.append(settings.popular_key)
             shared.append(_set_command(settings.popular_key, encode_list(
                 popular, source="popular", updated_ms=updated_ms, model_version=model_version), command_tail))
         for tag, recs in (popular_by_tag or {}).items():
             if recs:
-                shared.append(_set_command(settings.tag_popular_key(tag), encode_list(
+                shared_keys.append(settings.tag_popular_key(tag))
+                shared.append(_set_command(shared_keys[-1], encode_list(
                     recs, source="popular_tag", updated_ms=updated_ms, model_version=model_version), command_tail))
+
+        def user_commands(start: int) -> list[bytes]:  # the SETs of users[start:start + _CHUNK]
+            stop = start + _CHUNK
+            user_json, items_json, scores_json, tail = _json_pieces(
+                users[start:stop], items[start:stop], scores[start:stop], "personal", updated_ms, model_version)
+            fixed = len(b'{"user_id":,"items":,"scores":[') + len(tail)
+            return [
+                b'*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n{"user_id":%b,"items":%b,"scores":[%b%b%b' % (
+                    len(key), key, fixed + len(u) + len(i) + len(sc), u, i, sc, tail, command_tail)
+                for key, u, i, sc in zip([base + user.encode() for user in users[start:stop]],
+                                         user_json, items_json, scores_json)
+            ]
 
         def chunks() -> Iterator[bytes]:  # encoded lazily: Redis works on one chunk while the next is encoded
             for start in range(0, len(users), _CHUNK):
-                stop = start + _CHUNK
-                user_json, items_json, scores_json, tail = _json_pieces(
-                    users[start:stop], items[start:stop], scores[start:stop], "personal", updated_ms, model_version)
-                fixed = len(b'{"user_id":,"items":,"scores":[') + len(tail)
-                yield b"".join([
-                    b'*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n{"user_id":%b,"items":%b,"scores":[%b%b%b' % (
-                        len(key), key, fixed + len(u) + len(i) + len(sc), u, i, sc, tail, command_tail)
-                    for key, u, i, sc in zip([base + user.encode() for user in users[start:stop]],
-                                             user_json, items_json, scores_json)
-                ])
+                yield b"".join(user_commands(start))
             if shared:
                 yield b"".join(shared)
 
         n_commands = len(users) + len(shared)
-        if n_commands:
+        if not n_commands:
+            return
+        if not self.cluster:
             await self._send_sets(chunks(), n_commands)
+            return
+        commands = [command for start in range(0, len(users), _CHUNK) for command in user_commands(start)]
+        keys = [base + user.encode() for user in users]
+        keys += [key.encode() for key in shared_keys]
+        await self._write_cluster(keys, commands + shared)
 
     async def _send_sets(self, chunks: Iterable[bytes], n_commands: int) -> None:
         """Send packed SET commands on one pooled connection and check that every reply is ``+OK``."""
@@ -265,14 +307,122 @@ class RecsWriter:
         finally:
             await pool.release(conn)
         if errors:
-            raise errors[0]
+            raise errors[0][1]
+
+    # --- Redis Cluster -------------------------------------------------------------------
+    async def _write_cluster(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> None:
+        """Send ``commands[j]`` (a packed SET of ``keys[j]``) to the node owning the key's slot, all nodes at
+        once, and check every reply; keys redirected by ``MOVED`` / ``ASK`` are written again through the cluster
+        client. Raises ``redis.RedisError`` (``ConnectionError`` if no node answers) if a list may be unwritten."""
+        client = self.client
+        try:
+            if self._slots_stale:
+                await client.nodes_manager.initialize()
+                self._slots_stale = False
+            await client.initialize()  # reads the slot map on first use; a no-op after
+            groups = self._group_by_node(keys)
+            outcomes = await asyncio.gather(
+                *(_send_to_node(node, [commands[j] for j in indices]) for node, indices in groups),
+                return_exceptions=True,
+            )  # fmt: skip
+            failures: list[BaseException] = []
+            redirected: list[int] = []
+            moved = False
+            for (_, indices), outcome in zip(groups, outcomes):
+                if isinstance(outcome, BaseException):
+                    failures.append(outcome)
+                    continue
+                for k, error in outcome:
+                    if isinstance(error, AskError):  # MovedError is an AskError
+                        redirected.append(indices[k])
+                        moved |= isinstance(error, MovedError)
+                    else:
+                        failures.append(error)
+            if failures:
+                raise next((f for f in failures if not isinstance(f, Exception)), failures[0])
+            if redirected:
+                await self._write_redirected(redirected, commands, refresh=moved)
+        except RedisClusterException as exc:  # no node reachable, a slot not covered: Redis is unavailable
+            self._slots_stale = True
+            raise redis.ConnectionError(f"Redis Cluster unavailable: {exc}") from exc
+        except BaseException:
+            self._slots_stale = True
+            raise
+
+    def _group_by_node(self, keys: Sequence[bytes]) -> list[tuple[Any, list[int]]]:
+        """``(node, indices of its keys)`` for every primary that owns the slot of some key, per the slot map."""
+        client = self.client
+        node_of_slot = client.nodes_manager.get_node_from_slot
+        slot_nodes: dict[int, Any] = {}
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for j, key in enumerate(keys):
+            slot = client.keyslot(key)
+            node = slot_nodes.get(slot)
+            if node is None:
+                node = slot_nodes[slot] = node_of_slot(slot)
+            group = groups.get(node.name)
+            if group is None:
+                group = groups[node.name] = (node, [])
+            group[1].append(j)
+        return list(groups.values())
+
+    async def _write_redirected(self, indices: Sequence[int], commands: Sequence[bytes], *, refresh: bool) -> None:
+        """Write the commands a node redirected: after a ``MOVED``, read the slot map again (so the next writes go
+        to the new owners), then send them with the cluster client's pipeline, which follows ``MOVED`` / ``ASK``."""
+        logger.info("Redis Cluster redirected %d of %d writes (slot migration or failover); writing them again",
+                    len(indices), len(commands))
+        if refresh:
+            await self.client.nodes_manager.initialize()
+        pipe = self.client.pipeline()
+        for j in indices:
+            name, *args = _command_args(commands[j])
+            pipe.execute_command(name.decode(), *args)
+        await pipe.execute(raise_on_error=True)
 
     async def heartbeat(self, worker_id: str, status: Mapping[str, Any], ttl_s: int = 30) -> None:
-        await self.client.set(self.settings.worker_key(worker_id), orjson.dumps(dict(status)), ex=ttl_s)
+        try:
+            await self.client.set(self.settings.worker_key(worker_id), orjson.dumps(dict(status)), ex=ttl_s)
+        except RedisClusterException as exc:  # a cluster client that reaches no node
+            raise redis.ConnectionError(f"Redis Cluster unavailable: {exc}") from exc
 
 
-async def _read_set_replies(conn: Any, n: int) -> list[Exception]:
-    """Read ``n`` replies to SET; the error replies among them (as redis-py's exceptions).
+async def _send_to_node(node: Any, commands: Sequence[bytes]) -> list[tuple[int, Exception]]:
+    """Send packed commands on one connection of a cluster node's pool (in chunks of ``_CHUNK``); the error
+    replies among them, by position (see :func:`_read_set_replies`)."""
+    conn = node.acquire_connection()
+    try:
+        reconnect = getattr(node, "disconnect_if_needed", None)  # redis-py >= 6: recycles it after a topology change
+        if reconnect is not None:
+            await reconnect(conn)
+        for start in range(0, len(commands), _CHUNK):
+            await conn.send_packed_command(b"".join(commands[start:start + _CHUNK]), check_health=False)
+        return await _read_set_replies(conn, len(commands))
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread: never reuse this connection
+        raise
+    finally:
+        node.release(conn)
+
+
+def _command_args(command: bytes) -> list[bytes]:
+    """The arguments of one packed command (RESP array of bulk strings), to send it again through redis-py.
+
+    >>> _command_args(_set_command("k", b"v\\r\\n", b"\\r\\n$2\\r\\nEX\\r\\n$2\\r\\n60\\r\\n"))
+    [b'SET', b'k', b'v\\r\\n', b'EX', b'60']
+    """
+    end = command.index(b"\r\n")
+    count, pos, args = int(command[1:end]), end + 2, []
+    for _ in range(count):
+        end = command.index(b"\r\n", pos)
+        start = end + 2
+        pos = start + int(command[pos + 1:end])
+        args.append(command[start:pos])
+        pos += 2
+    return args
+
+
+async def _read_set_replies(conn: Any, n: int) -> list[tuple[int, Exception]]:
+    """Read ``n`` replies to SET; the error replies among them (as redis-py's exceptions), with their positions.
 
     With redis-py's pure-Python parser (which never reads ahead of the reply it parses)
     all ``n`` replies are read from the stream in one read and compared with ``+OK`` n
@@ -301,6 +451,7 @@ async def _read_set_replies(conn: Any, n: int) -> list[Exception]:
             raise redis.TimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
         except asyncio.IncompleteReadError:
             raise redis.ConnectionError("Connection closed by server.") from None
-        return [parser.parse_error(line[1:].decode("utf-8", errors="replace")) for line in lines if line != b"+OK"]
+        return [(j, parser.parse_error(line[1:].decode("utf-8", errors="replace")))
+                for j, line in enumerate(lines) if line != b"+OK"]
     replies = [await conn.read_response() for _ in range(n)]
-    return [reply for reply in replies if isinstance(reply, Exception)]
+    return [(j, reply) for j, reply in enumerate(replies) if isinstance(reply, Exception)]

@@ -10,7 +10,8 @@ Producing (events are validated before they are sent; an invalid one raises
         producer.send({...})
 
 Reading (one Redis round trip; unknown users get the list trending in the communities
-they chose, else the popular list)::
+they chose, else the popular list; on a Redis Cluster, one MGET per node owning some of
+the keys, sent in one pipeline)::
 
     reader = RecsReader(Settings.from_env())
     recs = reader.get("u1", n=10, tags=["dance"])
@@ -27,9 +28,10 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import orjson
 import redis
+import redis.cluster
 from aiokafka import AIOKafkaProducer
 
-from streams.cache import async_redis, sync_redis
+from streams.cache import REDIS_ERRORS, async_redis, sync_redis
 from streams.events import BATCH_HEADER, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, encode_event, join_batch, kafka_partition
 from streams.kafka import aiokafka_options, ensure_topics
 from streams.settings import Settings
@@ -270,26 +272,37 @@ class _ReaderBase:
 class RecsReader(_ReaderBase):
     """Reads cached lists in one round trip (MGET of the user's key and the popular key).
 
+    With ``redis_cluster`` the keys hash to different slots, so it uses the cluster client's
+    ``mget_nonatomic`` (one MGET per slot, pipelined per node); the cluster client is built on the
+    first read (building it reads the slot map, so a cluster that is down gives "unavailable", too).
+
     >>> reader = RecsReader(Settings(redis_url="redis://127.0.0.1:1/0"))  # nothing listens on port 1
     >>> recs = reader.get("u1")
     >>> recs.source, recs.items
     ('unavailable', [])
     """
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis | redis.cluster.RedisCluster | None = None) -> None:
         super().__init__(settings)
-        self.client = client if client is not None else sync_redis(settings)
+        self.cluster = settings.redis_cluster
+        self.client = client if client is not None or self.cluster else sync_redis(settings)
 
     def get(self, user_id: str, n: int | None = None, tags: Sequence[str] = ()) -> Recommendations:
         """The user's list; else (unknown user) trending in the first of ``tags`` that has one; else popular."""
         try:
-            values = self.client.mget(self._keys(user_id, tags))
-        except (redis.RedisError, OSError) as exc:
+            if not self.cluster:
+                values = self.client.mget(self._keys(user_id, tags))
+            else:
+                if self.client is None:
+                    self.client = sync_redis(self.settings)
+                values = self.client.mget_nonatomic(self._keys(user_id, tags))
+        except REDIS_ERRORS as exc:
             return self._unavailable(user_id, exc, n)
         return self._parse(user_id, values, n)
 
     def close(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
 
 class AsyncRecsReader(_ReaderBase):
@@ -297,13 +310,17 @@ class AsyncRecsReader(_ReaderBase):
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         super().__init__(settings)
+        self.cluster = settings.redis_cluster
         self.client = client if client is not None else async_redis(settings)
 
     async def get(self, user_id: str, n: int | None = None, tags: Sequence[str] = ()) -> Recommendations:
         """The user's list; else (unknown user) trending in the first of ``tags`` that has one; else popular."""
         try:
-            values = await self.client.mget(self._keys(user_id, tags))
-        except (redis.RedisError, OSError) as exc:
+            if not self.cluster:
+                values = await self.client.mget(self._keys(user_id, tags))
+            else:
+                values = await self.client.mget_nonatomic(self._keys(user_id, tags))
+        except REDIS_ERRORS as exc:
             return self._unavailable(user_id, exc, n)
         return self._parse(user_id, values, n)
 

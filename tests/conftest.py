@@ -2,8 +2,9 @@
 
 The broker is the embedded Tansu (started here) unless ``STREAMREC_TEST_BROKER`` names a
 running Kafka (``kafka://127.0.0.1:19092``: CI's Apache Kafka). Redis is always a real
-``redis-server`` started here. Every test gets its own topic prefix, Redis prefix,
-consumer group and worker id.
+``redis-server`` started here; tests of Redis Cluster also get a real 3-node cluster
+(``redis_cluster``: ``make_settings(redis_url=redis_cluster.url, redis_cluster=True)``).
+Every test gets its own topic prefix, Redis prefix, consumer group and worker id.
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             yield Services(external, dev.redis_url, "kafka", dev)
         else:
             yield Services(dev.broker_url, dev.redis_url, "tansu", dev)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Redis Cluster of 3 primaries on free loopback ports (``streams.dev.start_redis_cluster``),
+    for the whole session; point settings at it with ``make_settings(redis_url=redis_cluster.url,
+    redis_cluster=True)``. ``redis_cluster.ports`` are its nodes' ports."""
+    from streams.dev import start_redis_cluster
+
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ def test_frozen_and_secrets_hidden():
 @pytest.mark.parametrize("env", [
     {"STREAMREC_TOP_N": "zero"}, {"STREAMREC_TOP_N": "0"}, {"STREAMREC_SECURITY_PROTOCOL": "TLS"},
     {"STREAMREC_REDIS_URL": "http://x"}, {"STREAMREC_WEB_ENABLED": "maybe"}, {"STREAMREC_BROKER_URL": ""},
+    {"STREAMREC_REDIS_CLUSTER": "true", "STREAMREC_REDIS_URL": "unix:///tmp/redis.sock"},
 ])
 def test_bad_values_are_clear_errors(env):
     with pytest.raises(SettingsError) as info:
