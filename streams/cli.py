@@ -155,7 +155,7 @@ def _produce(args: argparse.Namespace) -> int:
                 from streams.synthetic import SyntheticWorld, WorldConfig
 
                 world = SyntheticWorld(WorldConfig(users=args.users, items=args.items, seed=args.seed))
-                await _paced(producer, world.events(args.synthetic), args.rate)
+                await _paced(producer, _synthetic_events(world, args.synthetic, args.rate), args.rate)
             await producer.flush()
         elapsed = time.perf_counter() - started
         print(f"produced {producer.sent} events to {settings.events_topic} in {elapsed:.2f} s "
@@ -167,6 +167,24 @@ def _produce(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"streamrec produce: {exc}", file=sys.stderr)
         return 1
+
+
+# Event-time rate of `produce --synthetic` without --rate: the events are stamped this far apart,
+# the last one now (sent as fast as possible, they must not stamp into the future).
+SYNTHETIC_STAMP_RATE = 1_000.0
+
+
+def _synthetic_events(world: Any, n: int, rate: float | None) -> Iterator[dict[str, Any]]:
+    """``n`` synthetic events stamped so that none is ahead of the clock when it is sent.
+
+    A worker dead-letters events more than ``STREAMREC_MAX_CLOCK_SKEW_S`` (300 s) ahead of its
+    clock (``future_ts``). With ``--rate`` the events are stamped at that rate from now on, as
+    they are sent; without it (as fast as possible) at ``SYNTHETIC_STAMP_RATE`` up to now.
+    """
+    if rate:
+        return world.events(n, rate_per_s=rate)
+    now_ms = int(time.time() * 1000)
+    return world.events(n, start_ms=now_ms - int(n * 1000 / SYNTHETIC_STAMP_RATE), rate_per_s=SYNTHETIC_STAMP_RATE)
 
 
 async def _paced(producer: Any, events: Iterator[dict[str, Any]], rate: float | None) -> None:
