@@ -1,6 +1,7 @@
 """The ``streamrec`` command line.
 
     streamrec worker                      run a worker (all settings from STREAMREC_* variables)
+    streamrec worker --processes N        N worker processes under one supervisor (0 or auto: one per core)
     streamrec produce --file events.jsonl produce events from JSON lines ('-' = stdin)
     streamrec produce --synthetic 10000   produce synthetic short-video traffic
     streamrec recs USER_ID [-n 10]        print a user's cached recommendations
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a Faust worker")
     worker.add_argument("-l", "--loglevel", default=None, help="log level (default STREAMREC_LOG_LEVEL)")
+    worker.add_argument("--processes", type=_processes, default=1, metavar="N",
+                        help="worker processes on this machine under one supervisor that restarts them and stops "
+                             "them all on Ctrl-C / SIGTERM (default 1: the worker runs in this process); "
+                             "0 or auto: one per CPU core")
+    worker.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="with --processes: how long a stop waits for the workers' last checkpoint before "
+                             "killing them (default 30)")
 
     produce = sub.add_parser("produce", help="produce events to <prefix>.events")
     source = produce.add_mutually_exclusive_group(required=True)
@@ -87,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _processes(value: str) -> int:
+    from streams.supervisor import parse_processes
+
+    try:
+        return parse_processes(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -100,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    if args.processes != 1:
+        return _supervise(args)
     from streams.app import app, settings
     from streams.kafka import ensure_topics
 
@@ -115,8 +134,29 @@ def _worker(args: argparse.Namespace) -> int:
                      "--web-port", str(settings.web_port)]
     else:
         sys.argv.append("--without-web")
+    # Whole lines per write: the workers of `--processes N` share one stdout and stderr.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True, write_through=False)
     app.main()
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``streamrec worker --processes N``: N worker processes under one supervisor (streams.supervisor)."""
+    from streams.supervisor import Supervisor, worker_command
+
+    settings = Settings.from_env()  # a bad setting stops here (exit 2), before any worker starts
+    logging.getLogger("streams.supervisor").setLevel(logging.INFO)
+    if args.processes > settings.partitions:
+        logging.getLogger("streams.supervisor").warning(
+            "%d worker processes for %d partitions (STREAMREC_PARTITIONS): %d will stay idle",
+            args.processes, settings.partitions, args.processes - settings.partitions)
+    supervisor = Supervisor(
+        args.processes, settings.effective_worker_id, worker_command(args.loglevel),
+        web_port=settings.web_port if settings.web_enabled else None, stop_timeout_s=args.stop_timeout,
+    )  # fmt: skip
+    return supervisor.run()
 
 
 def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
@@ -155,7 +195,7 @@ def _produce(args: argparse.Namespace) -> int:
                 from streams.synthetic import SyntheticWorld, WorldConfig
 
                 world = SyntheticWorld(WorldConfig(users=args.users, items=args.items, seed=args.seed))
-                await _paced(producer, world.events(args.synthetic), args.rate)
+                await _paced(producer, _synthetic_events(world, args.synthetic, args.rate), args.rate)
             await producer.flush()
         elapsed = time.perf_counter() - started
         print(f"produced {producer.sent} events to {settings.events_topic} in {elapsed:.2f} s "
@@ -167,6 +207,24 @@ def _produce(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"streamrec produce: {exc}", file=sys.stderr)
         return 1
+
+
+# Event-time rate of `produce --synthetic` without --rate: the events are stamped this far apart,
+# the last one now (sent as fast as possible, they must not stamp into the future).
+SYNTHETIC_STAMP_RATE = 1_000.0
+
+
+def _synthetic_events(world: Any, n: int, rate: float | None) -> Iterator[dict[str, Any]]:
+    """``n`` synthetic events stamped so that none is ahead of the clock when it is sent.
+
+    A worker dead-letters events more than ``STREAMREC_MAX_CLOCK_SKEW_S`` (300 s) ahead of its
+    clock (``future_ts``). With ``--rate`` the events are stamped at that rate from now on, as
+    they are sent; without it (as fast as possible) at ``SYNTHETIC_STAMP_RATE`` up to now.
+    """
+    if rate:
+        return world.events(n, rate_per_s=rate)
+    now_ms = int(time.time() * 1000)
+    return world.events(n, start_ms=now_ms - int(n * 1000 / SYNTHETIC_STAMP_RATE), rate_per_s=SYNTHETIC_STAMP_RATE)
 
 
 async def _paced(producer: Any, events: Iterator[dict[str, Any]], rate: float | None) -> None:

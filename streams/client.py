@@ -67,10 +67,10 @@ class EventProducer:
         self.batch_events = batch_events
         self.linger_s = linger_ms / 1000.0
         self._create_topics = create_topics
-        self._producer = AIOKafkaProducer(
-            **aiokafka_options(settings), acks="all", linger_ms=linger_ms, enable_idempotence=False,
-            max_request_size=2 * MAX_BATCH_BYTES,
-        )  # fmt: skip
+        self._linger_ms = linger_ms
+        # aiokafka's producer must be created inside a running event loop: start() makes it,
+        # so that constructing this object (or a SyncEventProducer) needs no loop and no broker.
+        self._kafka: AIOKafkaProducer | None = None
         self._partitions = settings.partitions
         self._buffers: dict[int, list[bytes]] = {}
         self._buffered_bytes: dict[int, int] = {}
@@ -79,14 +79,27 @@ class EventProducer:
         self._deliveries: list[asyncio.Future[Any]] = []  # of the messages sent since the last flush
         self.sent = 0
 
+    @property
+    def _producer(self) -> AIOKafkaProducer:
+        if self._kafka is None:
+            raise RuntimeError("EventProducer not started: use `async with EventProducer(...)` or await start()")
+        return self._kafka
+
     async def start(self) -> None:
+        if self._kafka is not None:
+            raise RuntimeError("EventProducer already started")
+        kafka = AIOKafkaProducer(
+            **aiokafka_options(self.settings), acks="all", linger_ms=self._linger_ms, enable_idempotence=False,
+            max_request_size=2 * MAX_BATCH_BYTES,
+        )  # fmt: skip
         try:
             if self._create_topics:
                 await ensure_topics(self.settings)
-            await self._producer.start()
+            await kafka.start()
         except BaseException:
-            await self._producer.stop()  # release its connections: a broker may just be away
+            await kafka.stop()  # release its connections: a broker may just be away
             raise
+        self._kafka = kafka
         partitions = await self._producer.partitions_for(self.topic)
         if partitions:
             self._partitions = len(partitions)
@@ -95,6 +108,8 @@ class EventProducer:
 
     async def stop(self) -> None:
         """Send what is buffered, wait for delivery (raising if some failed), disconnect."""
+        if self._kafka is None:
+            return  # never started: nothing buffered, nothing to disconnect
         if self._lingerer is not None:
             async with self._send_lock:  # not in the middle of sending a buffer it took
                 self._lingerer.cancel()
@@ -103,7 +118,8 @@ class EventProducer:
         try:
             await self.flush()
         finally:
-            await self._producer.stop()
+            kafka, self._kafka = self._kafka, None
+            await kafka.stop()
 
     async def __aenter__(self) -> "EventProducer":
         await self.start()

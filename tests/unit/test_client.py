@@ -1,4 +1,5 @@
-"""EventProducer against a stand-in for aiokafka's producer: delivery errors surface, nothing buffered is lost."""
+"""EventProducer against a stand-in for aiokafka's producer: delivery errors surface, nothing buffered is lost;
+SyncEventProducer works from a plain script (no event loop)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from streams.client import EventProducer
+from streams.client import EventProducer, SyncEventProducer
 from streams.settings import Settings
 
 
@@ -101,3 +102,40 @@ def test_stop_waits_for_a_buffer_the_linger_task_is_sending(fake):
 
     asyncio.run(scenario())
     assert delivered_events(fake) == sorted(e["event_id"] for e in events(30))
+
+
+def test_sync_producer_is_constructed_outside_any_event_loop_without_connecting(monkeypatch):
+    """aiokafka's producer needs a running loop: it is made in start(), never in __init__ (README's first example)."""
+    created: list[dict[str, Any]] = []
+    monkeypatch.setattr("streams.client.AIOKafkaProducer", lambda **options: created.append(options))
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()  # a plain script: no loop is running here
+    sync = SyncEventProducer(Settings(broker_url="kafka://127.0.0.1:1"))  # nothing listens on port 1
+    assert created == []  # no Kafka client yet, so no connection
+    sync.close()  # closing a producer that never started is a no-op
+    assert created == []
+
+
+def test_sync_producer_sends_from_a_plain_script(fake):
+    """Enter, send, flush and exit from synchronous code, delivery checked as with the async producer."""
+    with SyncEventProducer(Settings(topic_prefix="t", partitions=4), create_topics=False) as sync:
+        for event in events(5):
+            sync.send(event)
+        sync.flush()
+        assert delivered_events(fake) == sorted(e["event_id"] for e in events(5))
+        assert sync.send_many(events(3)) == 3
+    fake.fail = True
+    with pytest.raises(KafkaTimeoutError):
+        with SyncEventProducer(Settings(topic_prefix="t", partitions=4), create_topics=False) as sync:
+            sync.send(events(1)[0])  # delivered (or not) when the block ends: the failure surfaces there
+
+
+def test_a_producer_used_before_start_says_so():
+    p = EventProducer(Settings(topic_prefix="t"), create_topics=False)
+
+    async def scenario():
+        with pytest.raises(RuntimeError, match="not started"):
+            await p.send_raw(b"k", b"v")
+        await p.stop()  # nothing to stop
+
+    asyncio.run(scenario())

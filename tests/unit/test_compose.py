@@ -290,7 +290,7 @@ def test_published_ports_are_loopback_only(compose: dict[str, Any]) -> None:
 def test_worker_waits_for_healthy_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     worker = services["worker"]
-    assert worker["command"] == ["worker"]
+    assert worker["command"][0] == "worker"
     depends = worker["depends_on"]
     assert isinstance(depends, dict)
     for name in ("kafka", "redis"):
@@ -310,6 +310,24 @@ def test_worker_can_scale_and_restarts(compose: dict[str, Any]) -> None:
     assert str(worker["restart"]).startswith("on-failure")
     assert "ports" not in worker, "scaled workers cannot share a published port"
     assert "--scale worker=" in COMPOSE_FILE.read_text(encoding="utf-8")
+    # Each scaled worker needs its own id: the default <hostname>-<pid> (pid 1 in every container)
+    # differs only through the container hostname, so neither may be fixed.
+    assert "hostname" not in worker, "a fixed hostname gives every scaled worker the same id"
+    assert "STREAMREC_WORKER_ID" not in _env(worker), "a fixed worker id would be shared by the scaled workers"
+    replicas = (worker.get("deploy") or {}).get("replicas", 1)
+    assert int(replicas) == 1, "the scale comes from --scale worker=N"
+
+
+def test_worker_processes_per_container(compose: dict[str, Any], raw: dict[str, Any]) -> None:
+    """WORKER_PROCESSES (default 1) becomes `streamrec worker --processes N`, stopped before compose kills it."""
+    worker = compose["services"]["worker"]
+    args = build_parser().parse_args(worker["command"])
+    assert args.command == "worker" and args.processes == 1  # by default the worker runs in PID 1, as before
+    assert "${WORKER_PROCESSES:-1}" in raw["services"]["worker"]["command"]
+    scaled = _interpolate(raw, {**_sample_environ(COMPOSE_FILE.read_text(encoding="utf-8")), "WORKER_PROCESSES": "3"})
+    assert build_parser().parse_args(scaled["services"]["worker"]["command"]).processes == 3
+    grace = str(worker["stop_grace_period"])
+    assert grace.endswith("s") and args.stop_timeout < float(grace[:-1])
 
 
 def test_tools_are_opt_in_and_parse(compose: dict[str, Any]) -> None:
