@@ -1,6 +1,6 @@
 """Sharing the item table between workers, two designs measured offline: additive deltas (A) and item owners (B).
 
-    python bench/exchange_designs.py            # 3 worlds x 150k training events, 20k users x 5k items: ~6 min
+    python bench/exchange_designs.py            # 3 worlds x 150k training events, 20k users x 5k items: ~4-5 min
     python bench/exchange_designs.py --quick    # a small world, W = 2 only, one seed: seconds
     python bench/exchange_designs.py --json     # one JSON object with every row instead of the tables
     python bench/exchange_designs.py --json-out designs.json   # the tables, and the JSON in a file
@@ -76,7 +76,9 @@ worlds, so read them seed by seed.
   owner, let each learner fetch exactly what it reads.
 - ``staleness ms``: per message applied from another learner, its apply time minus the time
   of the oldest change it carries (B: the broadcasts, from the oldest change learned by any
-  learner that they carry), mean and max in virtual milliseconds.
+  learner that they carry), mean and max in virtual milliseconds. A's records are all
+  ``s + d - 1`` ticks old; B's first broadcast (at tick ``d``) carries only ``d`` ticks of
+  changes, which pulls its mean down: its steady state is the max, ``s + 2d - 1`` ticks.
 
 BLAS runs one thread (set before numpy is imported) and the process is pinned to one CPU
 unless ``--no-pin``. The simulation is deterministic: only the wall time depends on the machine.
