@@ -194,7 +194,7 @@ def test_partitions_match_the_broker_default(compose: dict[str, Any]) -> None:
     """Topics the broker auto-creates get the partition count the worker expects."""
     worker = Settings.from_env(_env(compose["services"]["worker"]))
     kafka_env = _env(compose["services"]["kafka"])
-    assert int(kafka_env["KAFKA_NUM_PARTITIONS"]) == worker.partitions == 4
+    assert int(kafka_env["KAFKA_NUM_PARTITIONS"]) == worker.partitions == Settings().partitions
 
 
 # --- kafka ---------------------------------------------------------------------------------
