@@ -165,6 +165,12 @@ class Stream:
         return len(self.users)
 
 
+
+def _no_numbers(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Empty numbered sections of an :class:`ItemUpdate`: design B's messages name items by id."""
+    return (np.zeros(0, np.int64), np.zeros((0, k), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+            np.zeros(0))
+
 def make_stream(cfg: Config) -> Stream:
     world = SyntheticWorld(WorldConfig(users=cfg.users, items=cfg.items, seed=cfg.seed))
     events = list(world.events(cfg.train_events + cfg.test_events, start_ms=0, rate_per_s=cfg.rate_per_s))
@@ -363,8 +369,10 @@ def run_owners(cfg: Config, s: Stream, workers: int, interval: int, latency: int
     def after_learning(w: int, now: float) -> None:
         """Split what learner ``w`` just learned: own items are final already, the rest waits to be sent."""
         lr, bk = run.learners[w], book[w]
-        ids, dv, db = lr.model.take_item_deltas()
-        pop_ids, counts, base = lr.popularity.take_deltas()
+        rows_taken, dv, db = lr.model.take_item_deltas()
+        ids = lr.model.item_ids_at(rows_taken)
+        pop_rows, counts, base = lr.popularity.take_deltas()
+        pop_ids = lr.popularity.item_ids_at(pop_rows)
         mine = [i for i in ids if owner(i) == w]
         if mine or any(owner(i) == w for i in pop_ids):
             bk.changed.update(mine)
@@ -414,14 +422,14 @@ def run_owners(cfg: Config, s: Stream, workers: int, interval: int, latency: int
         for p in np.unique(parts).tolist():
             sel = np.flatnonzero(parts == p)
             chunk = [ids[j] for j in sel.tolist()]
-            new = [(pos, i) for pos, i in enumerate(chunk) if i in bk.proposals]
+            new = [i for i in chunk if i in bk.proposals]
             k = lr.model.n_factors
             update = ItemUpdate(
-                f"w{w}", bk.seq, chunk, bk.dv[rows[sel]], bk.db[rows[sel]], bk.dc[rows[sel]], bk.dc_base or 0.0,
-                lr.popularity.clock_ms, [pos for pos, _ in new],
-                np.array([bk.proposals[i][0] for _, i in new], np.float32).reshape(len(new), k),
-                np.array([bk.proposals[i][1] for _, i in new], np.float32),
-                {pos: lr.item_meta.get(i, (None, ())) for pos, i in new}, int(first), int(now),
+                f"w{w}", bk.seq, *_no_numbers(k), bk.dc_base or 0.0, lr.popularity.clock_ms,
+                chunk, bk.dv[rows[sel]], bk.db[rows[sel]], bk.dc[rows[sel]], new,
+                np.array([bk.proposals[i][0] for i in new], np.float32).reshape(len(new), k),
+                np.array([bk.proposals[i][1] for i in new], np.float32),
+                {i: lr.item_meta.get(i, (None, ())) for i in new}, int(first), int(now),
             )  # fmt: skip
             bk.seq += 1
             send(boundary + latency, "deltas", w, (p % W,), update)
@@ -441,11 +449,12 @@ def run_owners(cfg: Config, s: Stream, workers: int, interval: int, latency: int
             chunk = [items[j] for j in np.flatnonzero(parts == p).tolist()]
             vectors, biases = lr.model.item_vectors(chunk)
             scores, clock = lr.popularity.item_weights(chunk)
-            meta = {pos: lr.item_meta.get(i, (None, lr.model.item_tags(i))) for pos, i in enumerate(chunk)
+            meta = {i: lr.item_meta.get(i, (None, lr.model.item_tags(i))) for i in chunk
                     if i not in bk.broadcast_once}
             bk.broadcast_once.update(chunk)
-            update = ItemUpdate(f"w{w}", bk.seq, chunk, vectors, biases, scores, float(clock), float(clock), [],
-                                np.zeros((0, lr.model.n_factors), np.float32), np.zeros(0, np.float32), meta,
+            k = lr.model.n_factors
+            update = ItemUpdate(f"w{w}", bk.seq, *_no_numbers(k), float(clock), float(clock), chunk, vectors, biases,
+                                scores, [], np.zeros((0, k), np.float32), np.zeros(0, np.float32), meta,
                                 int(first), int(now))
             bk.seq += 1
             send(boundary + latency, "state", w, others, update)
@@ -460,35 +469,33 @@ def run_owners(cfg: Config, s: Stream, workers: int, interval: int, latency: int
 
     def apply_deltas(w: int, u: ItemUpdate, now: float) -> None:
         lr, bk = run.learners[w], book[w]
-        for slot, pos in enumerate(u.proposals):  # the first start an owner meets wins
-            item = u.ids[pos]
+        for slot, item in enumerate(u.proposals):  # the first start an owner meets wins
             if not lr.model.has_item(item):
                 lr.model.set_item_vectors([item], u.base_vectors[slot][None, :], u.base_biases[slot:slot + 1])
-                creator, tags = u.meta.get(pos, (None, ()))
+                creator, tags = u.meta.get(item, (None, ()))
                 lr.item_meta.setdefault(item, (creator, tuple(tags)))
                 set_tags(lr, item, tuple(tags))
         unknown = [i for i in u.ids if not lr.model.has_item(i)]
         if unknown:  # cannot happen: an item's first deltas carry its proposal
             lr.model.add_items(unknown)
-        lr.model.add_item_deltas(u.ids, u.vectors, u.biases)
-        lr.popularity.add_counts(u.ids, u.counts, u.count_base_ms, u.clock_ms)
+        lr.model.add_item_deltas(lr.model.item_index(u.ids), u.id_vectors, u.id_biases)
+        lr.popularity.add_counts(lr.popularity.index_items(u.ids), u.id_counts, u.count_base_ms, u.clock_ms)
         bk.changed.update(u.ids)
         if bk.changed_since_ms is None or u.first_change_ms < bk.changed_since_ms:
             bk.changed_since_ms = u.first_change_ms
 
     def apply_state(w: int, u: ItemUpdate, now: float) -> None:
         lr, bk = run.learners[w], book[w]
-        lr.model.set_item_vectors(u.ids, u.vectors, u.biases)  # unknown items are created
-        lr.popularity.set_item_weights(u.ids, u.counts, int(u.clock_ms))
+        lr.model.set_item_vectors(u.ids, u.id_vectors, u.id_biases)  # unknown items are created
+        lr.popularity.set_item_weights(u.ids, u.id_counts, int(u.clock_ms))
         if keep_own:
             rows = np.fromiter((bk.index[i] for i in u.ids), np.int64, len(u.ids))
             mine = np.flatnonzero(bk.pending[rows])
             if len(mine):
                 ids = [u.ids[j] for j in mine.tolist()]
-                lr.model.add_item_deltas(ids, bk.dv[rows[mine]], bk.db[rows[mine]])
-                lr.popularity.add_counts(ids, bk.dc[rows[mine]], bk.dc_base or 0.0)
-        for pos, (creator, tags) in u.meta.items():
-            item = u.ids[pos]
+                lr.model.add_item_deltas(lr.model.item_index(ids), bk.dv[rows[mine]], bk.db[rows[mine]])
+                lr.popularity.add_counts(lr.popularity.index_items(ids), bk.dc[rows[mine]], bk.dc_base or 0.0)
+        for item, (creator, tags) in u.meta.items():
             lr.item_meta.setdefault(item, (creator, tuple(tags)))
             set_tags(lr, item, tuple(tags))
         if not flushing:

@@ -508,8 +508,25 @@ class BPRMF:
         self._index_items(items, tags=tags)
         return self._items._ids[lo:]
 
-    def take_item_deltas(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """What learning changed since the last call: item ids, factor deltas ``(n, k)``, bias deltas ``(n,)``.
+    def item_index(self, items: Sequence[str]) -> np.ndarray:
+        """The indices of ``items`` (``-1`` for unknown ones). Items are numbered 0, 1, 2, ... in the
+        order they were created; an item's index never changes.
+
+        >>> model = BPRMF(n_factors=2)
+        >>> model.add_items(["a", "b"])
+        ['a', 'b']
+        >>> model.item_index(["b", "zz"]).tolist(), model.item_ids_at(np.array([1, 0]))
+        ([1, -1], ['b', 'a'])
+        """
+        C.check_ids(items, "items")
+        return self._items.lookup(items)
+
+    def item_ids_at(self, indices: np.ndarray) -> list[str]:
+        """The ids of the items at ``indices`` (see :meth:`item_index`)."""
+        return self._items._array()[np.asarray(indices, dtype=np.int64)].tolist()
+
+    def take_item_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What learning changed since the last call: item indices, factor deltas ``(n, k)``, bias deltas ``(n,)``.
 
         Only with ``track_item_deltas=True`` (else nothing is recorded). The rows are the
         sums of every batch's change to them; taking them resets the sums to zero.
@@ -517,56 +534,48 @@ class BPRMF:
         >>> model = BPRMF(n_factors=2, track_item_deltas=True)
         >>> model.learn_batch(["u"], ["a"])  # one known item: nothing to learn from yet
         >>> model.learn_batch(["u", "u"], ["b", "a"])
-        >>> ids, dv, db = model.take_item_deltas()
-        >>> sorted(ids), dv.shape, model.take_item_deltas()[0]
-        (['a', 'b'], (2, 2), [])
+        >>> indices, dv, db = model.take_item_deltas()
+        >>> sorted(model.item_ids_at(indices)), dv.shape, len(model.take_item_deltas()[0])
+        (['a', 'b'], (2, 2), 0)
         """
         n = len(self._items)
         rows = np.flatnonzero(self._dmask[:n])
-        if not len(rows):
-            return [], np.zeros((0, self.n_factors), self.dtype), np.zeros(0, self.dtype)
-        ids = self._items._array()[rows].tolist()
         dv, db = self._dV[rows], self._db[rows]
         self._dV[rows] = 0
         self._db[rows] = 0
         self._dmask[rows] = False
-        return ids, dv, db
+        return rows, dv, db
 
-    def peek_item_deltas(self, items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The changes :meth:`take_item_deltas` would return for ``items`` (zeros where none), without taking them."""
-        i = self._known(self._items, items, "item")
+    def peek_item_deltas(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The changes :meth:`take_item_deltas` would return for the items at ``indices`` (zeros where none)."""
+        i = np.asarray(indices, dtype=np.int64)
         if not self.track_item_deltas:
             return np.zeros((len(i), self.n_factors), self.dtype), np.zeros(len(i), self.dtype)
         return self._dV[i], self._db[i]
 
-    def add_item_deltas(
-        self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray, *, create_missing: bool = False
-    ) -> None:
-        """Add ``vectors`` (``(n, k)``) and ``biases`` (``(n,)``) to the rows of ``items``.
+    def add_item_deltas(self, indices: np.ndarray, vectors: np.ndarray, biases: np.ndarray) -> None:
+        """Add ``vectors`` (``(n, k)``) and ``biases`` (``(n,)``) to the items at ``indices`` (repeats add up).
 
-        How another learner's changes are merged in (they are not recorded as this
-        model's own). Ids must not repeat. Unknown ids raise :class:`UnknownIdError`,
-        unless ``create_missing``: they are created first, as :meth:`add_items` would.
+        How another learner's changes are merged in: they are not recorded as this model's own.
 
         >>> model = BPRMF(n_factors=2, init_std=0.0)
         >>> model.set_item_vectors(["a"], np.array([[1.0, 2.0]]), np.array([0.5]))
-        >>> model.add_item_deltas(["a"], np.array([[0.5, -1.0]]), np.array([0.25]))
+        >>> model.add_item_deltas(model.item_index(["a"]), np.array([[0.5, -1.0]]), np.array([0.25]))
         >>> [v.tolist() for v in model.item_vectors(["a"])]
         [[[1.5, 1.0]], [0.75]]
         """
-        C.check_ids(items, "items")
-        i = self._items.lookup(items)
-        if (i < 0).any():
-            if not create_missing:
-                raise UnknownIdError(f"unknown item(s): {[items[r] for r in np.flatnonzero(i < 0)[:5]]!r}")
-            self._index_items([items[r] for r in np.flatnonzero(i < 0).tolist()])
-            i = self._items.lookup(items)
-        v = self._check_rows(items, vectors, "items")
+        i = np.asarray(indices, dtype=np.int64)
+        if len(i) and not (0 <= i.min() and i.max() < len(self._items)):
+            raise UnknownIdError("item indices out of range")
+        v = np.asarray(vectors, dtype=self.dtype)
         bias = np.asarray(biases, dtype=self.dtype)
-        if bias.shape != (len(i),) or not np.isfinite(bias).all():
-            raise InvalidInputError(f"biases must be finite with shape ({len(i)},), got {bias.shape}")
-        self._V[i] += v
-        self._b[i] += bias
+        if v.shape != (len(i), self.n_factors) or bias.shape != (len(i),):
+            raise InvalidInputError(f"expected ({len(i)}, {self.n_factors}) vectors and ({len(i)},) biases")
+        if not (np.isfinite(v).all() and np.isfinite(bias).all()):
+            raise InvalidInputError("item deltas must be finite")
+        if len(i):
+            _scatter_add_rows(self._V, i, np.ascontiguousarray(v), self._buffer("flat", (v.size,), np.dtype(np.int64)))
+            np.add.at(self._b, i, bias)
 
     # ------------------------------------------------------------------ tags
     def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None:

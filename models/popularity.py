@@ -172,47 +172,60 @@ class Popularity:
         """The latest event time seen (ms): the time the scores are decayed to."""
         return self._now
 
-    def take_deltas(self) -> tuple[list[str], np.ndarray, float]:
-        """Counts learned since the last call: item ids, their forward-decayed counts and the base time (ms).
+    def item_index(self, items: Sequence[str]) -> np.ndarray:
+        """The indices of ``items`` (``-1`` for unknown ones); items are numbered in order of first sight."""
+        C.check_ids(items, "items")
+        return self._items.lookup(items)
+
+    def index_items(self, items: Sequence[str]) -> np.ndarray:
+        """The indices of ``items``, unknown ones added first (with a count of 0)."""
+        C.check_ids(items, "items")
+        return self._index(items)
+
+    def item_ids_at(self, indices: np.ndarray) -> list[str]:
+        """The ids of the items at ``indices``."""
+        return self._items._array()[np.asarray(indices, dtype=np.int64)].tolist()
+
+    def take_deltas(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Counts learned since the last call: item indices, their forward-decayed counts and the base time (ms).
 
         Only with ``track_deltas=True``. Another model adds them with :meth:`add_counts`.
 
         >>> a, b = Popularity(half_life_s=60, track_deltas=True), Popularity(half_life_s=60)
         >>> a.learn_batch(["u1", "u2"], ["x", "y"], ts_ms=[0, 60_000])
-        >>> b.add_counts(*a.take_deltas(), clock_ms=a.clock_ms)
-        >>> b.top_n("", 2) == a.top_n("", 2), a.take_deltas()[0]
-        (True, [])
+        >>> rows, counts, base = a.take_deltas()
+        >>> b.add_counts(b.index_items(a.item_ids_at(rows)), counts, base, clock_ms=a.clock_ms)
+        >>> b.top_n("", 2) == a.top_n("", 2), len(a.take_deltas()[0])
+        (True, 0)
         """
         n = len(self._items)
         rows = np.flatnonzero(self._dc[:n]) if self.track_deltas else np.zeros(0, np.int64)
         counts = self._dc[rows]
         self._dc[rows] = 0.0
-        return self._items._array()[rows].tolist(), counts, self._t0
+        return rows, counts, self._t0
 
-    def peek_deltas(self, items: Sequence[str]) -> tuple[np.ndarray, float]:
-        """The counts :meth:`take_deltas` would return for ``items`` (0 where none) and the base time."""
-        C.check_ids(items, "items")
-        idx = self._items.lookup(items)
-        if not self.track_deltas or not len(idx):
-            return np.zeros(len(idx)), self._t0
-        return np.where(idx >= 0, self._dc[np.maximum(idx, 0)], 0.0), self._t0
+    def peek_deltas(self, indices: np.ndarray) -> tuple[np.ndarray, float]:
+        """The counts :meth:`take_deltas` would return for the items at ``indices`` (0 where none), and the base."""
+        i = np.asarray(indices, dtype=np.int64)
+        if not self.track_deltas:
+            return np.zeros(len(i)), self._t0
+        return self._dc[i], self._t0
 
-    def add_counts(self, items: Sequence[str], counts: np.ndarray, base_ms: float, clock_ms: float | None = None) -> None:
-        """Add another model's :meth:`take_deltas` (counts forward-decayed to ``base_ms``); new items are added.
-
-        ``clock_ms``, the other model's clock, moves this one's forward if it is later. Not
-        recorded as this model's own counts. Ids must not repeat.
-        """
-        C.check_ids(items, "items")
+    def add_counts(self, indices: np.ndarray, counts: np.ndarray, base_ms: float, clock_ms: float | None = None) -> None:
+        """Add another model's :meth:`take_deltas` (counts forward-decayed to ``base_ms``) to the items at
+        ``indices`` (repeats add up). ``clock_ms``, the other model's clock, moves this one's forward if it is
+        later. Not recorded as this model's own counts."""
+        i = np.asarray(indices, dtype=np.int64)
         c = np.asarray(counts, dtype=np.float64)
-        if c.shape != (len(items),) or not np.isfinite(c).all():
-            raise InvalidInputError(f"counts must be finite with shape ({len(items)},)")
-        i = self._index(items)
+        if c.shape != i.shape or not np.isfinite(c).all():
+            raise InvalidInputError(f"counts must be finite with shape {i.shape}")
+        if len(i) and not (0 <= i.min() and i.max() < len(self._items)):
+            raise InvalidInputError("item indices out of range")
         if self.half_life_s is not None:
             if clock_ms is not None and clock_ms > self._now:
                 self._forward_decay(np.array([float(clock_ms)]))
             c = c * 2.0 ** ((float(base_ms) - self._t0) / (self.half_life_s * 1000.0))
-        self._c[i] += c
+        np.add.at(self._c, i, c)
 
     # -------------------------------------------------------------- scoring
     def _current(self) -> np.ndarray:

@@ -16,9 +16,15 @@ change of an item has one position (partition, offset) in one log.
 **New items.** A new item starts at its id's hash noise plus the prior of its tags (the
 mean of the newest items sharing them, on the replica that first meets it). The
 creating worker proposes that starting point in its next record; the *first* proposal
-of an item in the log wins everywhere: a worker whose own proposal lost adds the
-difference (winner minus its own) and carries on. All replicas then start the item
-from the same vector, and its creator and tags are known to every worker.
+of an item in its partition's log wins everywhere: a worker whose own proposal lost
+adds the difference (winner minus its own) and carries on. All replicas then start the
+item from the same vector, and its creator and tags are known to every worker.
+
+**Item numbers.** The first proposal also numbers the item: the ``n``-th item proposed
+in partition ``p`` is item number ``n * P + p``, the same on every worker since they all
+read the same log. From then on records carry numbers instead of ids, so merging a
+record is a few numpy operations, whatever its size; only items not numbered yet travel
+by id.
 
 **Snapshots and recovery.** The owner of item partition ``p`` (the worker that owns
 events partition ``p``) writes the state of its changed items to the compacted topic
@@ -26,9 +32,10 @@ events partition ``p``) writes the state of its changed items to the compacted t
 written *as of an offset* ``o`` of its partition: the sum of every change at or below
 ``o`` and of no other (the writer subtracts its own changes that the log does not hold
 yet). After the items, a fence per partition says that every change at or below it is
-in the snapshots. A starting worker reads the snapshots, then the log from each fence
-on, applying to each item only the records past its own ``o``: one latent space,
-negatives' updates included, whoever wrote what.
+in the snapshots (and how many items the partition had numbered). A starting worker
+reads the snapshots, then the log from each fence on, applying to each item only the
+records past its own ``o``: one latent space, negatives' updates included, whoever
+wrote what.
 
 This module is the bookkeeping, free of Kafka (the worker's I/O is in
 :mod:`streams.item_log`):
@@ -67,14 +74,17 @@ from streams.errors import StreamrecError
 from streams.state import ItemState, StateCorrupt, decode_item, encode_items
 
 __all__ = ["ItemExchange", "ItemUpdate", "ItemUpdateCorrupt", "item_partition", "encode_update", "decode_update",
-           "FENCE_KEY_PREFIX", "fence_key", "parse_fence"]
+           "FENCE_KEY_PREFIX", "fence_key", "encode_fence", "parse_fence"]
 
 logger = logging.getLogger(__name__)
 
-_MAGIC = b"SRX1"
+_MAGIC = b"SRX2"
+_I8, _F4, _F8 = np.dtype("<i8"), np.dtype("<f4"), np.dtype("<f8")
 _LENGTH = struct.Struct("<I")
 #: Key prefix of the fence records that end each item-state snapshot of a partition (0xff: never in an id).
 FENCE_KEY_PREFIX = b"\xffstreamrec.items:"
+
+Meta = tuple[str | None, tuple[str, ...]]  # an item's creator and tags
 
 
 class ItemUpdateCorrupt(StreamrecError):
@@ -91,8 +101,7 @@ def item_partition(item_id: str, partitions: int) -> int:
 
 
 def _partitions_of(ids: Sequence[str], partitions: int) -> np.ndarray:
-    crc = np.fromiter(map(zlib.crc32, map(str.encode, ids)), np.int64, len(ids))
-    return crc % partitions
+    return np.fromiter(map(zlib.crc32, map(str.encode, ids)), np.int64, len(ids)) % partitions
 
 
 def fence_key(partition: int) -> bytes:
@@ -100,99 +109,130 @@ def fence_key(partition: int) -> bytes:
     return FENCE_KEY_PREFIX + str(partition).encode()
 
 
-def parse_fence(key: bytes, value: bytes) -> tuple[int, int] | None:
-    """``(partition, offset)`` of a fence record, or None if ``key``/``value`` is not one."""
+def encode_fence(offset: int, numbered: int) -> bytes:
+    """A fence's value: every change at or below ``offset`` is in the snapshots, ``numbered`` items had numbers."""
+    return orjson.dumps({"offset": offset, "numbered": numbered})
+
+
+def parse_fence(key: bytes, value: bytes) -> tuple[int, int, int] | None:
+    """``(partition, offset, numbered)`` of a fence record, or None if ``key``/``value`` is not one."""
     if not key.startswith(FENCE_KEY_PREFIX):
         return None
     try:
         data = orjson.loads(value)
-        return int(key[len(FENCE_KEY_PREFIX):]), int(data["offset"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return int(key[len(FENCE_KEY_PREFIX):]), int(data["offset"]), int(data.get("numbered", 0))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+def _f32(n: int, k: int = 0) -> np.ndarray:
+    return np.zeros((n, k) if k else n, np.float32)
 
 
 @dataclass
 class ItemUpdate:
-    """One record of the item-updates topic: a worker's changes to items of one partition."""
+    """One record of the item-updates topic: a worker's changes to items of one partition.
+
+    Factor deltas and popularity counts of numbered items travel by number; items without a
+    number yet (just created) by id, with their proposed starting point.
+    """
 
     origin: str  # the sending worker's incarnation (worker id and run id)
     seq: int  # its sequence number, per origin
-    ids: list[str]
-    vectors: np.ndarray  # (n, k) float32 factor deltas
-    biases: np.ndarray  # (n,) float32 bias deltas
-    counts: np.ndarray  # (n,) float64 popularity counts, forward-decayed to count_base_ms
+    numbers: np.ndarray  # (n,) int64: numbered items with factor deltas
+    vectors: np.ndarray  # (n, k) float32
+    biases: np.ndarray  # (n,) float32
+    count_numbers: np.ndarray  # (c,) int64: numbered items with popularity counts
+    counts: np.ndarray  # (c,) float64, forward-decayed to count_base_ms
     count_base_ms: float
     clock_ms: float  # the sender's popularity clock (latest event time)
-    proposals: list[int] = field(default_factory=list)  # positions in ids of items the sender created
-    base_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    base_biases: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    meta: dict[int, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)  # position -> creator, tags
+    ids: list[str] = field(default_factory=list)  # items without a number: their changes by id
+    id_vectors: np.ndarray = field(default_factory=lambda: _f32(0, 1))
+    id_biases: np.ndarray = field(default_factory=lambda: _f32(0))
+    id_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    proposals: list[str] = field(default_factory=list)  # items the sender created, with their starting point
+    base_vectors: np.ndarray = field(default_factory=lambda: _f32(0, 1))
+    base_biases: np.ndarray = field(default_factory=lambda: _f32(0))
+    meta: dict[str, Meta] = field(default_factory=dict)  # new creators and tags
     first_change_ms: int = 0  # wall clock of the oldest change in the record
     sent_ms: int = 0
 
+    @property
+    def rows(self) -> int:
+        return len(self.numbers) + len(self.count_numbers) + len(self.ids)
+
 
 def encode_update(u: ItemUpdate) -> bytes:
-    """The record's bytes: magic, a JSON header (ids, proposals, meta), then little-endian arrays.
+    """The record's bytes: magic, a JSON header, then little-endian arrays.
 
-    >>> u = ItemUpdate("w1", 3, ["a"], np.ones((1, 2), np.float32), np.zeros(1, np.float32), np.ones(1), 0.0, 5.0)
+    >>> u = ItemUpdate("w1", 3, np.array([7]), np.ones((1, 2), np.float32), np.zeros(1, np.float32),
+    ...                np.array([7]), np.ones(1), 0.0, 5.0)
     >>> back = decode_update(encode_update(u))
-    >>> back.ids, back.vectors.tolist(), back.counts.tolist(), back.seq
-    (['a'], [[1.0, 1.0]], [1.0], 3)
+    >>> back.numbers.tolist(), back.vectors.tolist(), back.counts.tolist(), back.seq
+    ([7], [[1.0, 1.0]], [1.0], 3)
     """
-    n, k = u.vectors.shape
+    k = u.vectors.shape[1]
     header = orjson.dumps({
-        "o": u.origin, "s": u.seq, "k": k, "ids": u.ids, "p": u.proposals,
-        "m": [[pos, creator, list(tags)] for pos, (creator, tags) in u.meta.items()],
+        "o": u.origin, "s": u.seq, "k": k, "n": len(u.numbers), "c": len(u.count_numbers), "ids": u.ids,
+        "p": u.proposals, "m": [[i, creator, list(tags)] for i, (creator, tags) in u.meta.items()],
         "cb": u.count_base_ms, "cl": u.clock_ms, "f": u.first_change_ms, "t": u.sent_ms,
     })  # fmt: skip
-    return b"".join([
-        _MAGIC, _LENGTH.pack(len(header)), header,
-        np.ascontiguousarray(u.vectors, "<f4").tobytes(), np.ascontiguousarray(u.biases, "<f4").tobytes(),
-        np.ascontiguousarray(u.counts, "<f8").tobytes(),
-        np.ascontiguousarray(u.base_vectors.reshape(len(u.proposals), k), "<f4").tobytes(),
-        np.ascontiguousarray(u.base_biases, "<f4").tobytes(),
-    ])  # fmt: skip
+    n, c, m, q = len(u.numbers), len(u.count_numbers), len(u.ids), len(u.proposals)
+    parts = [
+        (u.numbers, "<i8", (n,)), (u.vectors, "<f4", (n, k)), (u.biases, "<f4", (n,)),
+        (u.count_numbers, "<i8", (c,)), (u.counts, "<f8", (c,)),
+        (u.id_vectors, "<f4", (m, k)), (u.id_biases, "<f4", (m,)), (u.id_counts, "<f8", (m,)),
+        (u.base_vectors, "<f4", (q, k)), (u.base_biases, "<f4", (q,)),
+    ]
+    body = [np.ascontiguousarray(np.asarray(a).reshape(shape), dtype).tobytes() for a, dtype, shape in parts]
+    return b"".join([_MAGIC, _LENGTH.pack(len(header)), header, *body])
 
 
-def decode_update(value: bytes) -> ItemUpdate:
+def decode_update(value: bytes | None) -> ItemUpdate:
     """Inverse of :func:`encode_update`; raises :class:`ItemUpdateCorrupt`."""
     if value is None or len(value) < 8 or value[:4] != _MAGIC:
         raise ItemUpdateCorrupt("not an item-update record")
     (length,) = _LENGTH.unpack_from(value, 4)
     try:
         h = orjson.loads(value[8:8 + length])
-        ids, k, proposals = h["ids"], int(h["k"]), [int(p) for p in h["p"]]
-        n, m = len(ids), len(proposals)
-        offset = 8 + length
-        sizes = [(np.float32, n * k), (np.float32, n), (np.float64, n), (np.float32, m * k), (np.float32, m)]
-        arrays = []
-        for dtype, count in sizes:
-            arrays.append(np.frombuffer(value, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=offset))
-            offset += arrays[-1].nbytes
-        if offset != len(value) or set(map(type, ids)) - {str} or any(not 0 <= p < n for p in proposals):
+        k, n, c, ids, proposals = int(h["k"]), int(h["n"]), int(h["c"]), h["ids"], h["p"]
+        if set(map(type, ids)) - {str} or set(map(type, proposals)) - {str} or min(k, n, c) < 0:
+            raise ValueError("malformed header")
+        m, q = len(ids), len(proposals)
+        offset, arrays = 8 + length, []
+        for dtype, rows, width in ((_I8, n, 0), (_F4, n, k), (_F4, n, 0), (_I8, c, 0), (_F8, c, 0),
+                                   (_F4, m, k), (_F4, m, 0), (_F8, m, 0), (_F4, q, k), (_F4, q, 0)):
+            array = np.frombuffer(value, dtype=dtype, count=rows * (width or 1), offset=offset)
+            arrays.append(array.reshape(rows, width) if width else array)
+            offset += array.nbytes
+        if offset != len(value):
             raise ValueError("sizes do not match")
-        meta = {int(pos): (creator, tuple(tags)) for pos, creator, tags in h["m"]}
+        meta = {str(i): (creator, tuple(tags)) for i, creator, tags in h["m"]}
         return ItemUpdate(
-            h["o"], int(h["s"]), ids, arrays[0].reshape(n, k), arrays[1], arrays[2], float(h["cb"]), float(h["cl"]),
-            proposals, arrays[3].reshape(m, k), arrays[4], meta, int(h["f"]), int(h["t"]),
+            h["o"], int(h["s"]), arrays[0], arrays[1], arrays[2], arrays[3], arrays[4], float(h["cb"]),
+            float(h["cl"]), ids, arrays[5], arrays[6], arrays[7], proposals, arrays[8], arrays[9], meta,
+            int(h["f"]), int(h["t"]),
         )  # fmt: skip
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ItemUpdateCorrupt(f"malformed item-update record: {exc}") from None
 
 
-@dataclass
-class _Sent:
-    """An own record sent, not yet read back from the log: its changes are in the replica, not in the log."""
+def _lookup(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """``table[indices]``, -1 where an index is past the table's end."""
+    indices = np.asarray(indices, np.int64)
+    out = np.full(len(indices), -1, np.int64)
+    inside = indices < len(table)
+    out[inside] = table[indices[inside]]
+    return out
 
-    update: ItemUpdate
-    _index: dict[str, int] | None = None
 
-    @property
-    def index(self) -> dict[str, int]:
-        """Position of each id in the record (built when a snapshot first needs it)."""
-        if self._index is None:
-            self._index = dict(zip(self.update.ids, range(len(self.update.ids))))
-        return self._index
+def _grown(a: np.ndarray, n: int, fill: int | bool) -> np.ndarray:
+    """``a`` with room for at least ``n`` entries, new ones set to ``fill``."""
+    if len(a) >= n:
+        return a
+    out = np.full(max(n, 2 * len(a), 1024), fill, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
 
 
 class ItemExchange:
@@ -208,7 +248,7 @@ class ItemExchange:
         self,
         model: BPRMF,
         popularity: Popularity,
-        item_meta: dict[str, tuple[str | None, tuple[str, ...]]],
+        item_meta: dict[str, Meta],
         *,
         partitions: int,
         origin: str,
@@ -224,14 +264,20 @@ class ItemExchange:
         self._seq = 0
         self._to_propose: dict[str, tuple[np.ndarray, float]] = {}  # own new items not yet in a record
         self._provisional: dict[str, tuple[np.ndarray, float]] = {}  # own proposals the log has not confirmed
-        self._meta_out: dict[str, tuple[str | None, tuple[str, ...]]] = {}
-        self._sent: dict[int, _Sent] = {}  # seq -> own record not read back yet
+        self._meta_out: dict[str, Meta] = {}
+        self._sent: dict[int, ItemUpdate] = {}  # seq -> own record not read back yet
         self._first_change_ms: int | None = None
-        self._dirty: list[set[str]] = [set() for _ in range(partitions)]
-        self._restored_offsets: dict[str, int] = {}  # after a restore: the offset each item's snapshot includes
+        # Item numbers: number -> model index / popularity index, and back.
+        self._numbered = [0] * partitions  # items numbered so far, per partition
+        self._model_index = np.full(0, -1, np.int64)
+        self._pop_index = np.full(0, -1, np.int64)
+        self._number_of_model = np.full(0, -1, np.int64)
+        self._number_of_pop = np.full(0, -1, np.int64)
+        self._dirty = np.zeros(0, bool)  # per number: changed since its last snapshot
+        self._restored_offset: np.ndarray | None = None  # per number, after a restore: the offset its snapshot has
         self.live = False  # caught up with the log since the start (staleness is measured from then on)
-        self.collect_changed = False  # keep the ids other workers changed (for the popular lists' writer)
-        self.changed_items: set[str] = set()
+        self.collect_changed = False  # keep the numbers other workers changed (for the popular lists' writer)
+        self._changed = np.zeros(0, bool)
         self.staleness_ms: list[int] = []  # per record of another worker: applied minus its oldest change
         self.records_applied = 0
         self.rows_applied = 0
@@ -240,6 +286,43 @@ class ItemExchange:
         self.bytes_sent = 0
         self.corrupt_records = 0
         self.quarantined_items = 0
+        self.unnumbered_changes = 0  # rows of records for items whose proposal this worker never saw
+
+    # --- numbers ----------------------------------------------------------------------------
+    def _assign(self, numbers: np.ndarray, model_indices: np.ndarray, pop_indices: np.ndarray) -> None:
+        top = int(numbers.max()) + 1
+        self._model_index = _grown(self._model_index, top, -1)
+        self._pop_index = _grown(self._pop_index, top, -1)
+        self._dirty = _grown(self._dirty, top, False)
+        self._changed = _grown(self._changed, top, False)
+        self._number_of_model = _grown(self._number_of_model, int(model_indices.max()) + 1, -1)
+        self._number_of_pop = _grown(self._number_of_pop, int(pop_indices.max()) + 1, -1)
+        self._model_index[numbers], self._pop_index[numbers] = model_indices, pop_indices
+        self._number_of_model[model_indices], self._number_of_pop[pop_indices] = numbers, numbers
+
+    def _number_new(self, item_ids: list[str], partition: int) -> None:
+        """Give ``item_ids`` (known to the model, distinct) the next numbers of ``partition``, in order."""
+        model_indices = self.model.item_index(item_ids)
+        known = model_indices >= 0
+        if not known.all():
+            item_ids, model_indices = [i for i, k in zip(item_ids, known.tolist()) if k], model_indices[known]
+        if not item_ids:
+            return
+        first = self._numbered[partition]
+        self._numbered[partition] += len(item_ids)
+        numbers = (first + np.arange(len(item_ids), dtype=np.int64)) * self.partitions + partition
+        self._assign(numbers, model_indices, self.popularity.index_items(item_ids))
+
+    def _numbers_of_model(self, indices: np.ndarray) -> np.ndarray:
+        return _lookup(self._number_of_model, indices)
+
+    def _numbers_of_pop(self, indices: np.ndarray) -> np.ndarray:
+        return _lookup(self._number_of_pop, indices)
+
+    def number_of(self, item_id: str) -> int:
+        """The item's number, or -1 (unknown, or its proposal not read from the log yet)."""
+        (index,) = self.model.item_index([item_id]).tolist()
+        return -1 if index < 0 else int(self._numbers_of_model(np.array([index]))[0])
 
     # --- what this worker learned ---------------------------------------------------------
     def note_new_items(self, items: Sequence[str]) -> None:
@@ -266,147 +349,230 @@ class ItemExchange:
 
     def take_records(self, now_ms: int) -> list[tuple[int, int, bytes]]:
         """Everything learned since the last call as records: ``(partition, seq, value)``, to send in order."""
-        ids, vectors, biases = self.model.take_item_deltas()
-        pop_ids, counts, base = self.popularity.take_deltas()
-        known = set(ids)
-        extra = list(dict.fromkeys(i for i in (*pop_ids, *self._to_propose, *self._meta_out) if i not in known))
-        if extra:
-            ids = [*ids, *extra]
-            vectors = np.concatenate([vectors, np.zeros((len(extra), self.model.n_factors), vectors.dtype)])
-            biases = np.concatenate([biases, np.zeros(len(extra), biases.dtype)])
+        model_rows, vectors, biases = self.model.take_item_deltas()
+        pop_rows, counts, base = self.popularity.take_deltas()
         first = self._first_change_ms if self._first_change_ms is not None else now_ms
         self._first_change_ms = None
-        if not ids:
-            return []
-        position = dict(zip(ids, range(len(ids))))
-        all_counts = np.zeros(len(ids))
-        if pop_ids:
-            all_counts[[position[i] for i in pop_ids]] = counts
         proposals, self._to_propose = self._to_propose, {}
         meta, self._meta_out = self._meta_out, {}
-        k = self.model.n_factors
-        row_bytes = 4 * k + 16 + max(8, sum(map(len, ids[:100])) // min(len(ids), 100) + 3)
+        if not (len(model_rows) or len(pop_rows) or proposals or meta):
+            return []
+        k, P = self.model.n_factors, self.partitions
+        numbers = self._numbers_of_model(model_rows)
+        count_numbers = self._numbers_of_pop(pop_rows)
+        # Items without a number travel by id, their factor deltas and counts side by side.
+        by_id_model = np.flatnonzero(numbers < 0)
+        by_id_pop = np.flatnonzero(count_numbers < 0)
+        ids = list(dict.fromkeys([*self.model.item_ids_at(model_rows[by_id_model]),
+                                  *self.popularity.item_ids_at(pop_rows[by_id_pop])]))
+        position = dict(zip(ids, range(len(ids))))
+        id_vectors, id_biases, id_counts = _f32(len(ids), k), _f32(len(ids)), np.zeros(len(ids))
+        if len(by_id_model):
+            at = [position[i] for i in self.model.item_ids_at(model_rows[by_id_model])]
+            id_vectors[at], id_biases[at] = vectors[by_id_model], biases[by_id_model]
+        if len(by_id_pop):
+            id_counts[[position[i] for i in self.popularity.item_ids_at(pop_rows[by_id_pop])]] = counts[by_id_pop]
+        keep, keep_counts = numbers >= 0, count_numbers >= 0
+        numbers, vectors, biases = numbers[keep], vectors[keep], biases[keep]
+        count_numbers, counts = count_numbers[keep_counts], counts[keep_counts]
+        id_parts = _partitions_of(ids, P)
+        proposal_parts = dict(zip(proposals, _partitions_of(list(proposals), P).tolist()))
+        meta_parts = dict(zip(meta, _partitions_of(list(meta), P).tolist()))
+        row_bytes = 4 * k + 24
         per_record = max(1, self.max_record_bytes // row_bytes)
-        # Rows grouped by partition (stable), then cut into records of at most per_record rows.
-        parts = _partitions_of(ids, self.partitions)
-        order = np.argsort(parts, kind="stable")
-        sorted_parts = parts[order]
-        starts = np.flatnonzero(np.r_[True, sorted_parts[1:] != sorted_parts[:-1]])
-        group_start = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-        record_of = np.empty(len(ids), np.int64)  # a row's record: its partition's group, then chunk
-        slot_of = np.empty(len(ids), np.int64)
-        rank = np.arange(len(order)) - group_start
-        record_of[order] = group_start * len(ids) + rank // per_record
-        slot_of[order] = rank % per_record
-        extras: dict[int, tuple[list[int], dict[int, tuple[str | None, tuple[str, ...]]]]] = {}
-        for item_id in {*proposals, *meta}:
-            row = position[item_id]
-            new, metas = extras.setdefault(int(record_of[row]), ([], {}))
-            if item_id in proposals:
-                new.append(row)
-            metas[int(slot_of[row])] = meta.get(item_id) or self.item_meta.get(item_id, (None, ()))
-        names = np.array(ids, dtype=object)
         clock = self.popularity.clock_ms
         out = []
-        boundaries = np.flatnonzero(np.r_[True, record_of[order][1:] != record_of[order][:-1]])
-        for lo, hi in zip(boundaries.tolist(), [*boundaries[1:].tolist(), len(order)]):
-            chunk = order[lo:hi]
-            key = int(record_of[chunk[0]])
-            new_rows, metas = extras.get(key, ([], {}))
-            new_rows.sort(key=lambda r: slot_of[r])
-            update = ItemUpdate(
-                self.origin, self._seq, names[chunk].tolist(), vectors[chunk], biases[chunk], all_counts[chunk], base,
-                clock, [int(slot_of[r]) for r in new_rows],
-                np.array([proposals[ids[r]][0] for r in new_rows], np.float32).reshape(len(new_rows), k),
-                np.array([proposals[ids[r]][1] for r in new_rows], np.float32), metas, first, now_ms,
-            )  # fmt: skip
-            value = encode_update(update)
-            self._sent[self._seq] = _Sent(update)
-            out.append((int(sorted_parts[lo]), self._seq, value))
-            self._seq += 1
-            self.records_sent += 1
-            self.bytes_sent += len(value)
+        for partition in range(P):
+            f = np.flatnonzero(numbers % P == partition)
+            c = np.flatnonzero(count_numbers % P == partition)
+            s = np.flatnonzero(id_parts == partition)
+            mine = [i for i, p in proposal_parts.items() if p == partition]
+            metas = {i: meta[i] for i, p in meta_parts.items() if p == partition}
+            if not (len(f) or len(c) or len(s) or mine or metas):
+                continue
+            chunks = max(1, -(-max(len(f), len(c), len(s)) // per_record))
+            for j in range(chunks):  # by id rows, proposals and meta ride with the first chunk
+                fj, cj = f[j * per_record:(j + 1) * per_record], c[j * per_record:(j + 1) * per_record]
+                sj = s[j * per_record:(j + 1) * per_record]
+                first_chunk = j == 0
+                update = ItemUpdate(
+                    self.origin, self._seq, numbers[fj], vectors[fj], biases[fj], count_numbers[cj], counts[cj],
+                    base, clock, [ids[r] for r in sj.tolist()], id_vectors[sj], id_biases[sj], id_counts[sj],
+                    mine if first_chunk else [],
+                    np.array([proposals[i][0] for i in mine], np.float32).reshape(len(mine), k) if first_chunk
+                    else _f32(0, k),
+                    np.array([proposals[i][1] for i in mine], np.float32) if first_chunk else _f32(0),
+                    metas if first_chunk else {}, first, now_ms,
+                )  # fmt: skip
+                value = encode_update(update)
+                self._sent[self._seq] = update
+                out.append((partition, self._seq, value))
+                self._seq += 1
+                self.records_sent += 1
+                self.bytes_sent += len(value)
         return out
 
     # --- what the others learned ----------------------------------------------------------
     def apply(self, partition: int, offset: int, value: bytes, now_ms: int) -> int:
-        """Merge one record of the log (any worker's, this one's included); returns the rows applied.
+        """Merge one record of the log (any worker's, this one's included); returns the rows applied."""
+        return self.apply_many([(partition, offset, value)], now_ms)
 
-        A corrupt record is logged and counted, never raised: one bad record must not stop the worker.
+    def apply_many(self, records: Sequence[tuple[int, int, bytes]], now_ms: int) -> int:
+        """Merge records of the log, ``(partition, offset, value)`` in log order; returns the rows applied.
+
+        Their numbered changes are summed and added in one go. A corrupt record is logged and
+        counted, never raised: one bad record must not stop the worker.
         """
-        try:
-            u = decode_update(value)
-        except ItemUpdateCorrupt as exc:
-            self.corrupt_records += 1
-            logger.warning("skipping item-update record %d:%d: %s", partition, offset, exc)
+        theirs: list[tuple[int, ItemUpdate]] = []
+        mine: list[ItemUpdate] = []
+        for partition, offset, value in records:
             self.positions[partition] = offset
-            return 0
-        self.positions[partition] = offset
-        self._dirty[partition % self.partitions].update(u.ids)
-        if u.origin == self.origin:
-            self._sent.pop(u.seq, None)  # its changes are in the log now
-            for pos in u.proposals:
-                self._provisional.pop(u.ids[pos], None)  # first in the log: confirmed as it is
-            return 0
-        keep = self._after_restored(u.ids, offset)
-        self._merge_proposals(u, keep)
-        self._merge_meta(u, keep)
-        ids = u.ids if keep is None else [u.ids[j] for j in keep]
-        vectors = u.vectors if keep is None else u.vectors[keep]
-        biases = u.biases if keep is None else u.biases[keep]
-        counts = u.counts if keep is None else u.counts[keep]
-        if ids:
-            # (An item whose start was never seen here, its proposal being older than the log, starts from its id.)
-            self.model.add_item_deltas(ids, vectors, biases, create_missing=True)
-            self.popularity.add_counts(ids, counts, u.count_base_ms, u.clock_ms)
-            if self.collect_changed:
-                self.changed_items.update(ids)
-        if self.live:
-            self.staleness_ms.append(now_ms - u.first_change_ms)
-        self.records_applied += 1
-        self.rows_applied += len(ids)
-        self.bytes_applied += len(value)
-        return len(ids)
-
-    def _after_restored(self, ids: list[str], offset: int) -> np.ndarray | None:
-        """Positions of the ids whose restored snapshot does not include ``offset`` (None: all of them)."""
-        if not self._restored_offsets:
-            return None
-        restored = self._restored_offsets
-        return np.array([j for j, i in enumerate(ids) if restored.get(i, -1) < offset], np.int64)
-
-    def _merge_proposals(self, u: ItemUpdate, keep: np.ndarray | None) -> None:
-        kept = None if keep is None else set(keep.tolist())
-        created: list[int] = []  # slots of items new here
-        corrected: list[tuple[int, str, tuple[np.ndarray, float]]] = []  # ours lost: start where the winner started
-        has_item = self.model.has_item
-        for slot, pos in enumerate(u.proposals):
-            if kept is not None and pos not in kept:
+            try:
+                u = decode_update(value)
+            except ItemUpdateCorrupt as exc:
+                self.corrupt_records += 1
+                logger.warning("skipping item-update record %d:%d: %s", partition, offset, exc)
                 continue
-            item_id = u.ids[pos]
-            own = self._provisional.pop(item_id, None)
-            if own is not None:
+            own = u.origin == self.origin
+            if u.proposals:
+                self._merge_proposals(u, partition, offset, own)  # numbers follow the log's order
+            if own:
+                self._sent.pop(u.seq, None)  # its changes are in the log now
+                mine.append(u)
+            else:
+                if u.meta:
+                    self._merge_meta(u)
+                theirs.append((offset, u))
+                self.bytes_applied += len(value)
+        self._mark_dirty([*mine, *(u for _, u in theirs)])
+        if not theirs:
+            return 0
+        applied = self._merge_numbered(theirs) + self._merge_by_id(theirs)
+        if self.live:
+            self.staleness_ms.extend(now_ms - u.first_change_ms for _, u in theirs)
+        self.records_applied += len(theirs)
+        self.rows_applied += applied
+        return applied
+
+    def _merge_numbered(self, updates: Sequence[tuple[int, ItemUpdate]]) -> int:
+        """Add the numbered factor deltas and counts of ``updates`` (summed per item) to the replica."""
+        applied = 0
+        offsets = np.array([offset for offset, _ in updates], np.int64)
+        factor_rows = [len(u.numbers) for _, u in updates]
+        if sum(factor_rows):
+            numbers = np.concatenate([u.numbers for _, u in updates])
+            keep = self._known_fresh(numbers, np.repeat(offsets, factor_rows))
+            vectors = np.concatenate([u.vectors for _, u in updates])[keep]
+            biases = np.concatenate([u.biases for _, u in updates])[keep]
+            numbers = numbers[keep]
+            self.model.add_item_deltas(self._model_index[numbers], vectors, biases)  # repeats add up
+            applied += int(keep.sum())
+            if self.collect_changed:
+                self._changed[numbers] = True
+        count_rows = [len(u.count_numbers) for _, u in updates]
+        if sum(count_rows):
+            numbers = np.concatenate([u.count_numbers for _, u in updates])
+            keep = self._known_fresh(numbers, np.repeat(offsets, count_rows))
+            base = updates[0][1].count_base_ms  # every record's counts brought to one base time
+            counts = np.concatenate([u.counts * self._decay(u.count_base_ms, base) for _, u in updates])[keep]
+            numbers = numbers[keep]
+            clock = max(u.clock_ms for _, u in updates)
+            self.popularity.add_counts(self._pop_index[numbers], counts, base, clock)
+            applied += int(keep.sum())
+            if self.collect_changed:
+                self._changed[numbers] = True
+        return applied
+
+    def _known_fresh(self, numbers: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Mask of the rows whose item is numbered here and whose state does not include their offset yet."""
+        known = _lookup(self._model_index, numbers) >= 0
+        self.unnumbered_changes += int((~known).sum())
+        if self._restored_offset is not None:
+            known &= _lookup(self._restored_offset, numbers) < offsets
+        return known
+
+    def _merge_proposals(self, u: ItemUpdate, partition: int, offset: int, own: bool) -> None:
+        """The first proposal of an item in the log numbers it; a losing own proposal moves to the winner."""
+        if not u.proposals:
+            return
+        known = self.model.item_index(u.proposals)
+        numbers = np.where(known >= 0, self._numbers_of_model(np.maximum(known, 0)), -1)
+        created: list[int] = []
+        corrected: list[tuple[int, str, tuple[np.ndarray, float]]] = []
+        for slot, (item_id, number) in enumerate(zip(u.proposals, numbers.tolist())):
+            if number >= 0:
+                continue  # numbered before: a later proposal loses
+            mine = self._provisional.pop(item_id, None)
+            if mine is not None and not own:
                 self._to_propose.pop(item_id, None)
-                corrected.append((slot, item_id, own))
-            elif not has_item(item_id):
+                corrected.append((slot, item_id, mine))
+            elif mine is None and not own and known[slot] < 0:
                 created.append(slot)
         if created:
-            self.model.set_item_vectors([u.ids[u.proposals[slot]] for slot in created], u.base_vectors[created],
+            self.model.set_item_vectors([u.proposals[s] for s in created], u.base_vectors[created],
                                         u.base_biases[created])
         if corrected:
-            slots = [slot for slot, _, _ in corrected]
+            slots = [s for s, _, _ in corrected]
             self.model.add_item_deltas(
-                [item_id for _, item_id, _ in corrected],
-                u.base_vectors[slots] - np.stack([own[0] for _, _, own in corrected]),
-                u.base_biases[slots] - np.array([own[1] for _, _, own in corrected], np.float32),
+                self.model.item_index([i for _, i, _ in corrected]),
+                u.base_vectors[slots] - np.stack([mine[0] for _, _, mine in corrected]),
+                u.base_biases[slots] - np.array([mine[1] for _, _, mine in corrected], np.float32),
             )
+        fresh = [i for i, number in zip(u.proposals, numbers.tolist()) if number < 0]
+        if fresh:
+            self._number_new(fresh, partition)
 
-    def _merge_meta(self, u: ItemUpdate, keep: np.ndarray | None) -> None:
-        if not u.meta:
+    def _merge_meta(self, u: ItemUpdate) -> None:
+        if u.meta:
+            self._set_meta([(item_id, creator_id, tags) for item_id, (creator_id, tags) in u.meta.items()])
+
+    def _merge_by_id(self, updates: Sequence[tuple[int, ItemUpdate]]) -> int:
+        """Changes of items their senders had no number for (mostly, items they had just created)."""
+        updates = [(offset, u) for offset, u in updates if u.ids]
+        if not updates:
+            return 0
+        ids = [i for _, u in updates for i in u.ids]
+        index = self.model.item_index(ids)
+        numbers = np.where(index >= 0, self._numbers_of_model(np.maximum(index, 0)), -1)
+        fresh = numbers < 0
+        if self._restored_offset is not None:
+            offsets = np.repeat([offset for offset, _ in updates], [len(u.ids) for _, u in updates])
+            fresh |= _lookup(self._restored_offset, np.maximum(numbers, 0)) < offsets
+        else:
+            fresh[:] = True
+        rows = np.flatnonzero(fresh)
+        if not len(rows):
+            return 0
+        missing = list(dict.fromkeys(ids[r] for r in np.flatnonzero(index < 0).tolist()))
+        if missing:  # an item whose start was never seen here (its proposal is older than the log)
+            self.unnumbered_changes += len(missing)
+            self.model.add_items(missing)
+            index = self.model.item_index(ids)
+        base = updates[0][1].count_base_ms
+        vectors = np.concatenate([u.id_vectors for _, u in updates])[rows]
+        biases = np.concatenate([u.id_biases for _, u in updates])[rows]
+        counts = np.concatenate([u.id_counts * self._decay(u.count_base_ms, base) for _, u in updates])[rows]
+        chosen = [ids[r] for r in rows.tolist()]
+        self.model.add_item_deltas(index[rows], vectors, biases)
+        self.popularity.add_counts(self.popularity.index_items(chosen), counts, base,
+                                   max(u.clock_ms for _, u in updates))
+        if self.collect_changed:
+            numbered = numbers[rows]
+            self._changed[numbered[numbered >= 0]] = True
+        return len(rows)
+
+    def _mark_dirty(self, updates: Sequence[ItemUpdate]) -> None:
+        """Every item these records changed waits for the next snapshot of its partition."""
+        if not updates:
             return
-        kept = None if keep is None else set(keep.tolist())
-        self._set_meta([(u.ids[pos], creator_id, tags) for pos, (creator_id, tags) in u.meta.items()
-                        if kept is None or pos in kept])
+        dirty = self._dirty
+        numbers = np.concatenate([a for u in updates for a in (u.numbers, u.count_numbers)])
+        dirty[numbers[numbers < len(dirty)]] = True
+        ids = [i for u in updates for i in (*u.ids, *u.proposals)]
+        if ids:
+            index = self.model.item_index(ids)
+            numbers = np.where(index >= 0, self._numbers_of_model(np.maximum(index, 0)), -1)
+            dirty[numbers[numbers >= 0]] = True
 
     def _set_meta(self, metas: Sequence[tuple[str, str | None, tuple[str, ...]]]) -> None:
         """Record creators and tags; an item without tags yet (in the model, in popularity) takes them."""
@@ -426,67 +592,88 @@ class ItemExchange:
 
     def take_changed_tags(self) -> set[str]:
         """The tags of the items other workers changed since the last call (with ``collect_changed``)."""
-        items, self.changed_items = self.changed_items, set()
+        numbers = np.flatnonzero(self._changed)
+        if not len(numbers):
+            return set()
+        self._changed[numbers] = False
         meta = self.item_meta
-        return {tag for item_id in items for tag in meta.get(item_id, (None, ()))[1]}
+        ids = self.model.item_ids_at(self._model_index[numbers])
+        return {tag for item_id in ids for tag in meta.get(item_id, (None, ()))[1]}
+
+    @property
+    def changed(self) -> bool:
+        """Other workers changed some item since :meth:`take_changed_tags` (with ``collect_changed``)."""
+        return bool(self._changed.any())
 
     def take_staleness(self) -> list[int]:
         samples, self.staleness_ms = self.staleness_ms, []
         return samples
 
     # --- snapshots --------------------------------------------------------------------------
-    def mark_dirty(self, partitions: Iterable[int]) -> int:
-        """Mark every known item of ``partitions`` changed (this worker now owns them); returns how many."""
-        wanted = set(partitions)
-        if not wanted:
-            return 0
-        ids = self.model.item_ids
-        parts = _partitions_of(ids, self.partitions)
-        count = 0
-        for partition in wanted:
-            chosen = [ids[j] for j in np.flatnonzero(parts == partition).tolist()]
-            self._dirty[partition].update(chosen)
-            count += len(chosen)
-        return count
+    def _numbers_in(self, partitions: Iterable[int]) -> np.ndarray:
+        wanted = np.zeros(self.partitions, bool)
+        wanted[list(partitions)] = True
+        numbers = np.flatnonzero(self._model_index >= 0)
+        return numbers[wanted[numbers % self.partitions]]
 
-    def start_snapshot(self, partitions: Iterable[int]) -> tuple[dict[int, list[str]], dict[int, int]]:
-        """The changed items of ``partitions`` to snapshot, and each partition's fence (the offset the
-        snapshot covers: every change at or below it is in this snapshot or an earlier one)."""
-        items: dict[int, list[str]] = {}
-        fences: dict[int, int] = {}
+    def mark_dirty(self, partitions: Iterable[int]) -> int:
+        """Mark every numbered item of ``partitions`` changed (this worker now owns them); returns how many."""
+        numbers = self._numbers_in(partitions)
+        self._dirty[numbers] = True
+        return len(numbers)
+
+    def start_snapshot(self, partitions: Iterable[int]) -> tuple[dict[int, list[int]], dict[int, tuple[int, int]]]:
+        """The changed items (numbers) of ``partitions`` to snapshot, and each partition's fence: the offset the
+        snapshot covers (every change at or below it is in this snapshot or an earlier one) and the count of
+        numbered items then."""
+        items: dict[int, list[int]] = {}
+        fences: dict[int, tuple[int, int]] = {}
         for partition in partitions:
-            dirty, self._dirty[partition] = self._dirty[partition], set()
-            pending = [i for i in dirty if i in self._provisional]  # not confirmed yet: next time
-            self._dirty[partition].update(pending)
-            items[partition] = sorted(dirty.difference(pending))
-            fences[partition] = self.positions.get(partition, -1)
+            numbers = self._numbers_in([partition])
+            numbers = numbers[self._dirty[numbers]]
+            self._dirty[numbers] = False
+            items[partition] = numbers.tolist()
+            fences[partition] = (self.positions.get(partition, -1), self._numbered[partition])
         return items, fences
 
-    def snapshot(self, partition: int, items: Sequence[str]) -> list[tuple[bytes, bytes]]:
-        """``(key, value)`` item-state records of ``items`` (all of ``partition``), each as of the offset of
-        the partition applied now: the replica minus this worker's own changes the log does not hold yet."""
-        items = [i for i in items if self.model.has_item(i) and i not in self._provisional]
-        if not items:
+    def snapshot(self, partition: int, numbers: Sequence[int]) -> list[tuple[bytes, bytes]]:
+        """``(key, value)`` item-state records of the items ``numbers`` (all of ``partition``), each as of the
+        offset of the partition applied now: the replica minus this worker's own changes the log does not
+        hold yet."""
+        if not len(numbers):
             return []
-        vectors, biases = self.model.item_vectors(items)
-        own_vectors, own_biases = self.model.peek_item_deltas(items)
+        numbers = np.asarray(numbers, np.int64)
+        model_rows, pop_rows = self._model_index[numbers], self._pop_index[numbers]
+        ids = self.model.item_ids_at(model_rows)
+        vectors, biases = self.model.item_vectors(ids)
+        own_vectors, own_biases = self.model.peek_item_deltas(model_rows)
         vectors = vectors - own_vectors
         biases = biases - own_biases
-        scores, clock = self.popularity.item_weights(items)
-        own_counts, base = self.popularity.peek_deltas(items)
+        scores, clock = self.popularity.item_weights(ids)
+        own_counts, base = self.popularity.peek_deltas(pop_rows)
         scores = scores - own_counts * self._decay(base, clock)
+        slot = np.full(int(numbers.max()) + 1, -1, np.int64)
+        slot[numbers] = np.arange(len(numbers))
+        by_id = {item_id: r for r, item_id in enumerate(ids)}
         for sent in self._sent.values():
-            rows = [(r, sent.index[i]) for r, i in enumerate(items) if i in sent.index]
-            if rows:
-                mine, theirs = np.array(rows, np.int64).T
-                vectors[mine] -= sent.update.vectors[theirs]
-                biases[mine] -= sent.update.biases[theirs]
-                scores[mine] -= sent.update.counts[theirs] * self._decay(sent.update.count_base_ms, clock)
-        meta = [self.item_meta.get(i, (None, ())) for i in items]
+            mine = _lookup(slot, sent.numbers)
+            theirs = np.flatnonzero(mine >= 0)
+            vectors[mine[theirs]] -= sent.vectors[theirs]
+            biases[mine[theirs]] -= sent.biases[theirs]
+            mine = _lookup(slot, sent.count_numbers)
+            theirs = np.flatnonzero(mine >= 0)
+            scores[mine[theirs]] -= sent.counts[theirs] * self._decay(sent.count_base_ms, clock)
+            pairs = [(by_id[i], j) for j, i in enumerate(sent.ids) if i in by_id]
+            if pairs:
+                mine, theirs = np.array(pairs, np.int64).T
+                vectors[mine] -= sent.id_vectors[theirs]
+                biases[mine] -= sent.id_biases[theirs]
+                scores[mine] -= sent.id_counts[theirs] * self._decay(sent.count_base_ms, clock)
+        meta = [self.item_meta.get(i, (None, ())) for i in ids]
         offset = self.positions.get(partition, -1)
         blobs = encode_items(vectors, biases, [m[0] for m in meta], [m[1] for m in meta], np.maximum(scores, 0.0),
-                             clock, [offset] * len(items))
-        return [(i.encode(), blob) for i, blob in zip(items, blobs)]
+                             clock, [offset] * len(ids), numbers)
+        return [(i.encode(), blob) for i, blob in zip(ids, blobs)]
 
     def _decay(self, base_ms: float, clock_ms: float) -> float:
         """Factor from a count forward-decayed to ``base_ms`` to a score at ``clock_ms``."""
@@ -497,24 +684,24 @@ class ItemExchange:
     def restore(self, records: Mapping[bytes, bytes]) -> dict[int, int]:
         """Load the latest item-state records (key -> value, fences included); returns, per partition, the
         first offset of the log to read. Corrupt records are counted and skipped (the item starts anew)."""
-        fences: dict[int, int] = {}
+        fences: dict[int, tuple[int, int]] = {}
         states: list[tuple[str, ItemState]] = []
         for key, value in records.items():
             fence = parse_fence(key, value)
             if fence is not None:
-                fences[fence[0]] = fence[1]
+                fences[fence[0]] = (fence[1], fence[2])
                 continue
             try:
-                states.append((key.decode(), decode_item(value)))
+                state = decode_item(value)
+                if state.vector.shape != (self.model.n_factors,) or state.number < 0:
+                    raise StateCorrupt(f"{state.vector.shape[0]} factors, number {state.number}")
+                states.append((key.decode(), state))
             except (StateCorrupt, UnicodeDecodeError) as exc:
                 self.quarantined_items += 1
                 logger.warning("quarantined the item-state record of %r: %s", key[:80], exc)
-        wrong_size = [i for i, s in states if s.vector.shape != (self.model.n_factors,)]
-        if wrong_size:
-            self.quarantined_items += len(wrong_size)
-            logger.warning("quarantined %d item-state records of another factor count, e.g. %r", len(wrong_size),
-                           wrong_size[0][:80])
-            states = [(i, s) for i, s in states if s.vector.shape == (self.model.n_factors,)]
+        for partition, (_, numbered) in fences.items():
+            if 0 <= partition < self.partitions:
+                self._numbered[partition] = max(self._numbered[partition], numbered)
         if states:
             ids = [i for i, _ in states]
             self.model.set_item_vectors(ids, np.stack([s.vector for _, s in states]),
@@ -526,11 +713,20 @@ class ItemExchange:
                 self.popularity.set_item_weights([ids[j] for j in rows],
                                                  np.array([states[j][1].popularity for j in rows]), clock)
             self._set_meta([(item_id, s.creator_id, s.tags) for item_id, s in states])
-            for item_id, s in states:
-                self._restored_offsets[item_id] = s.offset
-        return {p: fences.get(p, -1) + 1 for p in range(self.partitions)}
+            model_rows = self.model.item_index(ids).tolist()
+            pop_rows = self.popularity.item_index(ids).tolist()
+            numbers = np.array([s.number for _, s in states], np.int64)
+            self._assign(numbers, np.array(model_rows, np.int64), np.array(pop_rows, np.int64))
+            restored = np.full(int(numbers.max()) + 1, -1, np.int64)
+            restored[numbers] = [s.offset for _, s in states]
+            for partition in range(self.partitions):
+                mine = numbers[numbers % self.partitions == partition]
+                if len(mine):
+                    self._numbered[partition] = max(self._numbered[partition], int(mine.max()) // self.partitions + 1)
+            self._restored_offset = restored
+        return {p: fences.get(p, (-1, 0))[0] + 1 for p in range(self.partitions)}
 
     def restore_done(self) -> None:
         """The log has been read past every restored snapshot: records apply to every item from now on."""
-        self._restored_offsets = {}
+        self._restored_offset = None
         self.live = True

@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from streams.exchange import ItemExchange, fence_key
+from streams.exchange import ItemExchange, encode_fence, fence_key
 from streams.kafka import BatchSender, aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
@@ -28,8 +28,8 @@ __all__ = ["ItemLog", "KafkaItemLog", "MemoryItemLog", "ItemSync"]
 
 logger = logging.getLogger(__name__)
 
-#: ``on_record(partition, offset, value)``: one record of the item-updates log.
-OnRecord = Callable[[int, int, bytes], None]
+#: ``on_records([(partition, offset, value), ...])``: records of the item-updates log, in log order.
+OnRecords = Callable[[list[tuple[int, int, bytes]]], None]
 _FETCH_BYTES = 32 * 1024 * 1024
 
 
@@ -48,7 +48,7 @@ class ItemLog(Protocol):
         """Queue item-update records for ``partition``; the returned awaitable completes on delivery."""
         ...
 
-    async def follow(self, start: dict[int, int], on_record: OnRecord, caught_up: asyncio.Event) -> None:
+    async def follow(self, start: dict[int, int], on_records: OnRecords, caught_up: asyncio.Event) -> None:
         """Read every partition from ``start`` on, for ever; set ``caught_up`` once at the end of the log."""
         ...
 
@@ -110,7 +110,7 @@ class KafkaItemLog:
                                          [(None, value, None) for value in values])
         return asyncio.gather(*futures)
 
-    async def follow(self, start: dict[int, int], on_record: OnRecord, caught_up: asyncio.Event) -> None:
+    async def follow(self, start: dict[int, int], on_records: OnRecords, caught_up: asyncio.Event) -> None:
         from aiokafka import TopicPartition
         from aiokafka.errors import KafkaError
 
@@ -133,9 +133,8 @@ class KafkaItemLog:
                     logger.warning("reading %s failed (%r); retrying", topic, exc)
                     await asyncio.sleep(0.5)
                     continue
-                for tp, records in batches.items():
-                    for record in records:
-                        on_record(tp.partition, record.offset, record.value)
+                if batches:
+                    on_records([(tp.partition, r.offset, r.value) for tp, records in batches.items() for r in records])
                 if behind:
                     behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
                     if not behind:
@@ -164,14 +163,14 @@ class MemoryItemLog:
             self._appended.notify_all()
         return asyncio.sleep(0)
 
-    async def follow(self, start: dict[int, int], on_record: OnRecord, caught_up: asyncio.Event) -> None:
+    async def follow(self, start: dict[int, int], on_records: OnRecords, caught_up: asyncio.Event) -> None:
         positions = dict(start)
         while True:
             for partition, log in enumerate(self.updates):
-                while positions.get(partition, 0) < len(log):
-                    offset = positions.get(partition, 0)
-                    on_record(partition, offset, log[offset])
-                    positions[partition] = offset + 1
+                first = positions.get(partition, 0)
+                if first < len(log):
+                    on_records([(partition, offset, log[offset]) for offset in range(first, len(log))])
+                    positions[partition] = len(log)
             caught_up.set()
             async with self._appended:
                 await self._appended.wait()
@@ -190,8 +189,8 @@ class ItemSync:
         self._follower: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._unsent: list[tuple[int, bytes]] = []  # records whose delivery failed: sent again
-        self._snapshot: dict[int, list[str]] | None = None  # partition -> items still to write
-        self._fences: dict[int, int] = {}
+        self._snapshot: dict[int, list[int]] | None = None  # partition -> numbers of the items still to write
+        self._fences: dict[int, tuple[int, int]] = {}
         self._written: dict[int, list[tuple[bytes, bytes]]] = {}
         self.last_publish = time.monotonic()
         self.last_snapshot = time.monotonic()
@@ -209,10 +208,10 @@ class ItemSync:
         self.restored_items = self.exchange.model.n_items
         exchange, now = self.exchange, self._now_ms
 
-        def on_record(partition: int, offset: int, value: bytes) -> None:
-            exchange.apply(partition, offset, value, now())
+        def on_records(records: list[tuple[int, int, bytes]]) -> None:
+            exchange.apply_many(records, now())
 
-        self._follower = asyncio.create_task(self._follow(start, on_record))
+        self._follower = asyncio.create_task(self._follow(start, on_records))
         caught_up = asyncio.create_task(self._caught_up.wait())
         await asyncio.wait({caught_up, self._follower}, return_when=asyncio.FIRST_COMPLETED)
         if self._follower.done():
@@ -223,8 +222,8 @@ class ItemSync:
         logger.info("item model: %d items restored, log read to its end (%d records applied)",
                     self.restored_items, exchange.records_applied)
 
-    async def _follow(self, start: dict[int, int], on_record: OnRecord) -> None:
-        await self.log.follow(start, on_record, self._caught_up)
+    async def _follow(self, start: dict[int, int], on_records: OnRecords) -> None:
+        await self.log.follow(start, on_records, self._caught_up)
 
     async def stop(self) -> None:
         """Publish what is left and wait for its delivery; stop following."""
@@ -298,8 +297,8 @@ class ItemSync:
                 left -= len(take)
             if not items:
                 records = self._written.pop(partition, [])
-                fence = self._fences[partition]
-                await self.log.write_state(partition, [*records, (fence_key(partition), b'{"offset":%d}' % fence)])
+                fence = encode_fence(*self._fences[partition])
+                await self.log.write_state(partition, [*records, (fence_key(partition), fence)])
                 del self._snapshot[partition]
             if left is not None and left <= 0:
                 break

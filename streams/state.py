@@ -54,6 +54,7 @@ class ItemState:
     popularity: float  # decayed engagement weight at popularity_ts_ms
     popularity_ts_ms: int
     offset: int = -1  # the item-updates offset whose changes this state includes (-1: none)
+    number: int = -1  # the item's number in the item exchange (-1: none)
 
 
 def encode_user(vector: np.ndarray, history: Sequence[str] | Mapping[str, None]) -> bytes:
@@ -113,6 +114,7 @@ def encode_item(state: ItemState) -> bytes:
         "p": float(state.popularity),
         "pt": int(state.popularity_ts_ms),
         "o": int(state.offset),
+        "n": int(state.number),
     }
     return _HEADER.pack(_ITEM_MAGIC, factors.size) + factors.tobytes() + orjson.dumps(meta)
 
@@ -125,9 +127,10 @@ def encode_items(
     popularity: Sequence[float] | np.ndarray,
     popularity_ts_ms: int | Sequence[int] | np.ndarray,
     offsets: Sequence[int] | np.ndarray | None = None,
+    numbers: Sequence[int] | np.ndarray | None = None,
 ) -> list[bytes]:
     """:func:`encode_item` of many items (rows of ``vectors``), byte for byte; ``popularity_ts_ms`` is one
-    time for all or one per item; ``offsets`` one per item (default -1).
+    time for all or one per item; ``offsets`` and ``numbers`` one per item (default -1).
 
     >>> one = ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7)
     >>> encode_items(np.ones((1, 2)), [0.5], ["c1"], [("a",)], [2.0], 7) == [encode_item(one)]
@@ -143,18 +146,16 @@ def encode_items(
         times = np.asarray(popularity_ts_ms, dtype=np.int64).tolist()
         if len(times) != n:
             raise ValueError("popularity_ts_ms must be one time or one per item")
-    if offsets is None:
-        positions = [-1] * n
-    else:
-        positions = np.asarray(offsets, dtype=np.int64).tolist()
-        if len(positions) != n:
-            raise ValueError("offsets must be one per item")
+    positions = [-1] * n if offsets is None else np.asarray(offsets, dtype=np.int64).tolist()
+    item_numbers = [-1] * n if numbers is None else np.asarray(numbers, dtype=np.int64).tolist()
+    if len(positions) != n or len(item_numbers) != n:
+        raise ValueError("offsets and numbers must be one per item")
     dumps = orjson.dumps
     tails = [
-        dumps({"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt, "o": o})
-        for b, c, t, p, pt, o in zip(
+        dumps({"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt, "o": o, "n": g})
+        for b, c, t, p, pt, o, g in zip(
             np.asarray(biases, dtype=np.float64).tolist(), creators, tags,
-            np.asarray(popularity, dtype=np.float64).tolist(), times, positions)
+            np.asarray(popularity, dtype=np.float64).tolist(), times, positions, item_numbers)
     ]
     return _with_tails(_ITEM_MAGIC, factors, tails)
 
@@ -166,7 +167,7 @@ def decode_item(blob: bytes) -> ItemState:
         raise StateCorrupt("item state has non-finite factors")
     try:
         return ItemState(vector, float(meta["b"]), meta["c"], tuple(meta["t"]), float(meta["p"]), int(meta["pt"]),
-                         int(meta.get("o", -1)))
+                         int(meta.get("o", -1)), int(meta.get("n", -1)))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateCorrupt(f"item state has a malformed JSON tail: {exc!r}") from None
 

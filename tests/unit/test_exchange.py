@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from models import BPRMF, Popularity
-from streams.exchange import ItemExchange, ItemUpdate, decode_update, encode_update, fence_key, item_partition
+from streams.exchange import (
+    ItemExchange, ItemUpdate, decode_update, encode_fence, encode_update, fence_key, item_partition,
+)
 from streams.synthetic import SyntheticWorld, WorldConfig
 
 K = 8
@@ -66,12 +68,17 @@ def item_state(replica: Replica, items: list[str]) -> tuple[np.ndarray, np.ndarr
 
 
 def test_records_round_trip_through_bytes():
-    update = ItemUpdate("w/1", 7, ["a", "b"], np.arange(2 * K, dtype=np.float32).reshape(2, K),
-                        np.array([0.5, -1], np.float32), np.array([2.0, 0.0]), 10.0, 20.0, [1],
-                        np.ones((1, K), np.float32), np.array([0.25], np.float32), {1: ("c", ("dance",))}, 5, 6)
+    update = ItemUpdate("w/1", 7, np.array([3, 15]), np.arange(2 * K, dtype=np.float32).reshape(2, K),
+                        np.array([0.5, -1], np.float32), np.array([15]), np.array([2.0]), 10.0, 20.0,
+                        ["new"], np.ones((1, K), np.float32), np.array([0.1], np.float32), np.array([1.5]),
+                        ["new"], np.full((1, K), 0.5, np.float32), np.array([0.25], np.float32),
+                        {"new": ("c", ("dance",))}, 5, 6)
     back = decode_update(encode_update(update))
-    assert (back.origin, back.seq, back.ids, back.proposals, back.meta) == ("w/1", 7, ["a", "b"], [1], {1: ("c", ("dance",))})
-    assert np.array_equal(back.vectors, update.vectors) and np.array_equal(back.base_vectors, update.base_vectors)
+    assert (back.origin, back.seq, back.ids, back.proposals, back.meta) == ("w/1", 7, ["new"], ["new"],
+                                                                           {"new": ("c", ("dance",))})
+    for name in ("numbers", "vectors", "biases", "count_numbers", "counts", "id_vectors", "id_biases", "id_counts",
+                 "base_vectors", "base_biases"):
+        assert np.array_equal(getattr(back, name), getattr(update, name)), name
     assert (back.count_base_ms, back.clock_ms, back.first_change_ms, back.sent_ms) == (10.0, 20.0, 5, 6)
 
 
@@ -129,6 +136,7 @@ def test_the_first_proposal_of_a_new_item_wins_on_every_replica():
     log.deliver(a)
     log.deliver(b)
     assert "brand-new" not in a.exchange._provisional and "brand-new" not in b.exchange._provisional
+    assert a.exchange.number_of("brand-new") == b.exchange.number_of("brand-new") >= 0
     va, vb = a.model.item_vectors(["brand-new"])[0][0], b.model.item_vectors(["brand-new"])[0][0]
     np.testing.assert_allclose(va, vb, rtol=1e-4, atol=1e-6)
     assert not np.allclose(base_a, b.exchange.model.item_vectors(["brand-new"])[0][0])  # a really moved
@@ -151,7 +159,7 @@ def test_a_snapshot_is_exact_as_of_its_offset_despite_unpublished_and_unread_cha
     state = {}
     for partition, ids in items.items():
         state.update(writer.exchange.snapshot(partition, ids))
-        state[fence_key(partition)] = b'{"offset":%d}' % fences[partition]
+        state[fence_key(partition)] = encode_fence(*fences[partition])
     log.publish(writer)
     log.deliver(writer)
 
@@ -167,7 +175,7 @@ def test_a_snapshot_is_exact_as_of_its_offset_despite_unpublished_and_unread_cha
 
 def test_a_corrupt_record_is_skipped_and_counted():
     replica = Replica("r")
-    assert replica.exchange.apply(0, 0, b"garbage", now_ms=0) == 0
+    assert replica.exchange.apply(0, 0, b"garbage", now_ms=0) == 0  # no exception
     assert replica.exchange.corrupt_records == 1 and replica.exchange.positions[0] == 0
 
 
@@ -184,3 +192,20 @@ def test_corrupt_snapshots_are_quarantined_and_the_item_starts_from_the_log():
 
 def test_items_are_spread_over_every_partition():
     assert {item_partition(f"v{n}", PARTITIONS) for n in range(100)} == set(range(PARTITIONS))
+
+
+def test_every_replica_numbers_the_items_alike_and_records_then_carry_numbers():
+    log, a, b = Log(), Replica("a"), Replica("b")
+    events = stream(3000)
+    a.learn(events[:1500])
+    b.learn(events[1500:])
+    for replica in (a, b):
+        log.publish(replica)
+    log.deliver(a)
+    log.deliver(b)
+    items = sorted(a.model.item_ids)
+    assert [a.exchange.number_of(i) for i in items] == [b.exchange.number_of(i) for i in items]
+    assert min(a.exchange.number_of(i) for i in items) >= 0
+    a.learn(events[:500])  # known items only: nothing travels by id any more
+    updates = [decode_update(value) for _, _, value in a.exchange.take_records(now_ms=0)]
+    assert updates and not any(u.ids or u.proposals for u in updates) and sum(len(u.numbers) for u in updates) > 0
