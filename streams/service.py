@@ -376,7 +376,7 @@ class RecommenderService:
             trending_due = (
                 self.writes_popular_lists
                 and time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S
-                and bool(self.pending_tags or exchange.changed_items or self._popular_stale)
+                and bool(self.pending_tags or self._popular_stale or exchange.changed)
             )
             if not self.pending_users and not trending_due:
                 return True
