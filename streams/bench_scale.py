@@ -22,7 +22,9 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    then dated precisely, as ``bench pipeline`` does: the latest ``updated_ms`` of the lists of the
    users of each partition's last event (the last writes those events caused; the heartbeat time
    if one is missing). ``events_per_s = N / (end - first send)``; ``cpu_s_per_1k_events`` = the
-   workers' CPU seconds over the phase per 1,000 events.
+   workers' CPU seconds over the phase per 1,000 events. How evenly they progressed:
+   ``events_per_worker`` (at the end), ``events_per_worker_at_half`` (when the sum first reached
+   ``N / 2``) and ``worker_done_s`` (when each heartbeat first showed its final count, +- 1 s).
    **Restart**: once the events applied reach ``N / 2``, worker 1 is SIGKILLed and a new process
    with the same worker id started (production goes on). The killed process counts with the CPU
    of its last sample; its heartbeat is ignored from then on. What it applied up to its last
@@ -44,6 +46,8 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    events' weights summed in another order and forward-decayed from another base time, so they
    differ by rounding only; a tie at rank N within rounding would show as 0.98.) The lists are
    read again for up to 5 s while they differ: the writer refreshes them once a second.
+   ``popular_score_ratio_min`` / ``_max``: the global list's scores over the offline scores of the
+   same items (1.0 up to the lists' 5-decimal rounding when every event was counted once).
 5. **freshness**: ``bench_pipeline._freshness`` at ``--freshness-rate`` for ``--freshness-seconds``
    on the same workers; its sampled users are new, so each lands on whichever worker owns it.
 6. **health records**: after the workers are stopped, the run's metrics topic is read (a
@@ -52,9 +56,12 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    their ``item_staleness_p99_ms``, ``item_staleness_max_ms`` (null without other workers);
    ``exchange_bytes_per_event`` = the sum over workers (and incarnations) of ``item_bytes_sent_total``
    in their last record before the freshness phase, per training event, and the same for
-   ``item_rows_applied_total`` and ``item_bytes_applied_total``. The fence records give each
-   worker's partitions (``partitions_per_worker``) and ``partition_moves`` (partitions fenced by
-   more than one worker before the freshness phase: rebalances during training).
+   ``item_rows_applied_total`` and ``item_bytes_applied_total`` (a lone worker logs its deltas
+   too: a restarted worker replays them). The fence records give each worker's partitions
+   (``partitions_per_worker``) and ``partition_moves`` (partitions fenced by more than one worker
+   before the freshness phase: rebalances during training); ``popular_writers`` are the workers
+   whose last record says they write the popular lists (``killed_wrote_popular_lists``: the
+   killed process did).
 
 ``quality_vs_1`` = ``hr_at_50`` / the W = 1 figure of the same invocation (null without a W = 1 run).
 Everything started is stopped at the end, also on errors and Ctrl-C. Like ``bench_pipeline``, this
@@ -161,6 +168,10 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+def _pid(worker: Any) -> int | None:
+    return worker.process.pid if worker.process is not None else None
+
+
 def _cpu_seconds(pid: int | None) -> float | None:
     """utime + stime of process ``pid`` (``/proc/<pid>/stat``), seconds; None if it is gone."""
     if pid is None:
@@ -188,6 +199,7 @@ class _Stream:
     history: dict[str, set[str]]  # user -> items engaged with in training
     holdout: list[tuple[str, str]]  # (user, item) of the held-back events
     popular: list[str]  # the offline Popularity's top-N
+    popularity: Any  # that offline models.Popularity (its scores: what the workers' counts must be)
     tag_popular: dict[str, list[str]]  # tag seen in training -> the offline top-N within it
 
     def events_through(self, partition: int, offset: int) -> int:
@@ -249,6 +261,7 @@ def _stream(opts: ScaleOptions, settings: Any) -> _Stream:
         history=history,
         holdout=holdout,
         popular=[i for i, _ in popularity.top_n("", settings.top_n)],
+        popularity=popularity,
         tag_popular={t: [i for i, _ in popularity.top_n_for_tags([t], settings.top_n)] for t in seen_tags},
     )
 
@@ -277,10 +290,11 @@ async def _group(settings: Any) -> tuple[str, int, list[int] | None]:
             owned: list[int] | None = []
             for member in members:
                 raw = member.get("member_assignment") or b""
-                if not raw:
-                    owned = None  # Tansu reports members without their assignments
+                try:
+                    assignment = ConsumerProtocolMemberAssignment.decode(raw)
+                except Exception:  # Tansu reports members without their assignments
+                    owned = None
                     break
-                assignment = ConsumerProtocolMemberAssignment.decode(raw)
                 assert owned is not None
                 owned.append(sum(len(ps) for topic, ps in assignment.assignment if topic == settings.events_topic))
             return str(group["state"]), len(members), owned
@@ -359,7 +373,8 @@ def _start_workers(settings: Any, n: int, workdir: Path, live: list[Any]) -> tup
             break
         if owned is not None:
             check = "describe_groups with assignments"
-        settled = state == "Stable" and members == n and (owned is None or (len(owned) == n and min(owned) > 0))
+        busy = min(n, settings.partitions)  # members beyond the partition count stay idle
+        settled = state == "Stable" and members == n and (owned is None or sum(o > 0 for o in owned) == busy)
         stable = stable + 1 if settled else 0
         if time.monotonic() > deadline:
             raise RuntimeError(f"the consumer group did not settle with {n} members in 90 s "
@@ -382,13 +397,12 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
     from streams.worker_process import WorkerFailed, WorkerProcess
 
     n = stream.n
-    pid = lambda w: w.process.pid if w.process is not None else None  # noqa: E731
     marks: dict[str, Any] = {}
     outcome: dict[str, Any] = {}
     began = threading.Event()
 
     def on_start() -> None:
-        marks["cpu"] = [_cpu_seconds(pid(w)) or 0.0 for w in workers]
+        marks["cpu"] = [_cpu_seconds(_pid(w)) or 0.0 for w in workers]
         marks["start_ms"] = time.time() * 1000.0
         began.set()
 
@@ -401,7 +415,8 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
 
     producer = threading.Thread(target=produce, name="bench-scale-producer", daemon=True)
     producer.start()
-    began.wait()
+    if not began.wait(120.0):
+        raise RuntimeError("the producer did not start sending within 120 s")
     if "error" in outcome:
         raise outcome["error"]
     base = list(marks["cpu"])
@@ -416,6 +431,9 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
     respawned_ms = 0
     respawned_at = 0.0
     fenced: int | None = None  # training events the killed process applied up to its last fence
+    seen_total = [-1] * len(workers)  # each worker's events_total, and the heartbeat that first showed it
+    changed_ms = [0] * len(workers)
+    half: list[int] | None = None  # events_total per worker when the events applied first reached N / 2
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -425,7 +443,7 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
                 if not worker.alive():
                     raise WorkerFailed(f"worker {worker.settings.worker_id} exited with "
                                        f"{worker.process and worker.process.returncode}:\n{worker.log_tail()}")
-                cpu = _cpu_seconds(pid(worker))
+                cpu = _cpu_seconds(_pid(worker))
                 if cpu is not None:
                     last[k] = cpu
             statuses: list[dict[str, Any] | None] = []
@@ -436,7 +454,12 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
                     status = None  # the killed process's last heartbeat, until the successor's first
                 statuses.append(status)
             totals = [int(s.get("events_total") or 0) if s else 0 for s in statuses]
+            for k, (status, total) in enumerate(zip(statuses, totals)):
+                if status is not None and total != seen_total[k]:
+                    seen_total[k], changed_ms[k] = total, int(status["heartbeat_ms"])
             applied = sum(totals) + (fenced or 0)
+            if half is None and applied >= n / 2:
+                half = list(totals)
             if restart and killed_ms is None and applied >= n // 2:
                 result["restart_at_events"] = applied
                 result["killed_events_total"] = totals[victim]  # its last heartbeat (<= 1 s old)
@@ -492,6 +515,9 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
             cpu_s_per_1k_events=cpu_s / n * 1000.0,
             events_applied=applied,
             events_per_worker=totals,
+            events_per_worker_at_half=half,
+            # When each worker's heartbeat first showed its final events_total (+- 1 s: heartbeats are 1 s apart).
+            worker_done_s=[round(max(ms - marks["start_ms"], 0.0) / 1000.0, 1) for ms in changed_ms],
             killed_ms=killed_ms,
         )
         return result
@@ -565,20 +591,29 @@ def _popular_check(settings: Any, stream: _Stream, retry_s: float = 5.0) -> dict
         deadline = time.monotonic() + retry_s
         while True:
             overlaps = []
-            for want, raw in zip(expected, client.mget(keys)):
-                got = set(orjson.loads(raw)["items"]) if raw is not None else set()
+            lists = [orjson.loads(raw) if raw is not None else None for raw in client.mget(keys)]
+            for want, data in zip(expected, lists):
+                got = set(data["items"]) if data is not None else set()
                 overlaps.append(len(got & set(want)) / max(len(want), len(got), 1))
             if min(overlaps) == 1.0 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)  # the writer refreshes them once a second
     finally:
         client.close()
+    # Beyond the ranking: the global list's scores over the offline ones (1.0 when the counts are right;
+    # the lists hold scores rounded to 5 decimals).
+    ratios: list[float] = []
+    if lists[0] is not None:
+        offline = stream.popularity.score("", lists[0]["items"]).tolist()
+        ratios = [got / want for got, want in zip(lists[0]["scores"], offline) if want > 0]
     return {
         "popular_lists_consistent": min(overlaps) == 1.0,
         "popular_overlap": overlaps[0],
         "popular_min_overlap": min(overlaps),
         "tag_lists_compared": len(tags),
         "tag_lists_differing": sum(o < 1.0 for o in overlaps[1:]),
+        "popular_score_ratio_min": round(min(ratios), 6) if ratios else None,
+        "popular_score_ratio_max": round(max(ratios), 6) if ratios else None,
     }
 
 
@@ -611,6 +646,7 @@ def _health(settings: Any, n: int, before_ms: int, killed: tuple[str, int] | Non
             for p in fence["offsets"]:
                 owners.setdefault(int(p), set()).add(fence["worker_id"])
     final = {r["worker_id"]: r for r in last.values()}
+    killed_record = last.get((killed[0], False)) if killed is not None else None
     return {
         "item_staleness_p50_ms": statistics.median(p50s) if p50s else None,
         "item_staleness_p99_ms": max(p99s) if p99s else None,
@@ -623,6 +659,7 @@ def _health(settings: Any, n: int, before_ms: int, killed: tuple[str, int] | Non
         "partitions_per_worker": {w: len(ps) for w, ps in sorted(partitions.items())},
         "partition_moves": sum(len(o) - 1 for o in owners.values()),
         "popular_writers": sorted(w for w, r in final.items() if r.get("writes_popular_lists")),
+        "killed_wrote_popular_lists": bool(killed_record.get("writes_popular_lists")) if killed_record else None,
     }
 
 
