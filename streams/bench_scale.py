@@ -812,9 +812,10 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log("interrupted; everything started was stopped")
         return 130
-    except Exception as exc:  # one line; the workers' logs (--worker-logs) have the rest
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        log(f"failed: {type(exc).__name__}: {first}")
+    except Exception as exc:  # one line: the message's first and last lines (a worker's log tail ends with its error)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "") if lines else ""
+        log(f"failed: {type(exc).__name__}: {text}")
         return 1
     if opts.json:
         for result in results:
