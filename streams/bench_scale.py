@@ -31,8 +31,9 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    checkpoint fence (the offsets in its last fence record, as events: messages hold
    ``batch_events`` events each, in order) is added to the live heartbeats' ``events_total``:
    events it applied after that fence are applied again by the partitions' next owner, and
-   counted there (``events_applied_twice_min``: at least its last heartbeat's ``events_total`` minus
-   those fenced; ``successor_ready_s``: from the new process's start to its first ready heartbeat).
+   counted there. ``killed_events_total`` is its last heartbeat's count (it can lag the fence: no
+   heartbeat is written while a long batch runs), ``killed_fenced_events`` the fenced count, and
+   ``successor_ready_s`` runs from the new process's start to its first ready heartbeat.
 3. **quality**: 2 s after the end, and once no heartbeat shows ``pending_users > 0``, every
    held-back user's list is read (pipelined MGETs); ``hr_at_50`` = the share of held-back events
    whose user has a list and whose item is not in the user's training history, that are in the
@@ -47,7 +48,9 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    differ by rounding only; a tie at rank N within rounding would show as 0.98.) The lists are
    read again for up to 5 s while they differ: the writer refreshes them once a second.
    ``popular_score_ratio_min`` / ``_max``: the global list's scores over the offline scores of the
-   same items (1.0 up to the lists' 5-decimal rounding when every event was counted once).
+   same items (1.0 up to the lists' 5-decimal rounding when every event was counted once; above
+   after a kill when the killed worker had published the item deltas of events past its last
+   fence, which its successor applies again: RELIABILITY.md, factors may move twice).
 5. **freshness**: ``bench_pipeline._freshness`` at ``--freshness-rate`` for ``--freshness-seconds``
    on the same workers; its sampled users are new, so each lands on whichever worker owns it.
 6. **health records**: after the workers are stopped, the run's metrics topic is read (a
@@ -425,7 +428,7 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
     keys = [settings.worker_key(w.settings.worker_id) for w in workers]
     client = sync_redis(settings)
     result: dict[str, Any] = {"restart_at_events": None, "killed_events_total": None, "killed_fenced_events": None,
-                              "events_applied_twice_min": None, "successor_ready_s": None}
+                              "successor_ready_s": None}
     victim = 1
     killed_ms: int | None = None
     respawned_ms = 0
@@ -478,10 +481,9 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
                 continue
             if killed_ms is not None and fenced is None and _now_ms() - killed_ms >= 500:
                 fenced = _fenced_events(settings, stream, workers[victim].settings.worker_id, killed_ms)
+                # What it applied after its last fence is applied again by the partitions' next owner: counts
+                # and sets stay exact (fences), item deltas it already published for those events are not taken back.
                 result["killed_fenced_events"] = fenced
-                # Applied after its last fence: its successor (or another worker) applies them again. The counts
-                # and sets stay exact (fences); item deltas already published for them are not taken back.
-                result["events_applied_twice_min"] = max(result["killed_events_total"] - fenced, 0)
                 continue
             if killed_ms is not None and result["successor_ready_s"] is None and statuses[victim] \
                     and statuses[victim].get("ready"):
