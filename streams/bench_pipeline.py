@@ -45,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["BenchOptions", "add_arguments", "main", "run_bench"]
 
@@ -167,7 +167,13 @@ def _messages(settings: Any, encoded: list[tuple[bytes, bytes]], batch_events: i
     return messages
 
 
-async def _produce_all(settings: Any, messages: list[tuple[Any, ...]]) -> float:
+async def _produce_all(
+    settings: Any, messages: list[tuple[Any, ...]], on_start: Callable[[], None] | None = None
+) -> float:
+    """Send ``messages`` as fast as they go; seconds from the first send to the end of the flush.
+
+    ``on_start`` is called just before the first send (topics exist, the producer is connected).
+    """
     from streams.kafka import ensure_topics
 
     await ensure_topics(settings)
@@ -176,6 +182,8 @@ async def _produce_all(settings: Any, messages: list[tuple[Any, ...]]) -> float:
     try:
         topic = settings.events_topic
         send = producer.send
+        if on_start is not None:
+            on_start()
         started = time.perf_counter()
         for key, value, partition, headers in messages:
             await send(topic, value=value, key=key, partition=partition, headers=headers)  # delivery: flush()
@@ -439,9 +447,41 @@ def _topn_recall(kept: list[dict[str, Any]], n_users: int, top_n: int, seed: int
 # --------------------------------------------------------------------------- driver
 
 
+def _start_services(
+    bootstrap: str | None, redis_url: str | None, workdir: Path, started: list[Any]
+) -> tuple[str, str, str]:
+    """The broker URL, the Redis URL and a description of the broker: the given ones, or an embedded
+    broker and redis-server started in ``workdir`` (appended to ``started``, for the caller to stop)."""
+    from streams.dev import free_port, start_broker, start_redis
+
+    if bootstrap:
+        broker_url = bootstrap if "://" in bootstrap else f"kafka://{bootstrap}"
+        broker = f"external {broker_url}"
+    else:
+        log("starting the embedded broker (Tansu)")
+        proc = start_broker(free_port(), workdir)
+        started.append(proc)
+        broker_url = f"kafka://127.0.0.1:{proc.port}"
+        broker = "tansu (embedded, memory storage)"
+    if not redis_url:
+        log("starting the embedded redis-server")
+        proc = start_redis(free_port(), workdir)
+        started.append(proc)
+        redis_url = f"redis://127.0.0.1:{proc.port}/0"
+    return broker_url, redis_url, broker
+
+
+def _stop_services(started: list[Any]) -> None:
+    """Stop what :func:`_start_services` started, last first; a failure to stop one does not skip the others."""
+    for proc in reversed(started):
+        try:
+            proc.stop()
+        except Exception as exc:  # keep stopping the others
+            log(f"could not stop {proc.name}: {exc}")
+
+
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Run every phase; returns the result dict. Stops everything it started."""
-    from streams.dev import free_port, start_broker, start_redis
     from streams.settings import Settings
     from streams.worker_process import WorkerProcess
 
@@ -455,22 +495,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     result: dict[str, Any] = {"events": opts.events, "users": opts.users, "items": opts.items, "load": opts.load,
                               "batch_events": opts.batch_events}
     try:
-        if opts.bootstrap:
-            broker_url = opts.bootstrap if "://" in opts.bootstrap else f"kafka://{opts.bootstrap}"
-            result["broker"] = f"external {broker_url}"
-        else:
-            log("starting the embedded broker (Tansu)")
-            proc = start_broker(free_port(), workdir)
-            started.append(proc)
-            broker_url = f"kafka://127.0.0.1:{proc.port}"
-            result["broker"] = "tansu (embedded, memory storage)"
-        if opts.redis_url:
-            redis_url = opts.redis_url
-        else:
-            log("starting the embedded redis-server")
-            proc = start_redis(free_port(), workdir)
-            started.append(proc)
-            redis_url = f"redis://127.0.0.1:{proc.port}/0"
+        broker_url, redis_url, result["broker"] = _start_services(opts.bootstrap, opts.redis_url, workdir, started)
         tag = "bench" + uuid.uuid4().hex[:8]
         settings = Settings.from_env(broker_url=broker_url, redis_url=redis_url, topic_prefix=tag, redis_prefix=tag,
                                      app_id=tag, worker_id=f"{tag}-w", web_enabled=False)
@@ -537,11 +562,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             worker.stop()
         if opts.worker_log and (workdir / "worker.log").exists():
             shutil.copyfile(workdir / "worker.log", opts.worker_log)
-        for proc in reversed(started):
-            try:
-                proc.stop()
-            except Exception as exc:  # keep stopping the others
-                log(f"could not stop {proc.name}: {exc}")
+        _stop_services(started)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

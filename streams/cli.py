@@ -11,6 +11,7 @@
     streamrec settings                    every setting with its variable and default
     streamrec eval --data PATH --format F prequential HR@10 / NDCG@10 / recall@20 of the models
     streamrec bench pipeline [--events N]  end-to-end throughput, freshness, recall and memory
+    streamrec bench scale --workers 1 2 4  the same stream on 1, 2, 4 workers: rate, CPU, staleness, HR@50
 """
 
 from __future__ import annotations
@@ -88,10 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(sub.add_parser("eval", help="prequential evaluation of the models on a dataset"))
 
     from streams.bench_pipeline import add_arguments as add_bench_arguments  # light: stdlib only at import
+    from streams.bench_scale import add_arguments as add_scale_arguments  # light: stdlib only at import
 
     bench = sub.add_parser("bench", help="benchmarks on real services")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     add_bench_arguments(bench_sub.add_parser("pipeline", help="producer, raw consumer, worker, freshness, recall, RSS"))
+    add_scale_arguments(bench_sub.add_parser(
+        "scale", help="1, 2, 4 ... workers on one stream: rate, CPU, freshness, item staleness, HR@50, popular lists"))
     return parser
 
 
@@ -317,6 +321,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "scale":
+        from streams.bench_scale import main as scale_main
+
+        return scale_main(args)
     from streams.bench_pipeline import main as bench_main
 
     return bench_main(args)
