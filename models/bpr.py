@@ -654,6 +654,7 @@ class BPRMF:
         *,
         item_tags: Sequence[Iterable[str] | None] | None = None,
         ts_ms: np.ndarray | Sequence[float] | None = None,
+        update_items: np.ndarray | Sequence[bool] | None = None,
     ) -> None:
         """Learn from a batch of positive events ``(users[e], items[e], weights[e])``.
 
@@ -665,15 +666,24 @@ class BPRMF:
         ``items[e]``: items without tags yet take the first non-empty ones,
         and new items start at their tags' prior. ``ts_ms`` (optional) are
         event times in milliseconds, used by ``user_decay_half_life_s``.
-        Inputs are not modified.
+        ``update_items`` (optional, one bool per event): events marked False
+        move only their user's vector, not the items (whose change from them
+        is already known, e.g. merged from another learner). Inputs are not
+        modified.
         """
         C.check_pairs(users, items)
         w = C.as_weights(weights, len(users))
         if item_tags is not None:
             C.check_tag_lists(item_tags, len(items))
         t = None if ts_ms is None else self._times(ts_ms, len(users))
+        mask = None
+        if update_items is not None:
+            mask = np.asarray(update_items, dtype=bool)
+            if mask.shape != (len(users),):
+                raise InvalidInputError(f"update_items must hold one bool per event, got shape {mask.shape}")
+            mask = None if mask.all() else mask
         u = self._index_users(users)
-        self._learn(u, self._index_items(items, tags=item_tags), w, t)
+        self._learn(u, self._index_items(items, tags=item_tags), w, t, mask)
 
     @staticmethod
     def _times(ts_ms: np.ndarray | Sequence[float], n: int) -> np.ndarray:
@@ -690,12 +700,15 @@ class BPRMF:
             buf = self._work[name] = np.empty(max(size, 2 * (0 if buf is None else len(buf))), dtype)
         return buf[:size].reshape(shape)
 
-    def _learn(self, u: np.ndarray, i: np.ndarray, w: np.ndarray, t: np.ndarray | None) -> None:
+    def _learn(
+        self, u: np.ndarray, i: np.ndarray, w: np.ndarray, t: np.ndarray | None, items_move: np.ndarray | None = None
+    ) -> None:
         n, m, k = len(self._items), self.n_negatives, self.n_factors
         if not (w > 0).all():  # zero-weight events only register their ids
             keep = w > 0
             u, i, w = u[keep], i[keep], w[keep]
             t = None if t is None else t[keep]
+            items_move = None if items_move is None else items_move[keep]
         if n < 2 or m == 0 or len(u) == 0:
             return
         dt, reg, cap, B, m1 = self.dtype, self.dtype.type(self.regularization), self.max_grad_norm, len(u), m + 1
@@ -717,6 +730,7 @@ class BPRMF:
             order = np.argsort(rank, kind="stable")
             u, i, lr, rank = u[order], i[order], lr[order], rank[order]
             t = None if t is None else t[order]
+            items_move = None if items_move is None else items_move[order]
             cuts = [0, *np.flatnonzero(rank[1:] != rank[:-1]) + 1, B]
         capped = rank is not None and rank[-1] == self.max_user_steps - 1
         decay = self._decay(u, t)
@@ -769,6 +783,8 @@ class BPRMF:
                 U[us] = p
                 P[lo:hi] = p
         # 2) items, along the users' updated vectors: row J[e, c] moves by lr_e * dl/dx_ec * p_e
+        if items_move is not None:  # events whose item side is known already move nothing here
+            lr = lr * items_move
         G *= (lr * dt.type(-0.5))[:, None]  # lr_e * dl/dx
         uniq, inv = self._unique_items(J.reshape(-1))
         nu = len(uniq)

@@ -156,6 +156,9 @@ class ItemUpdate:
     meta: dict[str, Meta] = field(default_factory=dict)  # new creators and tags
     first_change_ms: int = 0  # wall clock of the oldest change in the record
     sent_ms: int = 0
+    take: int = 0  # the records of one take of the sender's changes share this number ...
+    take_records: int = 1  # ... and say how many they are
+    covers: dict[int, int] = field(default_factory=dict)  # events partition -> last offset the take's changes include
 
     @property
     def rows(self) -> int:
@@ -176,6 +179,7 @@ def encode_update(u: ItemUpdate) -> bytes:
         "o": u.origin, "s": u.seq, "k": k, "n": len(u.numbers), "c": len(u.count_numbers), "ids": u.ids,
         "p": u.proposals, "m": [[i, creator, list(tags)] for i, (creator, tags) in u.meta.items()],
         "cb": u.count_base_ms, "cl": u.clock_ms, "f": u.first_change_ms, "t": u.sent_ms,
+        "tk": u.take, "tn": u.take_records, "v": {str(p): o for p, o in u.covers.items()},
     })  # fmt: skip
     n, c, m, q = len(u.numbers), len(u.count_numbers), len(u.ids), len(u.proposals)
     parts = [
@@ -211,7 +215,7 @@ def decode_update(value: bytes | None) -> ItemUpdate:
         return ItemUpdate(
             h["o"], int(h["s"]), arrays[0], arrays[1], arrays[2], arrays[3], arrays[4], float(h["cb"]),
             float(h["cl"]), ids, arrays[5], arrays[6], arrays[7], proposals, arrays[8], arrays[9], meta,
-            int(h["f"]), int(h["t"]),
+            int(h["f"]), int(h["t"]), int(h["tk"]), int(h["tn"]), {int(p): int(o) for p, o in h["v"].items()},
         )  # fmt: skip
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ItemUpdateCorrupt(f"malformed item-update record: {exc}") from None
@@ -267,6 +271,10 @@ class ItemExchange:
         self._meta_out: dict[str, Meta] = {}
         self._sent: dict[int, ItemUpdate] = {}  # seq -> own record not read back yet
         self._first_change_ms: int | None = None
+        self._covers: dict[int, int] = {}  # events partition -> last offset learned since the last take
+        self._take = 0
+        self._published: dict[int, int] = {}  # events partition -> last offset whose item changes are in the log
+        self._takes_seen: dict[tuple[str, int], int] = {}  # (origin, take) -> records read, until all are
         # Item numbers: number -> model index / popularity index, and back.
         self._numbered = [0] * partitions  # items numbered so far, per partition
         self._model_index = np.full(0, -1, np.int64)
@@ -337,10 +345,22 @@ class ItemExchange:
         """The creator or tags of ``item_id`` changed here: the others learn it with the next record."""
         self._meta_out[item_id] = (creator_id, tags)
 
-    def note_learned(self, now_ms: int) -> None:
-        """Learning changed items at ``now_ms`` (the oldest unpublished change dates the next records)."""
+    def note_learned(self, now_ms: int, covers: Mapping[int, int] | None = None) -> None:
+        """Learning changed items at ``now_ms`` (the oldest unpublished change dates the next records), from
+        events up to offset ``covers[p]`` of each events partition ``p``."""
         if self._first_change_ms is None:
             self._first_change_ms = now_ms
+        for partition, offset in (covers or {}).items():
+            if offset > self._covers.get(partition, -1):
+                self._covers[partition] = offset
+
+    def items_published(self, partition: int) -> int:
+        """The last offset of events ``partition`` whose item changes some worker published whole (-1: none).
+
+        After a crash, the partition's next owner applies again the events its previous owner had
+        learned past its last checkpoint; those up to this offset already reached every replica
+        through the log, so they must move only their users (:class:`~streams.pipeline.Pipeline`)."""
+        return self._published.get(partition, -1)
 
     @property
     def records_in_flight(self) -> int:
@@ -353,9 +373,10 @@ class ItemExchange:
         pop_rows, counts, base = self.popularity.take_deltas()
         first = self._first_change_ms if self._first_change_ms is not None else now_ms
         self._first_change_ms = None
+        covers, self._covers = self._covers, {}
         proposals, self._to_propose = self._to_propose, {}
         meta, self._meta_out = self._meta_out, {}
-        if not (len(model_rows) or len(pop_rows) or proposals or meta):
+        if not (len(model_rows) or len(pop_rows) or proposals or meta or covers):
             return []
         k, P = self.model.n_factors, self.partitions
         numbers = self._numbers_of_model(model_rows)
@@ -381,7 +402,7 @@ class ItemExchange:
         row_bytes = 4 * k + 24
         per_record = max(1, self.max_record_bytes // row_bytes)
         clock = self.popularity.clock_ms
-        out = []
+        out: list[tuple[int, ItemUpdate]] = []
         for partition in range(P):
             f = np.flatnonzero(numbers % P == partition)
             c = np.flatnonzero(count_numbers % P == partition)
@@ -404,13 +425,23 @@ class ItemExchange:
                     np.array([proposals[i][1] for i in mine], np.float32) if first_chunk else _f32(0),
                     metas if first_chunk else {}, first, now_ms,
                 )  # fmt: skip
-                value = encode_update(update)
-                self._sent[self._seq] = update
-                out.append((partition, self._seq, value))
+                out.append((partition, update))
                 self._seq += 1
-                self.records_sent += 1
-                self.bytes_sent += len(value)
-        return out
+        if not out:  # nothing changed, but events were learned: one record says which
+            out.append((0, ItemUpdate(self.origin, self._seq, np.zeros(0, np.int64), _f32(0, k), _f32(0),
+                                      np.zeros(0, np.int64), np.zeros(0), base, clock, first_change_ms=first,
+                                      sent_ms=now_ms)))
+            self._seq += 1
+        records = []
+        for partition, update in out:
+            update.take, update.take_records, update.covers = self._take, len(out), covers
+            value = encode_update(update)
+            self._sent[update.seq] = update
+            records.append((partition, update.seq, value))
+            self.records_sent += 1
+            self.bytes_sent += len(value)
+        self._take += 1
+        return records
 
     # --- what the others learned ----------------------------------------------------------
     def apply(self, partition: int, offset: int, value: bytes, now_ms: int) -> int:
@@ -434,6 +465,8 @@ class ItemExchange:
                 logger.warning("skipping item-update record %d:%d: %s", partition, offset, exc)
                 continue
             own = u.origin == self.origin
+            if u.covers:
+                self._take_seen(u)
             if u.proposals:
                 self._merge_proposals(u, partition, offset, own)  # numbers follow the log's order
             if own:
@@ -482,6 +515,18 @@ class ItemExchange:
             if self.collect_changed:
                 self._changed[numbers] = True
         return applied
+
+    def _take_seen(self, u: ItemUpdate) -> None:
+        """Once every record of a take is in, the events it covers count as published."""
+        key = (u.origin, u.take)
+        seen = self._takes_seen.get(key, 0) + 1
+        if seen < u.take_records:
+            self._takes_seen[key] = seen
+            return
+        self._takes_seen.pop(key, None)
+        for partition, offset in u.covers.items():
+            if offset > self._published.get(partition, -1):
+                self._published[partition] = offset
 
     def _known_fresh(self, numbers: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Mask of the rows whose item is numbered here and whose state does not include their offset yet."""

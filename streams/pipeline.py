@@ -184,9 +184,18 @@ class Pipeline:
         is_duplicate = self._duplicate_check()
         horizon = self._horizon_ms()
         duplicates = 0
+        covers: dict[int, int] = {}  # events partition -> last offset of this batch
+        moves_items: list[bool] = []  # per event: its item side is not in the item log yet
+        items_published = self.exchange.items_published
         for message in messages:
+            partition, offset = message.partition, message.offset
+            if offset > covers.get(partition, -1):
+                covers[partition] = offset
+            fresh = offset > items_published(partition)
+            before = len(events)
             if message.headers and is_batch(message.headers):
                 duplicates += self._process_batch_message(message, outcome, horizon, is_duplicate)
+                moves_items.extend([fresh] * (len(events) - before))
                 continue
             try:
                 event = decode_event(message.key, message.value, max_bytes)
@@ -199,9 +208,10 @@ class Pipeline:
                 duplicates += 1
             else:
                 events.append(event)
+                moves_items.append(fresh)
         outcome.duplicates = duplicates
         if events:
-            self._learn(events, outcome)
+            self._learn(events, outcome, moves_items, covers)
         self.seen_event_ids.add_many([event.event_id for event in events])
         health = self.health
         health.duplicates_skipped += duplicates
@@ -258,7 +268,11 @@ class Pipeline:
                 outcome.events.append(event)
         return duplicates
 
-    def _learn(self, events: list[Event], outcome: BatchOutcome) -> None:
+    def _learn(self, events: list[Event], outcome: BatchOutcome, moves_items: list[bool],
+               covers: dict[int, int]) -> None:
+        """Learn ``events``; those of ``moves_items`` False only move their users (their item side reached the
+        item log before: a crashed owner learned them after its last checkpoint, see
+        :meth:`~streams.exchange.ItemExchange.items_published`)."""
         n = len(events)
         # One pass to columns (an Event is a tuple: zip(*events) transposes in C).
         event_ids, users, items, kinds, ts_list, watch, creators, tags = zip(*events)
@@ -272,13 +286,15 @@ class Pipeline:
         )
         # New items first (tagged ones start from their tags): their starting point goes to the other workers.
         self.exchange.note_new_items(self.model.add_items(items, tags))
-        self.model.learn_batch(users, items, weights, item_tags=tags)
+        moves = None if all(moves_items) else np.array(moves_items)
+        self.model.learn_batch(users, items, weights, item_tags=tags, update_items=moves)
         ts = np.array(ts_list, dtype=np.int64)
-        self.popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)
+        self.popularity.learn_batch(users, items, weights if moves is None else weights * moves, ts_ms=ts,
+                                    item_tags=tags)
         kind_codes = np.array([KIND_CODES[k] for k in kinds], np.int8)
         self.windows.add_columns(ts, kind_codes, users, items, creators, tags)
         # Only plain dict updates from here on: nothing below fails halfway.
-        self.exchange.note_learned(_now_ms())
+        self.exchange.note_learned(_now_ms(), covers)
         max_history = self.settings.max_history
         histories, item_meta, note_meta = self.history, self.item_meta, self.exchange.note_meta
         for user_id, item_id, creator_id, item_tags in zip(users, items, creators, tags):

@@ -207,6 +207,7 @@ class RecommenderService:
         partitions = {tp.partition for tp in assigned}
         self.owned = partitions
         self.items.assigned(partitions)
+        self._popular_stale = self.pipeline.exchange.collect_changed = self.writes_popular_lists
         missing = {p for p in partitions if p not in self.fences}
         try:
             if missing and self.read_fences is not None:
@@ -255,6 +256,7 @@ class RecommenderService:
             self.pending_users = {u for u in self.pending_users if kafka_partition(u.encode(), n) not in partitions}
             self.owned -= partitions
             self.items.revoked(partitions)
+            self.pipeline.exchange.collect_changed = self.writes_popular_lists
             for tp in revoked:
                 self.positions.pop(tp, None)
                 self.fences.pop(tp.partition, None)
@@ -372,7 +374,6 @@ class RecommenderService:
             # Popular and trending lists are the whole group's and change slowly: one worker rewrites them,
             # once a second, when its events or the other workers' changed some counts.
             exchange = self.pipeline.exchange
-            exchange.collect_changed = self.writes_popular_lists
             trending_due = (
                 self.writes_popular_lists
                 and time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S

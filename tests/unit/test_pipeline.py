@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -94,6 +95,8 @@ class FakeWriter:
             raise redis.ConnectionError("redis is down")
         self.written.update({u: list(zip(i, s)) for u, i, s in zip(users, items, scores)})
         self.tag_lists = dict(popular_by_tag or {})
+        if popular:
+            self.popular = popular
 
     async def heartbeat(self, worker_id, status, ttl_s=30):
         if self.down:
@@ -451,3 +454,73 @@ def test_lists_waiting_for_redis_are_dropped_for_revoked_partitions():
 
     asyncio.run(run())
     assert all(kafka_partition(u.encode(), n) != revoked_partition for u in writer.written)
+
+
+def test_the_popular_lists_writer_publishes_the_other_workers_events():
+    """Two services sharing one item log: partition 0's owner writes popular lists that count the events
+    only the other worker saw."""
+    from streams.events import kafka_partition
+
+    settings = Settings(n_factors=8, top_n=10, partitions=4, item_exchange_interval_s=0.001)
+    log = MemoryItemLog(settings.partitions)
+
+    async def nothing(records):
+        return None
+
+    writers = [FakeWriter(), FakeWriter()]
+    first, second = (RecommenderService(dataclasses.replace(settings, worker_id=f"w{k}"), MemoryStateStore(),
+                                        writers[k], nothing, nothing, item_log=log) for k in range(2))
+    events = [e for e in world_events(600) if kafka_partition(e["user_id"].encode(), 4) != 0]
+
+    async def run():
+        for service in (first, second):
+            await service.items.start()
+        await first.on_partitions_assigned({TP(settings.events_topic, 0)})
+        await second.on_partitions_assigned({TP(settings.events_topic, p) for p in (1, 2, 3)})
+        await second.handle(messages(events))
+        await second.items.publish(force=True)
+        for _ in range(10):
+            await asyncio.sleep(0)  # the log hands the records to both workers
+        first.trending_written = float("-inf")
+        assert await first.refresh()
+        for service in (first, second):
+            await service.items.stop()
+
+    asyncio.run(run())
+    popular = [item for item, _ in writers[0].popular]
+    assert len(popular) == 10 and set(popular) <= {e["item_id"] for e in events}
+    assert writers[0].tag_lists and not getattr(writers[1], "popular", None)
+
+
+def test_events_a_crashed_worker_published_are_learned_again_by_their_users_only():
+    """A worker learns events, publishes their item changes, and dies before its checkpoint. Its successor
+    replays the events (they are past the fence): the users learn them, the items and popularity do not
+    move a second time."""
+    log = MemoryItemLog(SETTINGS.partitions)
+    events = world_events(400)
+    batch = messages(events)
+
+    async def run():
+        crashed = Pipeline(SETTINGS, MemoryStateStore())
+        crashed_items = ItemSync(SETTINGS, crashed.exchange, log)
+        await crashed_items.start()
+        crashed.process(batch)
+        await crashed_items.publish(force=True)
+        successor = Pipeline(SETTINGS, MemoryStateStore())
+        successor_items = ItemSync(SETTINGS, successor.exchange, log)
+        await successor_items.start()  # reads the crashed worker's records
+        items = sorted({e["item_id"] for e in events})
+        before = successor.model.item_vectors(items)
+        popular_before = successor.popular()
+        out = successor.process(batch)
+        assert len(out.events) == len(events)
+        after = successor.model.item_vectors(items)
+        assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+        assert successor.popular() == popular_before == crashed.popular()
+        assert set(successor.history) == {e["user_id"] for e in events}
+        assert successor.model.n_users == crashed.model.n_users
+        await successor_items.publish(force=True)  # its own records carry no item change of those events
+        for sync in (crashed_items, successor_items):
+            await sync.stop()
+
+    asyncio.run(run())
