@@ -553,8 +553,11 @@ class BPRMF:
             return np.zeros((len(i), self.n_factors), self.dtype), np.zeros(len(i), self.dtype)
         return self._dV[i], self._db[i]
 
-    def add_item_deltas(self, indices: np.ndarray, vectors: np.ndarray, biases: np.ndarray) -> None:
-        """Add ``vectors`` (``(n, k)``) and ``biases`` (``(n,)``) to the items at ``indices`` (repeats add up).
+    def add_item_deltas(
+        self, indices: np.ndarray, vectors: np.ndarray, biases: np.ndarray, *, unique: bool = False
+    ) -> None:
+        """Add ``vectors`` (``(n, k)``) and ``biases`` (``(n,)``) to the items at ``indices`` (repeats add up;
+        ``unique=True`` promises there are none: a plain indexed add, faster).
 
         How another learner's changes are merged in: they are not recorded as this model's own.
 
@@ -573,7 +576,10 @@ class BPRMF:
             raise InvalidInputError(f"expected ({len(i)}, {self.n_factors}) vectors and ({len(i)},) biases")
         if not (np.isfinite(v).all() and np.isfinite(bias).all()):
             raise InvalidInputError("item deltas must be finite")
-        if len(i):
+        if unique:
+            self._V[i] += v
+            self._b[i] += bias
+        elif len(i):
             _scatter_add_rows(self._V, i, np.ascontiguousarray(v), self._buffer("flat", (v.size,), np.dtype(np.int64)))
             np.add.at(self._b, i, bias)
 

@@ -6,7 +6,14 @@ module builds the app, its topics and tables, and registers the agents.
 
 from __future__ import annotations
 
-import asyncio
+import os
+
+# A worker process is one core's worth of work (run one per core): numpy's BLAS must not spread a
+# matrix product over every core, where its spinning threads cost more CPU than they save.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import asyncio  # noqa: E402
 from typing import Any, Protocol
 
 import faust

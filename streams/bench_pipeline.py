@@ -168,9 +168,11 @@ def _messages(settings: Any, encoded: list[tuple[bytes, bytes]], batch_events: i
 
 
 async def _produce_all(
-    settings: Any, messages: list[tuple[Any, ...]], on_start: Callable[[], None] | None = None
+    settings: Any, messages: list[tuple[Any, ...]], on_start: Callable[[], None] | None = None,
+    rate: float | None = None, events_per_message: int = 1,
 ) -> float:
-    """Send ``messages`` as fast as they go; seconds from the first send to the end of the flush.
+    """Send ``messages`` as fast as they go (or ``rate`` events/s, messages holding ``events_per_message``
+    events each); seconds from the first send to the end of the flush.
 
     ``on_start`` is called just before the first send (topics exist, the producer is connected).
     """
@@ -185,7 +187,11 @@ async def _produce_all(
         if on_start is not None:
             on_start()
         started = time.perf_counter()
-        for key, value, partition, headers in messages:
+        for n, (key, value, partition, headers) in enumerate(messages):
+            if rate:
+                ahead = n * events_per_message / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             await send(topic, value=value, key=key, partition=partition, headers=headers)  # delivery: flush()
         await producer.flush()
         return time.perf_counter() - started

@@ -15,16 +15,17 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
 1. **start**: W ``streamrec worker`` processes (``<tag>-w0`` ...), all ready, then the consumer
    group stable with W members (DescribeGroups twice in a row; where the broker reports member
    assignments, every member holding events partitions; Tansu does not), then 1 s more.
-2. **throughput**: the training events are produced as fast as they go while the workers consume.
-   Each worker's CPU time (``/proc/<pid>/stat`` utime + stime) is read just before the first send
-   and again when the events applied reach ``N``: the sum of the heartbeats' ``events_total``
-   (``<prefix>:worker:<id>``, polled every 50 ms). Heartbeats come once a second, so the end is
-   then dated precisely, as ``bench pipeline`` does: the latest ``updated_ms`` of the lists of the
-   users of each partition's last event (the last writes those events caused; the heartbeat time
-   if one is missing). ``events_per_s = N / (end - first send)``; ``cpu_s_per_1k_events`` = the
-   workers' CPU seconds over the phase per 1,000 events. How evenly they progressed:
-   ``events_per_worker`` (at the end), ``events_per_worker_at_half`` (when the sum first reached
-   ``N / 2``) and ``worker_done_s`` (when each heartbeat first showed its final count, +- 1 s).
+2. **learning**: the training events are produced at ``--rate`` events/s (all workers together: a
+   steady load below every run's capacity, so that quality is measured in steady operation; 0: as
+   fast as they go) while the workers consume. Each worker's CPU time (``/proc/<pid>/stat`` utime +
+   stime) is read just before the first send and again when the events applied reach ``N``: the
+   sum of the heartbeats' ``events_total`` (``<prefix>:worker:<id>``, polled every 50 ms).
+   Heartbeats come once a second, so the end is then dated precisely, as ``bench pipeline`` does:
+   the latest ``updated_ms`` of the lists of the users of each partition's last event (the last
+   writes those events caused; the heartbeat time if one is missing). ``learn_events_per_s`` and
+   ``learn_cpu_s_per_1k_events`` (the workers' CPU seconds over the phase per 1,000 events) come
+   from this phase. How evenly the workers progressed: ``events_per_worker`` (at the end),
+   ``events_per_worker_at_half`` (when the sum first reached ``N / 2``).
    **Restart**: once the events applied reach ``N / 2``, worker 1 is SIGKILLed and a new process
    with the same worker id started (production goes on). The killed process counts with the CPU
    of its last sample; its heartbeat is ignored from then on. What it applied up to its last
@@ -53,7 +54,12 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    fence, which its successor applies again: RELIABILITY.md, factors may move twice).
 5. **freshness**: ``bench_pipeline._freshness`` at ``--freshness-rate`` for ``--freshness-seconds``
    on the same workers; its sampled users are new, so each lands on whichever worker owns it.
-6. **health records**: after the workers are stopped, the run's metrics topic is read (a
+6. **capacity**: a backlog of ``--capacity-events`` further events (another world of the same
+   shape, seed + 1) is produced as fast as it goes, timed and CPU-measured as in phase 2: every
+   worker busy, so ``events_per_s`` (aggregate) and ``cpu_s_per_1k_events`` are the throughput and
+   the CPU per event at full load (``worker_done_s``: when each heartbeat first showed its final
+   count, +- 1 s).
+7. **health records**: after the workers are stopped, the run's metrics topic is read (a
    group-less consumer over all partitions from the beginning): ``item_staleness_p50_ms`` = the
    median of the records' ``item_staleness_p50_ms``, ``item_staleness_p99_ms`` = the largest of
    their ``item_staleness_p99_ms``, ``item_staleness_max_ms`` (null without other workers);
@@ -115,6 +121,8 @@ class ScaleOptions:
     users: int = 20_000
     items: int = 5_000
     restart: bool = False
+    rate: float = 10_000.0  # training events per second (0: as fast as they go)
+    capacity_events: int = 150_000
     freshness_rate: float = 2_000.0
     freshness_seconds: float = 15.0
     bootstrap: str | None = None
@@ -136,6 +144,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=d.items, help="synthetic items (default 5000)")
     parser.add_argument("--restart", action="store_true",
                         help="also run each W >= 2 with worker 1 SIGKILLed and restarted halfway")
+    parser.add_argument("--rate", type=float, default=d.rate,
+                        help="training events per second, all workers together: a steady load (default 10000; "
+                             "0: as fast as they go)")
+    parser.add_argument("--capacity-events", type=int, default=d.capacity_events,
+                        help="events of the full-load backlog after training, for events/s and CPU per event "
+                             "(default 150000; 0: none)")
     parser.add_argument("--freshness-rate", type=float, default=d.freshness_rate,
                         help="events/s of the freshness phase (default 2000)")
     parser.add_argument("--freshness-seconds", type=float, default=d.freshness_seconds,
@@ -391,8 +405,10 @@ def _start_workers(settings: Any, n: int, workdir: Path, live: list[Any]) -> tup
 
 
 def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: bool, workdir: Path, live: list[Any],
-                timeout_s: float) -> dict[str, Any]:
-    """Produce the training events while the workers consume them; see the module docstring (phase 2)."""
+                timeout_s: float, rate: float | None = None, already: int = 0) -> dict[str, Any]:
+    """Produce ``stream``'s events (at ``rate`` events/s, or as fast as they go) while the workers consume
+    them; ``already``: the events the workers applied before (their heartbeats count since start). See the
+    module docstring (phases 2 and 6)."""
     import orjson
 
     from streams.bench_pipeline import _produce_all
@@ -411,7 +427,7 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
 
     def produce() -> None:
         try:
-            outcome["seconds"] = asyncio.run(_produce_all(settings, stream.messages, on_start))
+            outcome["seconds"] = asyncio.run(_produce_all(settings, stream.messages, on_start, rate, BATCH_EVENTS))
         except BaseException as exc:  # re-raised by the watching thread
             outcome["error"] = exc
             began.set()
@@ -460,7 +476,7 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
             for k, (status, total) in enumerate(zip(statuses, totals)):
                 if status is not None and total != seen_total[k]:
                     seen_total[k], changed_ms[k] = total, int(status["heartbeat_ms"])
-            applied = sum(totals) + (fenced or 0)
+            applied = sum(totals) + (fenced or 0) - already
             if half is None and applied >= n / 2:
                 half = list(totals)
             if restart and killed_ms is None and applied >= n // 2:
@@ -526,6 +542,20 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
     finally:
         client.close()
         producer.join(60.0)
+
+
+def _events_total(settings: Any, workers: list[Any]) -> int:
+    """The events the workers applied since they started, by their heartbeats."""
+    import orjson
+
+    from streams.cache import sync_redis
+
+    client = sync_redis(settings)
+    try:
+        raws = client.mget([settings.worker_key(w.settings.worker_id) for w in workers])
+    finally:
+        client.close()
+    return sum(int(orjson.loads(raw).get("events_total") or 0) for raw in raws if raw is not None)
 
 
 def _wait_final(settings: Any, workers: list[Any], timeout_s: float = 60.0) -> None:
@@ -675,7 +705,7 @@ def _stop(workers: list[Any]) -> None:
 
 
 def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str, redis_url: str, workdir: Path,
-             stream: _Stream, live: list[Any]) -> dict[str, Any]:
+             stream: _Stream, backlog: _Stream, live: list[Any]) -> dict[str, Any]:
     from streams.bench_pipeline import BenchOptions, _freshness
     from streams.settings import Settings
 
@@ -689,11 +719,15 @@ def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str,
     log(f"{name}: starting {n_workers} worker(s) ({tag})")
     workers, ready_s, check = _start_workers(settings, n_workers, workdir, live)
     result.update(ready_s=round(ready_s, 2), group_check=check)
-    log(f"{name}: ready and settled in {ready_s:.1f} s; producing {stream.n:,} events")
-    timeout = opts.timeout_s or 120.0 + stream.n / 1000.0
-    result.update(_throughput(settings, workers, stream, restart, workdir, live, timeout))
-    log(f"{name}: {result['events_per_s']:,.0f} events/s, {result['cpu_s_per_1k_events']:.3f} CPU s per 1k events "
-        f"(per worker {result['events_per_worker']})")
+    pace = f"at {opts.rate:,.0f} events/s" if opts.rate else "as fast as they go"
+    log(f"{name}: ready and settled in {ready_s:.1f} s; producing {stream.n:,} training events {pace}")
+    timeout = opts.timeout_s or 120.0 + stream.n / 1000.0 + (stream.n / opts.rate if opts.rate else 0.0)
+    learn = _throughput(settings, workers, stream, restart, workdir, live, timeout, rate=opts.rate or None)
+    for key in ("events_per_s", "process_seconds", "cpu_s", "cpu_s_per_1k_events", "producer_rate"):
+        learn[f"learn_{key}"] = learn.pop(key)
+    result.update(learn)
+    log(f"{name}: learned at {result['learn_events_per_s']:,.0f} events/s, {result['learn_cpu_s_per_1k_events']:.3f} "
+        f"CPU s per 1k events (per worker {result['events_per_worker']})")
     _wait_final(settings, workers)
     result.update(_hit_rate(settings, stream))
     log(f"{name}: HR@{settings.top_n} {result['hr_at_50']} over {result['hr_evaluated_events']:,} held-back events")
@@ -712,6 +746,20 @@ def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str,
             f"{fresh['freshness_missing']} missing)")
     else:
         result.update(freshness_p50_ms=None, freshness_p95_ms=None, freshness_p99_ms=None, freshness_samples=0)
+    if backlog.n:
+        _wait_final(settings, workers)
+        already = _events_total(settings, workers)
+        log(f"{name}: capacity: a backlog of {backlog.n:,} events as fast as they go")
+        capacity = _throughput(settings, workers, backlog, False, workdir, live, 120.0 + backlog.n / 1000.0,
+                               already=already)
+        result.update({key: capacity[key] for key in ("events_per_s", "process_seconds", "cpu_s",
+                                                       "cpu_s_per_1k_events", "worker_done_s")})
+        result["capacity_events"] = backlog.n
+        log(f"{name}: {result['events_per_s']:,.0f} events/s, {result['cpu_s_per_1k_events']:.3f} CPU s per 1k "
+            f"events at full load")
+    else:
+        result.update(events_per_s=None, process_seconds=None, cpu_s=None, cpu_s_per_1k_events=None,
+                      capacity_events=0)
     log(f"{name}: stopping the workers; reading the health records")
     _stop(workers)
     killed_ms = result.pop("killed_ms")
@@ -750,13 +798,16 @@ def run_scale(opts: ScaleOptions) -> list[dict[str, Any]]:
             f"and the offline popular lists")
         t = time.perf_counter()
         stream = _stream(opts, template)
-        log(f"generated in {time.perf_counter() - t:.1f} s: {len(stream.messages):,} messages")
+        backlog = _stream(dataclasses.replace(opts, seed=opts.seed + 1, events=opts.capacity_events, holdout=0),
+                          template)
+        log(f"generated in {time.perf_counter() - t:.1f} s: {len(stream.messages):,} + {len(backlog.messages):,} "
+            f"messages")
         plan = [(w, False) for w in opts.workers]
         if opts.restart:
             plan = [run for w in opts.workers for run in ([(w, False), (w, True)] if w >= 2 else [(w, False)])]
         for n_workers, restart in plan:
             try:
-                result = _one_run(opts, n_workers, restart, broker_url, redis_url, workdir, stream, live)
+                result = _one_run(opts, n_workers, restart, broker_url, redis_url, workdir, stream, backlog, live)
             finally:
                 _stop([w for w in live if w.alive()])
             result.update(users=opts.users, items=opts.items, partitions=template.partitions, broker=broker)

@@ -490,18 +490,19 @@ class ItemExchange:
     def _merge_numbered(self, updates: Sequence[tuple[int, ItemUpdate]]) -> int:
         """Add the numbered factor deltas and counts of ``updates`` (summed per item) to the replica."""
         applied = 0
-        offsets = np.array([offset for offset, _ in updates], np.int64)
-        factor_rows = [len(u.numbers) for _, u in updates]
-        if sum(factor_rows):
-            numbers = np.concatenate([u.numbers for _, u in updates])
-            keep = self._known_fresh(numbers, np.repeat(offsets, factor_rows))
-            vectors = np.concatenate([u.vectors for _, u in updates])[keep]
-            biases = np.concatenate([u.biases for _, u in updates])[keep]
-            numbers = numbers[keep]
-            self.model.add_item_deltas(self._model_index[numbers], vectors, biases)  # repeats add up
-            applied += int(keep.sum())
+        for offset, u in updates:  # one record's numbers never repeat: a plain indexed add per record
+            if not len(u.numbers):
+                continue
+            keep = self._known_fresh(u.numbers, offset)
+            if keep.all():
+                numbers, vectors, biases = u.numbers, u.vectors, u.biases
+            else:
+                numbers, vectors, biases = u.numbers[keep], u.vectors[keep], u.biases[keep]
+            self.model.add_item_deltas(self._model_index[numbers], vectors, biases, unique=True)
+            applied += len(numbers)
             if self.collect_changed:
                 self._changed[numbers] = True
+        offsets = np.array([offset for offset, _ in updates], np.int64)
         count_rows = [len(u.count_numbers) for _, u in updates]
         if sum(count_rows):
             numbers = np.concatenate([u.count_numbers for _, u in updates])
@@ -528,7 +529,7 @@ class ItemExchange:
             if offset > self._published.get(partition, -1):
                 self._published[partition] = offset
 
-    def _known_fresh(self, numbers: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def _known_fresh(self, numbers: np.ndarray, offsets: np.ndarray | int) -> np.ndarray:
         """Mask of the rows whose item is numbered here and whose state does not include their offset yet."""
         known = _lookup(self._model_index, numbers) >= 0
         self.unnumbered_changes += int((~known).sum())

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from contextlib import nullcontext
+from typing import Any, Awaitable, Callable, ContextManager, Protocol, Sequence
 
 from streams.exchange import ItemExchange, encode_fence, fence_key
 from streams.kafka import BatchSender, aiokafka_options, assign_all_partitions
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 #: ``on_records([(partition, offset, value), ...])``: records of the item-updates log, in log order.
 OnRecords = Callable[[list[tuple[int, int, bytes]]], None]
 _FETCH_BYTES = 32 * 1024 * 1024
+#: How long a fetch of the item log waits for records at the broker. Records come every exchange
+#: interval (0.25 s); polling faster only costs CPU (an idle worker's fetch loops are most of its load).
+_FOLLOW_MAX_WAIT_MS = 100
 
 
 class ItemLog(Protocol):
@@ -66,7 +70,7 @@ class KafkaItemLog:
         return AIOKafkaConsumer(
             **aiokafka_options(self.settings), enable_auto_commit=False, auto_offset_reset="earliest",
             max_partition_fetch_bytes=_FETCH_BYTES, fetch_max_bytes=_FETCH_BYTES,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            fetch_max_wait_ms=_FOLLOW_MAX_WAIT_MS,
         )  # fmt: skip
 
     async def read_state(self) -> dict[bytes, bytes]:
@@ -179,10 +183,12 @@ class MemoryItemLog:
 class ItemSync:
     """Publishes, follows and snapshots the item side of one worker's model (see the module docstring)."""
 
-    def __init__(self, settings: Settings, exchange: ItemExchange, log: ItemLog) -> None:
+    def __init__(self, settings: Settings, exchange: ItemExchange, log: ItemLog,
+                 cpu: Callable[[str], ContextManager[None]] = lambda stage: nullcontext()) -> None:
         self.settings = settings
         self.exchange = exchange
         self.log = log
+        self.cpu = cpu  # counts the CPU time of a stage (HealthCounters.cpu)
         self.owned: set[int] = set()  # item partitions whose snapshots this worker writes
         self.ready = asyncio.Event()  # restored and caught up with the log
         self._caught_up = asyncio.Event()
@@ -206,10 +212,11 @@ class ItemSync:
         records = await self.log.read_state()
         start = self.exchange.restore(records)
         self.restored_items = self.exchange.model.n_items
-        exchange, now = self.exchange, self._now_ms
+        exchange, now, cpu = self.exchange, self._now_ms, self.cpu
 
         def on_records(records: list[tuple[int, int, bytes]]) -> None:
-            exchange.apply_many(records, now())
+            with cpu("item_apply"):
+                exchange.apply_many(records, now())
 
         self._follower = asyncio.create_task(self._follow(start, on_records))
         caught_up = asyncio.create_task(self._caught_up.wait())
@@ -240,7 +247,8 @@ class ItemSync:
         if not force and time.monotonic() - self.last_publish < self.settings.item_exchange_interval_s:
             return 0
         self.last_publish = time.monotonic()
-        outgoing = [(p, value) for p, _, value in self.exchange.take_records(self._now_ms())]
+        with self.cpu("item_take"):
+            outgoing = [(p, value) for p, _, value in self.exchange.take_records(self._now_ms())]
         if self._unsent:
             outgoing, self._unsent = self._unsent + outgoing, []
         by_partition: dict[int, list[bytes]] = {}
@@ -262,8 +270,9 @@ class ItemSync:
 
     # --- ownership and snapshots --------------------------------------------------------------
     def assigned(self, partitions: set[int]) -> None:
-        """This worker now owns ``partitions``: their items are all snapshotted at the next snapshot."""
-        fresh = partitions - self.owned
+        """This worker now owns events ``partitions``, and the item partitions of the same numbers: their
+        items are all snapshotted at the next snapshot."""
+        fresh = {p for p in partitions if p < self.settings.item_partitions} - self.owned
         self.owned |= fresh
         marked = self.exchange.mark_dirty(fresh)
         if fresh:
@@ -292,7 +301,8 @@ class ItemSync:
             take = items[:] if left is None else items[:left]
             del items[: len(take)]
             if take:
-                self._written.setdefault(partition, []).extend(self.exchange.snapshot(partition, take))
+                with self.cpu("item_snapshot"):
+                    self._written.setdefault(partition, []).extend(self.exchange.snapshot(partition, take))
             if left is not None:
                 left -= len(take)
             if not items:

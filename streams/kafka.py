@@ -80,8 +80,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
         settings.events_topic: settings.partitions,
         settings.dlq_topic: settings.partitions,
         settings.metrics_topic: 1,
-        settings.item_updates_topic: settings.partitions,
-        settings.item_state_topic: settings.partitions,
+        settings.item_updates_topic: settings.item_partitions,
+        settings.item_state_topic: settings.item_partitions,
     }
     configs = {
         settings.metrics_topic: {"max.message.bytes": str(METRICS_BATCH_BYTES + 1_000_000)},

@@ -21,10 +21,12 @@ Records are plain dicts, sent as JSON to ``<prefix>.metrics`` (schema in the REA
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from operator import attrgetter
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -337,6 +339,17 @@ class HealthCounters:
     freshness_samples: list[np.ndarray] = field(default_factory=list)
     batch_ms: list[float] = field(default_factory=list)  # processing time of each batch
     batch_events: int = 0  # messages of those batches
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds of the worker's thread, per stage
+    thread_cpu_s: float = field(default_factory=time.thread_time)  # the thread's CPU clock at the window's start
+
+    @contextmanager
+    def cpu(self, stage: str) -> Iterator[None]:
+        """Count the CPU time of the enclosed (synchronous) code as ``stage``'s."""
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self.stage_cpu_s[stage] = self.stage_cpu_s.get(stage, 0.0) + time.thread_time() - started
 
     def batch_done(self, messages: int, seconds: float) -> None:
         self.batch_ms.append(seconds * 1000.0)
@@ -348,6 +361,13 @@ class HealthCounters:
 
     def record(self, now_ms: int, **extra: Any) -> dict[str, Any]:
         p50, p99 = percentiles_ms(self.freshness_samples)
+        thread_cpu = time.thread_time()
+        busy = thread_cpu - self.thread_cpu_s
+        per_event = 1e6 / self.events_processed if self.events_processed else None
+        stages = {stage: round(seconds * per_event, 2) for stage, seconds in sorted(self.stage_cpu_s.items())} \
+            if per_event else {}
+        if per_event:
+            stages["other"] = round((busy - sum(self.stage_cpu_s.values())) * per_event, 2)
         batch_p50, batch_p99 = percentiles_ms([np.asarray(self.batch_ms)] if self.batch_ms else [])
         elapsed_s = max((now_ms - self.started_ms) / 1000.0, 1e-3)
         record = {
@@ -371,6 +391,8 @@ class HealthCounters:
             "batch_messages_mean": round(self.batch_events / len(self.batch_ms), 1) if self.batch_ms else None,
             "batch_p50_ms": batch_p50,
             "batch_p99_ms": batch_p99,
+            "worker_cpu_pct": round(100.0 * busy / elapsed_s, 1),
+            "cpu_us_per_event": stages,
             **extra,
         }
         self.started_ms = now_ms
@@ -380,4 +402,6 @@ class HealthCounters:
         self.freshness_samples = []
         self.batch_ms = []
         self.batch_events = 0
+        self.stage_cpu_s = {}
+        self.thread_cpu_s = thread_cpu
         return record

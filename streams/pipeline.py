@@ -22,7 +22,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import orjson
@@ -108,6 +108,19 @@ class BatchOutcome:
     ts_ms: np.ndarray | None = None  # event times of ``events`` (int64), once learned
 
 
+class _Columns(NamedTuple):
+    """A batch of events as columns (the fields of :class:`~streams.events.Event`)."""
+
+    event_ids: tuple[str, ...]
+    users: tuple[str, ...]
+    items: tuple[str, ...]
+    kinds: tuple[str, ...]
+    ts: tuple[int, ...]
+    watch: tuple[int | None, ...]
+    creators: tuple[str | None, ...]
+    tags: tuple[tuple[str, ...], ...]
+
+
 class EventIdWindow:
     """Remembers the last ``capacity`` event ids, so redelivered events are applied once.
 
@@ -163,7 +176,7 @@ class Pipeline:
         self.seen_event_ids = EventIdWindow()
         self.run_id = format(_now_ms(), "x") + secrets.token_hex(2)  # unique per worker incarnation
         #: The item side of the model, shared with the other workers (see :mod:`streams.exchange`).
-        self.exchange = ItemExchange(self.model, self.popularity, self.item_meta, partitions=settings.partitions,
+        self.exchange = ItemExchange(self.model, self.popularity, self.item_meta, partitions=settings.item_partitions,
                                      origin=f"{settings.effective_worker_id}/{self.run_id}")
         self.batches = 0
         self.events_total = 0
@@ -180,13 +193,31 @@ class Pipeline:
         outcome = BatchOutcome()
         events = outcome.events
         dead = outcome.dead_letters
-        max_bytes = self.settings.max_message_bytes
         is_duplicate = self._duplicate_check()
         horizon = self._horizon_ms()
-        duplicates = 0
         covers: dict[int, int] = {}  # events partition -> last offset of this batch
         moves_items: list[bool] = []  # per event: its item side is not in the item log yet
         items_published = self.exchange.items_published
+        with self.health.cpu("decode"):
+            duplicates = self._decode(messages, outcome, is_duplicate, horizon, covers, moves_items, items_published)
+        outcome.duplicates = duplicates
+        if events:
+            self._learn(events, outcome, moves_items, covers)
+        self.seen_event_ids.add_many([event.event_id for event in events])
+        health = self.health
+        health.duplicates_skipped += duplicates
+        for letter in dead:
+            health.dead_lettered(letter.reason)
+        return outcome
+
+    def _decode(
+        self, messages: Iterable[MessageLike], outcome: BatchOutcome, is_duplicate: Callable[[str], bool],
+        horizon: int, covers: dict[int, int], moves_items: list[bool], items_published: Callable[[int], int],
+    ) -> int:
+        """Validate the messages into ``outcome`` (events, dead letters); returns the duplicates skipped."""
+        events, dead = outcome.events, outcome.dead_letters
+        max_bytes = self.settings.max_message_bytes
+        duplicates = 0
         for message in messages:
             partition, offset = message.partition, message.offset
             if offset > covers.get(partition, -1):
@@ -209,15 +240,7 @@ class Pipeline:
             else:
                 events.append(event)
                 moves_items.append(fresh)
-        outcome.duplicates = duplicates
-        if events:
-            self._learn(events, outcome, moves_items, covers)
-        self.seen_event_ids.add_many([event.event_id for event in events])
-        health = self.health
-        health.duplicates_skipped += duplicates
-        for letter in dead:
-            health.dead_lettered(letter.reason)
-        return outcome
+        return duplicates
 
     def _duplicate_check(self) -> Callable[[str], bool]:
         """``is_duplicate(event_id)`` for one batch: seen before, or earlier in the batch (nothing is marked
@@ -270,34 +293,44 @@ class Pipeline:
 
     def _learn(self, events: list[Event], outcome: BatchOutcome, moves_items: list[bool],
                covers: dict[int, int]) -> None:
-        """Learn ``events``; those of ``moves_items`` False only move their users (their item side reached the
-        item log before: a crashed owner learned them after its last checkpoint, see
+        """Learn ``events``, then count them; those of ``moves_items`` False only move their users (their item
+        side reached the item log before: a crashed owner learned them after its last checkpoint, see
         :meth:`~streams.exchange.ItemExchange.items_published`)."""
-        n = len(events)
         # One pass to columns (an Event is a tuple: zip(*events) transposes in C).
-        event_ids, users, items, kinds, ts_list, watch, creators, tags = zip(*events)
-        self._hydrate(set(users))
+        columns = _Columns(*zip(*events))
+        with self.health.cpu("learn"):
+            ts = self._learn_columns(columns, moves_items)
+        with self.health.cpu("count"):
+            self._count(columns, ts, outcome, covers)
+
+    def _learn_columns(self, c: _Columns, moves_items: list[bool]) -> np.ndarray:
+        """The model and popularity learn; returns the event times (int64 ms)."""
+        self._hydrate(set(c.users))
         weights = event_weights(
-            kinds,
-            np.array([-1 if w is None else w for w in watch], dtype=np.float64),
+            c.kinds,
+            np.array([-1 if w is None else w for w in c.watch], dtype=np.float64),
             kind_weights=self.settings.kind_weights,
             watch_time_weight=self.settings.watch_time_weight,
             watch_time_ref_ms=self.settings.watch_time_ref_ms,
         )
         # New items first (tagged ones start from their tags): their starting point goes to the other workers.
-        self.exchange.note_new_items(self.model.add_items(items, tags))
+        self.exchange.note_new_items(self.model.add_items(c.items, c.tags))
         moves = None if all(moves_items) else np.array(moves_items)
-        self.model.learn_batch(users, items, weights, item_tags=tags, update_items=moves)
-        ts = np.array(ts_list, dtype=np.int64)
-        self.popularity.learn_batch(users, items, weights if moves is None else weights * moves, ts_ms=ts,
-                                    item_tags=tags)
-        kind_codes = np.array([KIND_CODES[k] for k in kinds], np.int8)
-        self.windows.add_columns(ts, kind_codes, users, items, creators, tags)
+        self.model.learn_batch(c.users, c.items, weights, item_tags=c.tags, update_items=moves)
+        ts = np.array(c.ts, dtype=np.int64)
+        self.popularity.learn_batch(c.users, c.items, weights if moves is None else weights * moves, ts_ms=ts,
+                                    item_tags=c.tags)
+        return ts
+
+    def _count(self, c: _Columns, ts: np.ndarray, outcome: BatchOutcome, covers: dict[int, int]) -> None:
+        """Windows, histories, item meta and counters (the window counts validate before they change)."""
+        self.windows.add_columns(ts, np.array([KIND_CODES[k] for k in c.kinds], np.int8), c.users, c.items,
+                                 c.creators, c.tags)
         # Only plain dict updates from here on: nothing below fails halfway.
         self.exchange.note_learned(_now_ms(), covers)
         max_history = self.settings.max_history
         histories, item_meta, note_meta = self.history, self.item_meta, self.exchange.note_meta
-        for user_id, item_id, creator_id, item_tags in zip(users, items, creators, tags):
+        for user_id, item_id, creator_id, item_tags in zip(c.users, c.items, c.creators, c.tags):
             history = histories.get(user_id)
             if history is None:
                 history = histories[user_id] = {}
@@ -311,8 +344,9 @@ class Pipeline:
                 if item_meta.get(item_id) != meta:
                     item_meta[item_id] = meta
                     note_meta(item_id, creator_id, item_tags)
+        n = len(c.users)
         outcome.ts_ms = ts
-        outcome.dirty_users.update(users)
+        outcome.dirty_users.update(c.users)
         self.batches += 1
         self.events_total += n
         self.health.events_processed += n
@@ -354,8 +388,9 @@ class Pipeline:
 
         Items are not checkpointed here: the item exchange snapshots them (:mod:`streams.item_log`)."""
         if users:
-            vectors = self.model.user_vectors(users)
-            self.store.put_users(dict(zip(users, encode_users(vectors, [self.history[u] for u in users]))))
+            with self.health.cpu("checkpoint"):
+                vectors = self.model.user_vectors(users)
+                self.store.put_users(dict(zip(users, encode_users(vectors, [self.history[u] for u in users]))))
 
     # --- recommendations -----------------------------------------------------------------
     def recommendations(self, users: Sequence[str]) -> dict[str, Recs]:
@@ -365,11 +400,12 @@ class Pipeline:
 
     def recommendation_lists(self, users: Sequence[str]) -> tuple[list[str], list[list[str]], list[list[float]]]:
         """The known ones of ``users`` with their top-N item ids and scores (the form the writer takes)."""
-        known = [u for u in users if self.model.has_user(u)]
-        if not known:
-            return [], [], []
-        history = self.history
-        items, scores = self.model.top_n_lists(known, self.settings.top_n, [history.get(u, ()) for u in known])
+        with self.health.cpu("topn"):
+            known = [u for u in users if self.model.has_user(u)]
+            if not known:
+                return [], [], []
+            history = self.history
+            items, scores = self.model.top_n_lists(known, self.settings.top_n, [history.get(u, ()) for u in known])
         return known, items, scores
 
     def popular(self) -> Recs:

@@ -63,21 +63,25 @@ class Intake:
 
     A record counts as the number of events it carries: one, or for a batch message
     the occurrences of ``"event_id"`` in its bytes (a cheap estimate, capped, made
-    before decoding; it only sizes batches and bounds memory).
+    before decoding; it only sizes batches and bounds memory). A take holds whole
+    records, in order per partition; a partition's list of records is split when it
+    alone holds more events than asked for.
 
     >>> from types import SimpleNamespace as Record
     >>> async def demo():
     ...     intake = Intake(max_events=10)
     ...     await intake.put("tp0", [Record(value=b"{}", headers=())] * 3)
     ...     await intake.put("tp1", [Record(value=b"{}", headers=())])
-    ...     return [(tp, len(records)) for tp, records in await intake.take(max_events=3, within_s=0)]
+    ...     first = await intake.take(max_events=2, within_s=0)
+    ...     second = await intake.take(max_events=3, within_s=0)
+    ...     return [[(tp, len(records)) for tp, records in take] for take in (first, second)]
     >>> asyncio.run(demo())
-    [('tp0', 3)]
+    [[('tp0', 2)], [('tp0', 1), ('tp1', 1)]]
     """
 
     def __init__(self, max_events: int) -> None:
         self.max_events = max_events
-        self._chunks: deque[tuple[Any, list[Any], int]] = deque()
+        self._chunks: deque[tuple[Any, list[Any], list[int]]] = deque()  # tp, records, events per record
         self._events = 0
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
@@ -88,16 +92,17 @@ class Intake:
         while self._events >= self.max_events:
             self._room.clear()
             await self._room.wait()
-        events = len(records)
-        for record in records:
-            if record.headers and is_batch(record.headers) and record.value:
-                events += min(max(record.value.count(b'"event_id"'), 1), MAX_BATCH_EVENTS) - 1
-        self._chunks.append((tp, records, events))
-        self._events += events
+        counts = [
+            min(max(record.value.count(b'"event_id"'), 1), MAX_BATCH_EVENTS)
+            if record.headers and record.value and is_batch(record.headers) else 1
+            for record in records
+        ]
+        self._chunks.append((tp, records, counts))
+        self._events += sum(counts)
         self._arrived.set()
 
     async def take(self, max_events: int, within_s: float) -> list[tuple[Any, list[Any]]]:
-        """At least one chunk, at most about ``max_events`` events (chunks are not split).
+        """At least one record, at most about ``max_events`` events.
 
         Once something has arrived, waits up to ``within_s`` for more to gather.
         """
@@ -108,8 +113,20 @@ class Intake:
             await asyncio.sleep(within_s)
         taken: list[tuple[Any, list[Any]]] = []
         count = 0
-        while self._chunks and (not taken or count + self._chunks[0][2] <= max_events):
-            tp, records, events = self._chunks.popleft()
+        while self._chunks and count < max_events:
+            tp, records, counts = self._chunks.popleft()
+            events = sum(counts)
+            if count + events > max_events:  # split: what fits (at least one record), the rest stays first
+                room, fits = max_events - count, 0
+                while fits < len(records) and ((fits == 0 and not taken) or counts[fits] <= room):
+                    room -= counts[fits]
+                    fits += 1
+                if fits == 0:
+                    self._chunks.appendleft((tp, records, counts))
+                    break
+                if fits < len(records):
+                    self._chunks.appendleft((tp, records[fits:], counts[fits:]))
+                    records, events = records[:fits], sum(counts[:fits])
             taken.append((tp, records))
             count += events
         self._events -= count
@@ -119,7 +136,7 @@ class Intake:
     def drop(self, tps: set[Any]) -> int:
         """Forget buffered records of ``tps`` (revoked: their next owner reads them again)."""
         kept = deque(chunk for chunk in self._chunks if chunk[0] not in tps)
-        dropped = self._events - sum(chunk[2] for chunk in kept)
+        dropped = self._events - sum(sum(chunk[2]) for chunk in kept)
         self._chunks = kept
         self._events -= dropped
         self._room.set()
@@ -147,7 +164,8 @@ class RecommenderService:
         #: The item side of the model, shared with the other workers through ``item_log`` (a private
         #: in-memory log if None: a worker alone, as in unit tests).
         self.items = ItemSync(settings, self.pipeline.exchange,
-                              item_log if item_log is not None else MemoryItemLog(settings.partitions))
+                              item_log if item_log is not None else MemoryItemLog(settings.item_partitions),
+                              self.pipeline.health.cpu)
         self.owned: set[int] = set()  # events partitions assigned to this worker
         self.writer = writer
         self.send_dead_letters = send_dead_letters
@@ -161,6 +179,7 @@ class RecommenderService:
         self.ready_ms: int | None = None
         self.first_batch_ms: int | None = None  # when the first batch of events was taken (benchmarks)
         self.intake = Intake(max_events=2 * settings.batch_max_events)
+        self.seconds_per_event = 50e-6  # measured: sizes batches to the budget (batch_events)
         self.pending_users: set[str] = set()
         self.pending_tags: set[str] = set()
         self.pending_ts: list[np.ndarray] = []
@@ -225,7 +244,7 @@ class RecommenderService:
         settings = self.settings
         await self.items.start()
         while True:
-            self._taken = await self.intake.take(settings.batch_max_events, settings.batch_within_s)
+            self._taken = await self.intake.take(self.batch_events(), settings.batch_within_s)
             if self.first_batch_ms is None:
                 self.first_batch_ms = _now_ms()
             async with self._batch_lock:
@@ -235,6 +254,11 @@ class RecommenderService:
                 if chunks and not self._closed:
                     messages = [record for _, records in chunks for record in records]
                     await self._timed_handle(messages, [(tp, rs[0].offset, rs[-1].offset) for tp, rs in chunks])
+
+    def batch_events(self) -> int:
+        """How many events the next batch may take: the batch budget over the measured cost per event."""
+        budget = self.settings.batch_budget_ms / 1000.0
+        return max(1, min(self.settings.batch_max_events, int(budget / self.seconds_per_event)))
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
         """A rebalance takes ``revoked`` away: drop their queued records, make the rest durable,
@@ -274,11 +298,19 @@ class RecommenderService:
             return await self._timed_handle(messages, ranges)
 
     async def _timed_handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        outcome = None
         try:
-            return await self._handle(messages, ranges)
+            outcome = await self._handle(messages, ranges)
+            return outcome
         finally:
             self.pipeline.health.batch_done(len(messages), time.perf_counter() - started)
+            # Sized by CPU time, not wall time: a worker sharing its core with others keeps batches as
+            # large (as efficient) as one alone; smoothed: one slow batch does not halve the next.
+            cpu = time.thread_time() - cpu_started
+            events = 0 if outcome is None else len(outcome.events) + len(outcome.dead_letters) + outcome.duplicates
+            if events:
+                self.seconds_per_event += 0.2 * (cpu / events - self.seconds_per_event)
 
     async def _handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
         try:

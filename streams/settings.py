@@ -102,6 +102,10 @@ class Settings:
     # --- Processing --------------------------------------------------------------------------
     batch_max_events: int = _setting(20000, "Most events processed as one batch (the worker takes what has arrived, up to this).")
     batch_within_s: float = _setting(0.01, "Once a message has arrived, how long to gather more before processing it, seconds.")
+    batch_budget_ms: float = _setting(
+        100.0, "Processing time a batch aims for: batches are sized by the measured cost per event (at most "
+        "STREAMREC_BATCH_MAX_EVENTS), so a backlog never holds lists and the item exchange back for seconds."
+    )
     checkpoint_interval_s: float = _setting(
         1.0, "How often changed user and item state goes to the changelogs; offsets are committed only after it, seconds."
     )
@@ -115,6 +119,10 @@ class Settings:
     worker_id: str = _setting("", "Name of this worker in health records and Redis; default <hostname>-<pid>.")
     item_exchange_interval_s: float = _setting(
         0.25, "How often a worker publishes what it learned about items to the others (bounds their staleness), seconds."
+    )
+    item_partitions: int = _setting(
+        1, "Partitions of the item-updates and item-state topics. Every worker reads all of them; one is enough "
+        "below ~20 MB/s of item updates (see the capacity model), more spread that load over brokers."
     )
     item_snapshot_interval_s: float = _setting(
         10.0, "How often each worker writes the changed items of its partitions to the item-state topic (bounds the "
@@ -222,7 +230,7 @@ class Settings:
             allowed = get_args(hints[f.name]) if getattr(hints[f.name], "__origin__", None) is Literal else ()
             if allowed and getattr(self, f.name) not in allowed:
                 raise SettingsError(f"{self.env_name(f.name)} must be one of {', '.join(allowed)}")
-        positive = ("partitions", "replication_factor", "top_n", "rec_ttl_s", "n_factors", "batch_max_events",
+        positive = ("partitions", "item_partitions", "replication_factor", "top_n", "rec_ttl_s", "n_factors", "batch_max_events",
                     "max_message_bytes", "max_batch_bytes", "max_history")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -233,6 +241,8 @@ class Settings:
             raise SettingsError("STREAMREC_MAX_CLOCK_SKEW_S must be >= 0")
         if self.batch_within_s < 0 or self.checkpoint_interval_s < 0:
             raise SettingsError("STREAMREC_BATCH_WITHIN_S and STREAMREC_CHECKPOINT_INTERVAL_S must be >= 0")
+        if self.batch_budget_ms <= 0:
+            raise SettingsError("STREAMREC_BATCH_BUDGET_MS must be > 0")
         if self.item_exchange_interval_s <= 0 or self.item_snapshot_interval_s <= 0:
             raise SettingsError("STREAMREC_ITEM_EXCHANGE_INTERVAL_S and STREAMREC_ITEM_SNAPSHOT_INTERVAL_S must be > 0")
         if not self.bootstrap_servers:
