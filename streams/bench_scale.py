@@ -54,11 +54,11 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    fence, which its successor applies again: RELIABILITY.md, factors may move twice).
 5. **freshness**: ``bench_pipeline._freshness`` at ``--freshness-rate`` for ``--freshness-seconds``
    on the same workers; its sampled users are new, so each lands on whichever worker owns it.
-6. **capacity**: a backlog of ``--capacity-events`` further events (another world of the same
-   shape, seed + 1) is produced as fast as it goes, timed and CPU-measured as in phase 2: every
-   worker busy, so ``events_per_s`` (aggregate) and ``cpu_s_per_1k_events`` are the throughput and
-   the CPU per event at full load (``worker_done_s``: when each heartbeat first showed its final
-   count, +- 1 s).
+6. **capacity**: ``--capacity-rounds`` backlogs of ``--capacity-events`` further events each
+   (other worlds of the same shape, seeds + 1, + 2, ...), one after the other, each produced as
+   fast as it goes and timed and CPU-measured as in phase 2: every worker busy, so
+   ``events_per_s`` (aggregate) and ``cpu_s_per_1k_events`` are the throughput and the CPU per
+   event at full load, the medians of the rounds (each round's in ``*_rounds``).
 7. **health records**: after the workers are stopped, the run's metrics topic is read (a
    group-less consumer over all partitions from the beginning): ``item_staleness_p50_ms`` = the
    median of the records' ``item_staleness_p50_ms``, ``item_staleness_p99_ms`` = the largest of
@@ -123,6 +123,7 @@ class ScaleOptions:
     restart: bool = False
     rate: float = 10_000.0  # training events per second (0: as fast as they go)
     capacity_events: int = 150_000
+    capacity_rounds: int = 3
     freshness_rate: float = 2_000.0
     freshness_seconds: float = 15.0
     bootstrap: str | None = None
@@ -148,8 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training events per second, all workers together: a steady load (default 10000; "
                              "0: as fast as they go)")
     parser.add_argument("--capacity-events", type=int, default=d.capacity_events,
-                        help="events of the full-load backlog after training, for events/s and CPU per event "
+                        help="events of each full-load backlog after training, for events/s and CPU per event "
                              "(default 150000; 0: none)")
+    parser.add_argument("--capacity-rounds", type=int, default=d.capacity_rounds,
+                        help="backlogs, one after the other; events/s and CPU per event are their medians (3)")
     parser.add_argument("--freshness-rate", type=float, default=d.freshness_rate,
                         help="events/s of the freshness phase (default 2000)")
     parser.add_argument("--freshness-seconds", type=float, default=d.freshness_seconds,
@@ -705,7 +708,7 @@ def _stop(workers: list[Any]) -> None:
 
 
 def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str, redis_url: str, workdir: Path,
-             stream: _Stream, backlog: _Stream, live: list[Any]) -> dict[str, Any]:
+             stream: _Stream, backlogs: list[_Stream], live: list[Any]) -> dict[str, Any]:
     from streams.bench_pipeline import BenchOptions, _freshness
     from streams.settings import Settings
 
@@ -746,20 +749,22 @@ def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str,
             f"{fresh['freshness_missing']} missing)")
     else:
         result.update(freshness_p50_ms=None, freshness_p95_ms=None, freshness_p99_ms=None, freshness_samples=0)
-    if backlog.n:
-        _wait_final(settings, workers)
-        already = _events_total(settings, workers)
-        log(f"{name}: capacity: a backlog of {backlog.n:,} events as fast as they go")
-        capacity = _throughput(settings, workers, backlog, False, workdir, live, 120.0 + backlog.n / 1000.0,
-                               already=already)
-        result.update({key: capacity[key] for key in ("events_per_s", "process_seconds", "cpu_s",
-                                                       "cpu_s_per_1k_events", "worker_done_s")})
-        result["capacity_events"] = backlog.n
-        log(f"{name}: {result['events_per_s']:,.0f} events/s, {result['cpu_s_per_1k_events']:.3f} CPU s per 1k "
-            f"events at full load")
+    if backlogs and backlogs[0].n:
+        rounds = []
+        for k, backlog in enumerate(backlogs):  # several backlogs: a shared machine's noise shows, medians hold
+            _wait_final(settings, workers)
+            already = _events_total(settings, workers)
+            log(f"{name}: capacity {k + 1}/{len(backlogs)}: a backlog of {backlog.n:,} events as fast as they go")
+            rounds.append(_throughput(settings, workers, backlog, False, workdir, live,
+                                      120.0 + backlog.n / 1000.0, already=already))
+        for key in ("events_per_s", "cpu_s_per_1k_events"):
+            result[key] = statistics.median(r[key] for r in rounds)
+            result[f"{key}_rounds"] = [round(r[key], 4) for r in rounds]
+        result["capacity_events"] = backlogs[0].n
+        log(f"{name}: {result['events_per_s']:,.0f} events/s, {result['cpu_s_per_1k_events']:.4f} CPU s per 1k "
+            f"events at full load (medians of {result['cpu_s_per_1k_events_rounds']})")
     else:
-        result.update(events_per_s=None, process_seconds=None, cpu_s=None, cpu_s_per_1k_events=None,
-                      capacity_events=0)
+        result.update(events_per_s=None, cpu_s_per_1k_events=None, capacity_events=0)
     log(f"{name}: stopping the workers; reading the health records")
     _stop(workers)
     killed_ms = result.pop("killed_ms")
@@ -798,16 +803,17 @@ def run_scale(opts: ScaleOptions) -> list[dict[str, Any]]:
             f"and the offline popular lists")
         t = time.perf_counter()
         stream = _stream(opts, template)
-        backlog = _stream(dataclasses.replace(opts, seed=opts.seed + 1, events=opts.capacity_events, holdout=0),
-                          template)
-        log(f"generated in {time.perf_counter() - t:.1f} s: {len(stream.messages):,} + {len(backlog.messages):,} "
-            f"messages")
+        backlogs = [_stream(dataclasses.replace(opts, seed=opts.seed + 1 + k, events=opts.capacity_events,
+                                                holdout=0), template)
+                    for k in range(opts.capacity_rounds if opts.capacity_events else 0)]
+        log(f"generated in {time.perf_counter() - t:.1f} s: {len(stream.messages):,} messages + "
+            f"{len(backlogs)} backlogs")
         plan = [(w, False) for w in opts.workers]
         if opts.restart:
             plan = [run for w in opts.workers for run in ([(w, False), (w, True)] if w >= 2 else [(w, False)])]
         for n_workers, restart in plan:
             try:
-                result = _one_run(opts, n_workers, restart, broker_url, redis_url, workdir, stream, backlog, live)
+                result = _one_run(opts, n_workers, restart, broker_url, redis_url, workdir, stream, backlogs, live)
             finally:
                 _stop([w for w in live if w.alive()])
             result.update(users=opts.users, items=opts.items, partitions=template.partitions, broker=broker)

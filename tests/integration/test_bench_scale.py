@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 def test_bench_scale_one_and_two_workers_report_real_properties(services) -> None:
     opts = ScaleOptions(
         workers=[1, 2], events=3000, holdout=600, users=500, items=300,
-        freshness_rate=300.0, freshness_seconds=2.0,
+        freshness_rate=300.0, freshness_seconds=2.0, rate=3000.0, capacity_events=3000, capacity_rounds=2,
         bootstrap=services.broker_url, redis_url=services.redis_url,
     )  # fmt: skip
     results = run_scale(opts)
@@ -24,7 +24,8 @@ def test_bench_scale_one_and_two_workers_report_real_properties(services) -> Non
         # Every training event applied exactly once, spread over the run's workers.
         assert r["events"] == r["events_applied"] == 3000
         assert len(r["events_per_worker"]) == r["workers"] and sum(r["events_per_worker"]) == 3000
-        assert r["events_per_s"] > 0 and r["cpu_s_per_1k_events"] > 0
+        assert r["events_per_s"] > 0 and r["cpu_s_per_1k_events"] > 0 and len(r["cpu_s_per_1k_events_rounds"]) == 2
+        assert r["learn_events_per_s"] > 0 and r["learn_cpu_s_per_1k_events"] > 0
         # Held-back events: most users have a list; HR is a share.
         assert r["hr_evaluated_events"] > 0
         assert 0.0 <= r["hr_at_50"] <= 1.0
