@@ -74,7 +74,7 @@ from streams.errors import StreamrecError
 from streams.state import ItemState, StateCorrupt, decode_item, encode_items
 
 __all__ = ["ItemExchange", "ItemUpdate", "ItemUpdateCorrupt", "item_partition", "encode_update", "decode_update",
-           "FENCE_KEY_PREFIX", "fence_key", "encode_fence", "parse_fence"]
+           "FENCE_KEY_PREFIX", "Fence", "fence_key", "encode_fence", "parse_fence"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,18 +109,35 @@ def fence_key(partition: int) -> bytes:
     return FENCE_KEY_PREFIX + str(partition).encode()
 
 
-def encode_fence(offset: int, numbered: int) -> bytes:
-    """A fence's value: every change at or below ``offset`` is in the snapshots, ``numbered`` items had numbers."""
-    return orjson.dumps({"offset": offset, "numbered": numbered})
+@dataclass(frozen=True)
+class Fence:
+    """The end of an item partition's snapshot: every change at or below ``offset`` is in the snapshots,
+    ``numbered`` items of the partition had numbers, and ``published`` (events partition -> offset) says
+    which events' item changes the log held then (:meth:`ItemExchange.items_published`)."""
+
+    offset: int
+    numbered: int
+    published: Mapping[int, int] = field(default_factory=dict)
 
 
-def parse_fence(key: bytes, value: bytes) -> tuple[int, int, int] | None:
-    """``(partition, offset, numbered)`` of a fence record, or None if ``key``/``value`` is not one."""
+def encode_fence(fence: Fence) -> bytes:
+    """A fence record's value.
+
+    >>> parse_fence(fence_key(3), encode_fence(Fence(41, 7, {0: 99})))
+    (3, Fence(offset=41, numbered=7, published={0: 99}))
+    """
+    return orjson.dumps({"offset": fence.offset, "numbered": fence.numbered,
+                         "published": {str(p): o for p, o in fence.published.items()}})
+
+
+def parse_fence(key: bytes, value: bytes) -> tuple[int, Fence] | None:
+    """``(partition, fence)`` of a fence record, or None if ``key``/``value`` is not one."""
     if not key.startswith(FENCE_KEY_PREFIX):
         return None
     try:
         data = orjson.loads(value)
-        return int(key[len(FENCE_KEY_PREFIX):]), int(data["offset"]), int(data.get("numbered", 0))
+        published = {int(p): int(o) for p, o in data.get("published", {}).items()}
+        return int(key[len(FENCE_KEY_PREFIX):]), Fence(int(data["offset"]), int(data.get("numbered", 0)), published)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None
 
@@ -668,18 +685,18 @@ class ItemExchange:
         self._dirty[numbers] = True
         return len(numbers)
 
-    def start_snapshot(self, partitions: Iterable[int]) -> tuple[dict[int, list[int]], dict[int, tuple[int, int]]]:
+    def start_snapshot(self, partitions: Iterable[int]) -> tuple[dict[int, list[int]], dict[int, Fence]]:
         """The changed items (numbers) of ``partitions`` to snapshot, and each partition's fence: the offset the
         snapshot covers (every change at or below it is in this snapshot or an earlier one) and the count of
         numbered items then."""
         items: dict[int, list[int]] = {}
-        fences: dict[int, tuple[int, int]] = {}
+        fences: dict[int, Fence] = {}
         for partition in partitions:
             numbers = self._numbers_in([partition])
             numbers = numbers[self._dirty[numbers]]
             self._dirty[numbers] = False
             items[partition] = numbers.tolist()
-            fences[partition] = (self.positions.get(partition, -1), self._numbered[partition])
+            fences[partition] = Fence(self.positions.get(partition, -1), self._numbered[partition], dict(self._published))
         return items, fences
 
     def snapshot(self, partition: int, numbers: Sequence[int]) -> list[tuple[bytes, bytes]]:
@@ -730,12 +747,12 @@ class ItemExchange:
     def restore(self, records: Mapping[bytes, bytes]) -> dict[int, int]:
         """Load the latest item-state records (key -> value, fences included); returns, per partition, the
         first offset of the log to read. Corrupt records are counted and skipped (the item starts anew)."""
-        fences: dict[int, tuple[int, int]] = {}
+        fences: dict[int, Fence] = {}
         states: list[tuple[str, ItemState]] = []
         for key, value in records.items():
             fence = parse_fence(key, value)
             if fence is not None:
-                fences[fence[0]] = (fence[1], fence[2])
+                fences[fence[0]] = fence[1]
                 continue
             try:
                 state = decode_item(value)
@@ -745,9 +762,12 @@ class ItemExchange:
             except (StateCorrupt, UnicodeDecodeError) as exc:
                 self.quarantined_items += 1
                 logger.warning("quarantined the item-state record of %r: %s", key[:80], exc)
-        for partition, (_, numbered) in fences.items():
+        for partition, fence in fences.items():
             if 0 <= partition < self.partitions:
-                self._numbered[partition] = max(self._numbered[partition], numbered)
+                self._numbered[partition] = max(self._numbered[partition], fence.numbered)
+            for events_partition, offset in fence.published.items():  # takes the replay will not read again
+                if offset > self._published.get(events_partition, -1):
+                    self._published[events_partition] = offset
         if states:
             ids = [i for i, _ in states]
             self.model.set_item_vectors(ids, np.stack([s.vector for _, s in states]),
@@ -770,7 +790,7 @@ class ItemExchange:
                 if len(mine):
                     self._numbered[partition] = max(self._numbered[partition], int(mine.max()) // self.partitions + 1)
             self._restored_offset = restored
-        return {p: fences.get(p, (-1, 0))[0] + 1 for p in range(self.partitions)}
+        return {p: (fences[p].offset if p in fences else -1) + 1 for p in range(self.partitions)}
 
     def restore_done(self) -> None:
         """The log has been read past every restored snapshot: records apply to every item from now on."""

@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from typing import Any, Awaitable, Callable, ContextManager, Protocol, Sequence
 
-from streams.exchange import ItemExchange, encode_fence, fence_key
+from streams.exchange import Fence, ItemExchange, encode_fence, fence_key
 from streams.kafka import BatchSender, aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
@@ -196,7 +196,7 @@ class ItemSync:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._unsent: list[tuple[int, bytes]] = []  # records whose delivery failed: sent again
         self._snapshot: dict[int, list[int]] | None = None  # partition -> numbers of the items still to write
-        self._fences: dict[int, tuple[int, int]] = {}
+        self._fences: dict[int, Fence] = {}
         self._written: dict[int, list[tuple[bytes, bytes]]] = {}
         self.last_publish = time.monotonic()
         self.last_snapshot = time.monotonic()
@@ -307,7 +307,7 @@ class ItemSync:
                 left -= len(take)
             if not items:
                 records = self._written.pop(partition, [])
-                fence = encode_fence(*self._fences[partition])
+                fence = encode_fence(self._fences[partition])
                 await self.log.write_state(partition, [*records, (fence_key(partition), fence)])
                 del self._snapshot[partition]
             if left is not None and left <= 0:

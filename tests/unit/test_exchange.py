@@ -159,7 +159,7 @@ def test_a_snapshot_is_exact_as_of_its_offset_despite_unpublished_and_unread_cha
     state = {}
     for partition, ids in items.items():
         state.update(writer.exchange.snapshot(partition, ids))
-        state[fence_key(partition)] = encode_fence(*fences[partition])
+        state[fence_key(partition)] = encode_fence(fences[partition])
     log.publish(writer)
     log.deliver(writer)
 

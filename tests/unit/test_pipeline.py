@@ -524,3 +524,34 @@ def test_events_a_crashed_worker_published_are_learned_again_by_their_users_only
             await sync.stop()
 
     asyncio.run(run())
+
+
+def test_a_successor_restoring_from_snapshots_still_knows_which_events_were_published():
+    """As above, but the crashed worker's records are older than the item snapshot the successor restores:
+    the snapshot's fence carries which events' item changes the log held."""
+    log = MemoryItemLog(SETTINGS.item_partitions)
+    events = world_events(400)
+    batch = messages(events)
+
+    async def run():
+        crashed = Pipeline(SETTINGS, MemoryStateStore())
+        crashed_items = ItemSync(SETTINGS, crashed.exchange, log)
+        await crashed_items.start()
+        crashed.process(batch)
+        await crashed_items.publish(force=True)
+        writer = Pipeline(SETTINGS, MemoryStateStore())  # another worker, which snapshots the items
+        writer_items = ItemSync(SETTINGS, writer.exchange, log)
+        await writer_items.start()
+        writer_items.assigned({0})
+        await writer_items.snapshot_step(None)
+        successor = Pipeline(SETTINGS, MemoryStateStore())
+        successor_items = ItemSync(SETTINGS, successor.exchange, log)
+        await successor_items.start()  # the snapshot, and nothing of the log after its fence
+        assert successor_items.restored_items == crashed.model.n_items
+        popular_before = successor.popular()
+        successor.process(batch)
+        assert successor.popular() == popular_before == crashed.popular()
+        for sync in (crashed_items, writer_items, successor_items):
+            await sync.stop()
+
+    asyncio.run(run())
