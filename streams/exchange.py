@@ -325,18 +325,27 @@ class ItemExchange:
         self._model_index[numbers], self._pop_index[numbers] = model_indices, pop_indices
         self._number_of_model[model_indices], self._number_of_pop[pop_indices] = numbers, numbers
 
-    def _number_new(self, item_ids: list[str], partition: int) -> None:
-        """Give ``item_ids`` (known to the model, distinct) the next numbers of ``partition``, in order."""
-        model_indices = self.model.item_index(item_ids)
-        known = model_indices >= 0
-        if not known.all():
-            item_ids, model_indices = [i for i, k in zip(item_ids, known.tolist()) if k], model_indices[known]
-        if not item_ids:
-            return
-        first = self._numbered[partition]
-        self._numbered[partition] += len(item_ids)
-        numbers = (first + np.arange(len(item_ids), dtype=np.int64)) * self.partitions + partition
-        self._assign(numbers, model_indices, self.popularity.index_items(item_ids))
+    def _number_first(self, proposals: list[str], numbers: list[int], partition: int) -> None:
+        """Number, in order, the proposals of ``partition``'s log that are their items' first.
+
+        ``numbers`` are the items' numbers before this record (-1: none). An item numbered before is
+        passed over, unless its number is not counted yet: restored from a snapshot newer than the
+        replay's start, whose first proposal this is (the count moves past it, as it did everywhere).
+        """
+        P, counted = self.partitions, self._numbered[partition]
+        new_ids: list[str] = []
+        new_numbers: list[int] = []
+        for item_id, number in zip(proposals, numbers):
+            if number < 0:
+                new_ids.append(item_id)
+                new_numbers.append(counted * P + partition)
+                counted += 1
+            elif number // P >= counted:
+                counted = number // P + 1
+        self._numbered[partition] = counted
+        if new_ids:
+            model_indices = self.model.item_index(new_ids)
+            self._assign(np.array(new_numbers, np.int64), model_indices, self.popularity.index_items(new_ids))
 
     def _numbers_of_model(self, indices: np.ndarray) -> np.ndarray:
         return _lookup(self._number_of_model, indices)
@@ -581,9 +590,7 @@ class ItemExchange:
                 u.base_vectors[slots] - np.stack([mine[0] for _, _, mine in corrected]),
                 u.base_biases[slots] - np.array([mine[1] for _, _, mine in corrected], np.float32),
             )
-        fresh = [i for i, number in zip(u.proposals, numbers.tolist()) if number < 0]
-        if fresh:
-            self._number_new(fresh, partition)
+        self._number_first(u.proposals, numbers.tolist(), partition)
 
     def _merge_meta(self, u: ItemUpdate) -> None:
         if u.meta:
@@ -785,10 +792,8 @@ class ItemExchange:
             self._assign(numbers, np.array(model_rows, np.int64), np.array(pop_rows, np.int64))
             restored = np.full(int(numbers.max()) + 1, -1, np.int64)
             restored[numbers] = [s.offset for _, s in states]
-            for partition in range(self.partitions):
-                mine = numbers[numbers % self.partitions == partition]
-                if len(mine):
-                    self._numbered[partition] = max(self._numbered[partition], int(mine.max()) // self.partitions + 1)
+            # (The count of numbers stays the fences': items numbered after a fence, some restored from newer
+            # snapshot records, are counted again as the replay meets their first proposals, in log order.)
             self._restored_offset = restored
         return {p: (fences[p].offset if p in fences else -1) + 1 for p in range(self.partitions)}
 

@@ -209,3 +209,34 @@ def test_every_replica_numbers_the_items_alike_and_records_then_carry_numbers():
     a.learn(events[:500])  # known items only: nothing travels by id any more
     updates = [decode_update(value) for _, _, value in a.exchange.take_records(now_ms=0)]
     assert updates and not any(u.ids or u.proposals for u in updates) and sum(len(u.numbers) for u in updates) > 0
+
+
+def test_a_replica_restored_from_a_fence_and_newer_snapshot_records_numbers_items_like_the_log():
+    """The restore reads an older snapshot's fence and items of a newer snapshot whose fence was not
+    written yet (a snapshot in progress): replaying the log from the older fence must give every item
+    the number the other replicas gave it."""
+    log, writer = Log(), Replica("writer")
+    events = stream(4000)
+    writer.learn(events[:1000])
+    log.publish(writer)
+    log.deliver(writer)
+    state = {}
+    items, fences = writer.exchange.start_snapshot(range(PARTITIONS))
+    for partition, numbers in items.items():
+        state.update(writer.exchange.snapshot(partition, numbers))
+        state[fence_key(partition)] = encode_fence(fences[partition])
+    for lo in (1000, 2000, 3000):  # new items, numbered after that fence
+        writer.learn(events[lo:lo + 1000])
+        log.publish(writer)
+        log.deliver(writer)
+    writer.exchange.mark_dirty(range(PARTITIONS))
+    items, _ = writer.exchange.start_snapshot(range(PARTITIONS))
+    for partition, numbers in items.items():  # the newer snapshot: some of its items, no fence yet
+        state.update(writer.exchange.snapshot(partition, numbers[-1:]))  # its newest item only
+    restored = Replica("restored")
+    log.deliver(restored, restored.exchange.restore(state))
+    restored.exchange.restore_done()
+    ids = sorted(writer.model.item_ids)
+    assert [restored.exchange.number_of(i) for i in ids] == [writer.exchange.number_of(i) for i in ids]
+    for mine, theirs in zip(item_state(restored, ids), item_state(writer, ids)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)
