@@ -6,7 +6,8 @@ Memory is measured with tracemalloc (numpy reports its buffers to it) as the slo
 between two sizes, so fixed costs cancel out. "model" is models.BPRMF (factors, biases,
 id maps); "worker" is streams.pipeline.Pipeline with its in-memory state store, i.e.
 what a worker holds per user and item: factors, id maps, the engaged-items history
-(one item per user here), the popularity counts and the checkpoint copies.
+(one item per user here), the popularity counts, the user checkpoint copies and the item
+exchange's bookkeeping (delta sums, item numbers).
 """
 
 from __future__ import annotations
@@ -62,9 +63,13 @@ def worker_bytes(n_users: int, n_items: int, k: int) -> int:
                 "t", 0, m)
             for m in range(n)
         ]
+        offset = 0
         for lo in range(0, n, 2000):
             outcome = pipe.process(messages[lo:lo + 2000])
-            pipe.checkpoint(outcome)
+            pipe.checkpoint(sorted(outcome.dirty_users))
+            for partition, _, value in pipe.exchange.take_records(0):  # read back, as from the item log
+                pipe.exchange.apply(partition, offset, value, 0)
+                offset += 1
         del messages
         pipe.seen_event_ids = type(pipe.seen_event_ids)(0)  # the dedup window is a fixed cost, not per entity
         return pipe

@@ -691,6 +691,7 @@ def _health(settings: Any, n: int, before_ms: int, killed: tuple[str, int] | Non
         "exchange_bytes_per_event": per_event("item_bytes_sent_total"),
         "item_rows_applied_per_event": per_event("item_rows_applied_total"),
         "item_bytes_applied_per_event": per_event("item_bytes_applied_total"),
+        "item_rows_unknown": sum(int(r.get("item_rows_unknown_total") or 0) for r in last.values()),
         "partitions_per_worker": {w: len(ps) for w, ps in sorted(partitions.items())},
         "partition_moves": sum(len(o) - 1 for o in owners.values()),
         "popular_writers": sorted(w for w, r in final.items() if r.get("writes_popular_lists")),

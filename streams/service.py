@@ -506,6 +506,7 @@ class RecommenderService:
             item_rows_applied_total=exchange.rows_applied,
             item_bytes_applied_total=exchange.bytes_applied,
             items_quarantined=exchange.quarantined_items + exchange.corrupt_records,
+            item_rows_unknown_total=exchange.unnumbered_changes,
             writes_popular_lists=self.writes_popular_lists,
             ready=self.ready_ms is not None,
         )
