@@ -45,6 +45,8 @@ SKIPPED: dict[str, str] = {
                             "(tests/conftest.py) take their place",
     r"^streamrec bench pipeline\b": "a benchmark of a million events that starts its own services (minutes); "
                                     "tests/integration/test_bench_pipeline.py runs a small one",
+    r"^streamrec bench scale\b": "runs 1, 2 and 4 workers over 150,000 events each (minutes); "
+                                 "tests/integration/test_bench_scale.py runs a small one",
     r"^streamrec eval --data \.\./shared/data/ml-100k/": "prequential evaluation of four models on 100,000 ratings "
                                                          "(over a minute on 2 cores); the events.jsonl example runs the same command",
     r"^docker compose\b": "no Docker engine here; tests/unit/test_compose.py checks docker-compose.yml",
