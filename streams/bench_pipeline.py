@@ -301,7 +301,10 @@ def _run_pipeline(worker: Any, settings: Any, n: int, last_keys: dict[int, bytes
         client.close()
 
 
-async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: BenchOptions) -> dict[str, Any]:
+async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: BenchOptions,
+                     on_sent: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Offer ``rate`` events/s with probes (see the module docstring, phase 4); ``on_sent(events sent)`` is
+    called once the last event is sent, before the remaining probes are awaited."""
     import numpy as np
     import orjson
 
@@ -371,6 +374,8 @@ async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: Ben
             await asyncio.sleep(0.002)
         await producer.flush()
         elapsed = time.perf_counter() - started
+        if on_sent is not None:
+            on_sent(total)
         done_sending.set()
         wait_until = time.monotonic() + 30.0
         while pending and time.monotonic() < wait_until and not poller.done():
@@ -396,6 +401,7 @@ async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: Ben
         "freshness_p50_ms": pct(write_lat, 50),
         "freshness_p95_ms": pct(write_lat, 95),
         "freshness_p99_ms": pct(write_lat, 99),
+        "freshness_max_ms": max(write_lat) if write_lat else None,
         "observed_p50_ms": pct(observed_lat, 50),
         "observed_p95_ms": pct(observed_lat, 95),
         "observed_p99_ms": pct(observed_lat, 99),

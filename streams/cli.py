@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks on real services")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     add_bench_arguments(bench_sub.add_parser("pipeline", help="producer, raw consumer, worker, freshness, recall, RSS"))
+    from streams.bench_freshness import add_arguments as add_freshness_arguments
+
+    add_freshness_arguments(bench_sub.add_parser(
+        "freshness", help="one worker at rising rates: freshness p50/p99, CPU, lag, stages; sustained_rate"))
     add_scale_arguments(bench_sub.add_parser(
         "scale", help="1, 2, 4 ... workers on one stream: rate, CPU, freshness, item staleness, HR@50, popular lists"))
     return parser
@@ -325,6 +329,10 @@ def _bench(args: argparse.Namespace) -> int:
         from streams.bench_scale import main as scale_main
 
         return scale_main(args)
+    if args.bench_command == "freshness":
+        from streams.bench_freshness import main as freshness_main
+
+        return freshness_main(args)
     from streams.bench_pipeline import main as bench_main
 
     return bench_main(args)

@@ -340,7 +340,13 @@ class HealthCounters:
     batch_ms: list[float] = field(default_factory=list)  # processing time of each batch
     batch_events: int = 0  # messages of those batches
     stage_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds of the worker's thread, per stage
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)  # wall ms of each batch's stages
+    broker_ms: list[np.ndarray] = field(default_factory=list)  # per event: from its ts to the worker's intake
     thread_cpu_s: float = field(default_factory=time.thread_time)  # the thread's CPU clock at the window's start
+
+    def latency(self, stage: str, seconds: float) -> None:
+        """One batch spent ``seconds`` (wall clock) in ``stage`` (queue, learn, topn, redis)."""
+        self.stage_ms.setdefault(stage, []).append(seconds * 1000.0)
 
     @contextmanager
     def cpu(self, stage: str) -> Iterator[None]:
@@ -358,6 +364,16 @@ class HealthCounters:
     def dead_lettered(self, reason: str) -> None:
         self.events_dead_lettered += 1
         self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+
+    def _latencies(self) -> dict[str, dict[str, float | None]]:
+        """p50 / p99 ms of where an event's freshness goes: at the broker (its ts to the worker's intake,
+        per event), queued in the intake, then per batch learning, ranking (top-N) and the Redis write."""
+        out = {}
+        for stage, samples in (("broker", self.broker_ms), *((s, [np.asarray(v)]) for s, v in self.stage_ms.items())):
+            p50, p99 = percentiles_ms(samples)
+            if p50 is not None:
+                out[stage] = {"p50": p50, "p99": p99}
+        return out
 
     def record(self, now_ms: int, **extra: Any) -> dict[str, Any]:
         p50, p99 = percentiles_ms(self.freshness_samples)
@@ -392,6 +408,7 @@ class HealthCounters:
             "batch_p50_ms": batch_p50,
             "batch_p99_ms": batch_p99,
             "worker_cpu_pct": round(100.0 * busy / elapsed_s, 1),
+            "latency_ms": self._latencies(),
             "cpu_us_per_event": stages,
             **extra,
         }
@@ -404,4 +421,6 @@ class HealthCounters:
         self.batch_events = 0
         self.stage_cpu_s = {}
         self.thread_cpu_s = thread_cpu
+        self.stage_ms = {}
+        self.broker_ms = []
         return record

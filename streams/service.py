@@ -81,7 +81,9 @@ class Intake:
 
     def __init__(self, max_events: int) -> None:
         self.max_events = max_events
-        self._chunks: deque[tuple[Any, list[Any], list[int]]] = deque()  # tp, records, events per record
+        # tp, records, events per record, when offered (ms)
+        self._chunks: deque[tuple[Any, list[Any], list[int], float]] = deque()
+        self.taken_offered_ms = 0.0  # when the oldest chunk of the last take was offered
         self._events = 0
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
@@ -97,7 +99,7 @@ class Intake:
             if record.headers and record.value and is_batch(record.headers) else 1
             for record in records
         ]
-        self._chunks.append((tp, records, counts))
+        self._chunks.append((tp, records, counts, time.time() * 1000.0))
         self._events += sum(counts)
         self._arrived.set()
 
@@ -113,8 +115,10 @@ class Intake:
             await asyncio.sleep(within_s)
         taken: list[tuple[Any, list[Any]]] = []
         count = 0
+        self.taken_offered_ms = self._chunks[0][3]
         while self._chunks and count < max_events:
-            tp, records, counts = self._chunks.popleft()
+            tp, records, counts, offered = self._chunks.popleft()
+            self.taken_offered_ms = min(self.taken_offered_ms, offered)
             events = sum(counts)
             if count + events > max_events:  # split: what fits (at least one record), the rest stays first
                 room, fits = max_events - count, 0
@@ -122,10 +126,10 @@ class Intake:
                     room -= counts[fits]
                     fits += 1
                 if fits == 0:
-                    self._chunks.appendleft((tp, records, counts))
+                    self._chunks.appendleft((tp, records, counts, offered))
                     break
                 if fits < len(records):
-                    self._chunks.appendleft((tp, records[fits:], counts[fits:]))
+                    self._chunks.appendleft((tp, records[fits:], counts[fits:], offered))
                     records, events = records[:fits], sum(counts[:fits])
             taken.append((tp, records))
             count += events
@@ -180,6 +184,7 @@ class RecommenderService:
         self.first_batch_ms: int | None = None  # when the first batch of events was taken (benchmarks)
         self.intake = Intake(max_events=2 * settings.batch_max_events)
         self.seconds_per_event = 50e-6  # measured: sizes batches to the budget (batch_events)
+        self._offered_ms: float | None = None  # when the running batch's oldest records were offered
         self.pending_users: set[str] = set()
         self.pending_tags: set[str] = set()
         self.pending_ts: list[np.ndarray] = []
@@ -253,7 +258,10 @@ class RecommenderService:
                 chunks, self._taken = self._taken, []
                 if chunks and not self._closed:
                     messages = [record for _, records in chunks for record in records]
+                    self._offered_ms = self.intake.taken_offered_ms
+                    self.pipeline.health.latency("queue", (time.time() * 1000.0 - self._offered_ms) / 1000.0)
                     await self._timed_handle(messages, [(tp, rs[0].offset, rs[-1].offset) for tp, rs in chunks])
+                    self._offered_ms = None
 
     def batch_events(self) -> int:
         """How many events the next batch may take: the batch budget over the measured cost per event."""
@@ -313,8 +321,13 @@ class RecommenderService:
                 self.seconds_per_event += 0.2 * (cpu / events - self.seconds_per_event)
 
     async def _handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
+        started = time.perf_counter()
         try:
             outcome = self.pipeline.process(messages)
+            health = self.pipeline.health
+            health.latency("learn", time.perf_counter() - started)
+            if self._offered_ms is not None and outcome.ts_ms is not None:  # event time to the worker's hands
+                health.broker_ms.append(self._offered_ms - outcome.ts_ms)
         except Exception as exc:  # a bug of ours must not drop the batch: dead-letter it whole (nothing counted)
             logger.exception("batch of %d messages failed; dead-lettering it", len(messages))
             outcome = BatchOutcome(dead_letters=[DeadLetter(m, "internal_error", repr(exc)) for m in messages])
@@ -422,7 +435,9 @@ class RecommenderService:
                 self.pending_tags = set()
                 self._popular_stale = False
             pipeline = self.pipeline
+            started = time.perf_counter()
             known, items, scores = pipeline.recommendation_lists(sorted(users))
+            ranked = time.perf_counter()
             try:
                 await self.writer.write_lists(
                     known, items, scores,
@@ -443,6 +458,8 @@ class RecommenderService:
                                exc, len(self.pending_users), self.redis_backoff_s)
                 return False
             written_ms = _now_ms()
+            pipeline.health.latency("topn", ranked - started)
+            pipeline.health.latency("redis", time.perf_counter() - ranked)
             if trending_due:
                 self.trending_written = time.monotonic()
             health = pipeline.health
