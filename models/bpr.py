@@ -83,7 +83,7 @@ def _occurrence_rank(u: np.ndarray, cap: int) -> np.ndarray | None:
 _POOL_BLOCK_SCORES = 1 << 21  # scores per block of users in _search_pooled (8 MiB of float32)
 
 
-_POOL_HEAD = 512  # pool columns ranked first; the rest only when one of them could enter the top-n
+_POOL_HEAD = 256  # pool columns ranked first; the rest only when one of them could enter the top-n
 
 
 def _top_with_head(scores: np.ndarray, n: int, head: int) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +299,7 @@ class BPRMF:
         user_decay_half_life_s: float | None = None,
         tag_init: bool = True,
         index_min_items: int | None = 4096,
-        pool_size: int = 2048,
+        pool_size: int = 1024,
         track_item_deltas: bool = False,
     ) -> None:
         dt = np.dtype(dtype)
@@ -935,10 +935,7 @@ class BPRMF:
         ex = exclude if exclude is None or all_known else [exclude[r] for r in known.tolist()]
         ni = len(self._items)
         V, b, P = self._V[:ni], self._b[:ni], self._U[uidx if all_known else uidx[known]]
-        if self.index_min_items is not None and ni >= self.index_min_items and len(known):
-            rows, scores = self._search_pooled(P, n, ex, self.pool_size)
-        else:
-            rows, scores = C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(known), n, self._items, ex)
+        rows, scores = self._top_rows(P, n, ex)
         names, values = C.as_lists(rows, scores, self._items._array())
         if all_known:
             return names, values
@@ -947,6 +944,44 @@ class BPRMF:
         for r, a, s in zip(known.tolist(), names, values):
             out_ids[r], out_scores[r] = a, s
         return out_ids, out_scores
+
+    def top_n_matrix(
+        self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
+    ) -> tuple[list[list[str]], np.ndarray]:
+        """:meth:`top_n_lists` of known ``users`` with the scores as one ``(len(users), width)`` array.
+
+        ``width`` is ``n``, or fewer with a smaller catalog; a row of a user who has fewer items
+        left is padded with ``-inf`` (its id list is shorter). Cheaper when the scores go on as
+        numbers (the worker encodes them straight to JSON). Raises :class:`UnknownIdError` for an
+        unknown user.
+
+        >>> model = BPRMF(n_factors=4, seed=0)
+        >>> model.learn_batch(["ann", "ann", "bob"], ["a", "b", "c"])
+        >>> ids, scores = model.top_n_matrix(["ann", "bob"], 2, exclude=[["a", "b"], []])
+        >>> ids[0], scores.shape, float(scores[0, 1])
+        (['c'], (2, 2), -inf)
+        """
+        C.check_ids(users, "users")
+        n = C.check_n(n)
+        if exclude is not None and len(exclude) != len(users):
+            raise InvalidInputError(f"exclude has {len(exclude)} entries for {len(users)} users")
+        rows, scores = self._top_rows(self._U[self._known(self._users, users, "user")], n, exclude)
+        valid = rows >= 0
+        names = self._items._array()[np.where(valid, rows, 0)].tolist()
+        if rows.size and not valid[:, -1].all():
+            for r, keep in zip(np.flatnonzero(~valid[:, -1]).tolist(), valid.sum(1)[~valid[:, -1]].tolist()):
+                names[r] = names[r][:keep]
+        return names, scores
+
+    def _top_rows(
+        self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded)."""
+        ni = len(self._items)
+        if self.index_min_items is not None and ni >= self.index_min_items and len(P):
+            return self._search_pooled(P, n, exclude, self.pool_size)
+        V, b = self._V[:ni], self._b[:ni]
+        return C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
 
     def _search_pooled(
         self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None, pool_size: int

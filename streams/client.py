@@ -134,6 +134,12 @@ class EventProducer:
         await self._enqueue(key, value)
         self.sent += 1
 
+    async def send_encoded(self, key: bytes, value: bytes) -> None:
+        """Enqueue an event already validated and encoded by :func:`~streams.events.encode_event` (not checked
+        again: for producers that encode ahead of time)."""
+        await self._enqueue(key, value)
+        self.sent += 1
+
     async def send_raw(self, key: bytes | None, value: bytes) -> None:
         """Send bytes as they are, unvalidated, as a message of their own (for tests and tools)."""
         self._track(await self._producer.send(self.topic, value=value, key=key))

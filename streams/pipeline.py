@@ -398,15 +398,20 @@ class Pipeline:
         known, items, scores = self.recommendation_lists(users)
         return {user: list(zip(i, s)) for user, i, s in zip(known, items, scores)}
 
-    def recommendation_lists(self, users: Sequence[str]) -> tuple[list[str], list[list[str]], list[list[float]]]:
-        """The known ones of ``users`` with their top-N item ids and scores (the form the writer takes)."""
+    def recommendation_lists(
+        self, users: Sequence[str]
+    ) -> tuple[list[str], list[list[str]], list[list[float]] | np.ndarray]:
+        """The known ones of ``users`` with their top-N item ids and scores: one array when every list is
+        full, else lists (the forms the writer takes)."""
         with self.health.cpu("topn"):
             known = [u for u in users if self.model.has_user(u)]
             if not known:
                 return [], [], []
             history = self.history
-            items, scores = self.model.top_n_lists(known, self.settings.top_n, [history.get(u, ()) for u in known])
-        return known, items, scores
+            items, matrix = self.model.top_n_matrix(known, self.settings.top_n, [history.get(u, ()) for u in known])
+            if matrix.size and not np.isfinite(matrix[:, -1]).all():  # someone has fewer items left
+                return known, items, [row[: len(ids)] for row, ids in zip(matrix.tolist(), items)]
+        return known, items, matrix
 
     def popular(self) -> Recs:
         """The non-personalised fallback: recently popular items."""
