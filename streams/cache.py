@@ -441,6 +441,8 @@ async def _read_set_replies(conn: Any, n: int) -> list[tuple[int, Exception]]:
                 data = await reader.readexactly(len(_OK) * n)
                 if data == _OK * n:
                     return []
+                if data.endswith(b"\r"):  # the read ended between a reply's \r and \n: complete that line
+                    data += await reader.readexactly(1)
                 lines = data.split(b"\r\n")
                 partial = lines.pop()  # the start of a line not yet complete ("" if none)
                 while len(lines) < n:

@@ -245,3 +245,27 @@ def test_cluster_writer_raises_an_error_reply_that_is_not_a_redirect_without_wri
     with pytest.raises(NoPermissionError):
         _write(cluster, ["u1", "u2"])
     assert cluster.piped == []
+
+
+@pytest.mark.parametrize("ask_at", range(4))
+def test_set_replies_are_all_read_when_the_first_read_ends_between_cr_and_lf(ask_at):
+    from redis._parsers import _AsyncRESP2Parser
+
+    from streams.cache import _read_set_replies
+
+    ask = b"-ASK 3999 127.0.0.1:6380\r\n"  # 26 bytes: the 5-byte-per-reply first read ends inside some reply
+    replies = [b"+OK\r\n"] * 9
+    replies.insert(ask_at, ask)
+
+    class Conn:
+        host, port, socket_timeout = "127.0.0.1", 6379, 1.0
+
+    async def run() -> list:
+        conn = Conn()
+        conn._reader = asyncio.StreamReader()
+        conn._reader.feed_data(b"".join(replies))
+        conn._parser = _AsyncRESP2Parser(socket_read_size=65536)
+        return await _read_set_replies(conn, len(replies))
+
+    errors = asyncio.run(run())
+    assert [(j, type(e)) for j, e in errors] == [(ask_at, AskError)]
