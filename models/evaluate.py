@@ -175,7 +175,7 @@ def prequential(
         the cut-off, where the fast path always puts the lower item index first.
     unit_weights
         Learn every event with weight 1, whatever its kind: plain implicit feedback, the
-        protocol of the reference numbers in DESIGN-NOTES section 5.
+        setting of the plain per-event BPR reference figure in BENCHMARKS.md.
 
     Returns
     -------

@@ -50,7 +50,8 @@ class _Consumer(faust_aiokafka.Consumer):
 
     Faust hands every message to its streams one by one (a ``Message`` object, a
     ``Conductor`` dispatch, a queue hop and an ``Event`` each): ~40x the cost of a
-    plain aiokafka consumer (DESIGN-NOTES §4). Records of a topic registered in
+    plain aiokafka consumer (measured on 2 cores: 4-5k events/s for an agent that does
+    nothing, ~200k for ``getmany`` + ``orjson.loads``). Records of a topic registered in
     ``app.bulk_handlers`` skip all of that: each fetched list of records of one
     partition goes to its handler in one call. Everything else about Faust stays:
     group membership, rebalances, table recovery and changelogs, commits. The

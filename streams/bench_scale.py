@@ -337,7 +337,7 @@ async def _read_keyed(settings: Any, topic: str, prefixes: tuple[bytes, ...], ti
         if not tps:
             return []
         # Reading until the position passes the end also reads a last record batch whose end a broker
-        # misreports (Tansu, DESIGN-NOTES §8): fetches return whole batches.
+        # misreports (Tansu 0.6: the base offset of the last batch + 1): fetches return whole batches.
         ends = await consumer.end_offsets(tps)
         values: list[Any] = []
         deadline = time.monotonic() + timeout_s

@@ -1,6 +1,6 @@
 """``streamrec eval``: prequential HR@10, NDCG@10 and recall@20 of the models on a dataset.
 
-    streamrec eval --data ../shared/data/ml-100k/u.data --format movielens
+    streamrec eval --data ml-100k/u.data --format movielens
     streamrec eval --data events.jsonl --format jsonl --model bpr popularity --json
     streamrec eval --data ratings.dat --format movielens --batch-size 2000 --limit 200000
 

@@ -77,7 +77,8 @@ async def _fences_between(consumer: Any, tp: Any, start: int, stop: int, topic: 
     """Latest fence per wanted partition among the records from ``start`` until the position passes ``stop``.
 
     Reading on past ``stop`` to the end of the record batch that holds it: some brokers report
-    a partition's end inside its last batch (DESIGN-NOTES §8), and a fence ends its batch.
+    a partition's end as the base offset of its last batch + 1 (Tansu 0.6; RELIABILITY.md),
+    and a fence ends its batch.
     """
     consumer.seek(tp, start)
     latest: dict[int, int] = {}

@@ -71,7 +71,7 @@ class TableStateStore:
         for (topic, partition), records in staged.items():
             futures.extend(await self.sender.send(topic, partition, records))
             # A one-record batch last: brokers that report the end of a partition as "base offset
-            # of the last batch + 1" (Tansu 0.6, DESIGN-NOTES §8) then report it right, and Faust's
+            # of the last batch + 1" (Tansu 0.6, RELIABILITY.md) then report it right, and Faust's
             # recovery, which reads up to that end, sees every state record.
             futures.extend(await self.sender.send(topic, partition, [(MARKER_KEY, b"", None)]))
         if futures:
