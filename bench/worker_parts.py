@@ -1,15 +1,15 @@
-"""Per-event / per-list cost of three worker parts, old path beside new, on one process.
+"""Per-event / per-list cost of three worker parts, the plain way beside the worker's, on one process.
 
     python bench/worker_parts.py                 # ~30 s; starts its own redis-server on a free port
     python bench/worker_parts.py --no-redis      # metrics and state codecs only
-    git show 615feda:streams/metrics.py > /tmp/old_metrics.py
-    python bench/worker_parts.py --metrics-module /tmp/old_metrics.py   # the per-event dict/set windows
+    git show 615feda:streams/metrics.py > /tmp/dict_metrics.py
+    python bench/worker_parts.py --metrics-module /tmp/dict_metrics.py   # windows of per-event dicts and sets
 
 1. ``EngagementWindows``: 200k synthetic events (100k users, 20k items) in batches of 5,000,
    ``close_due`` after each batch (10 s windows, 2 s grace); µs per event of ``add(events)``,
    ``add_columns`` (columns built untimed) and of closing.
 2. ``RecsWriter``: 5,000 lists of 50 items + 50 scores (~1 KB values) per call against a real
-   ``redis-server`` (``--redis-server`` path): the old redis-py pipeline of SET EX with
+   ``redis-server`` (``--redis-server`` path): a plain redis-py pipeline of SET EX with
    ``encode_list``, MULTI + MSET + EXPIREs, one EVALSHA Lua script per chunk of 5,000 keys,
    and ``write_lists`` (own RESP packing, one read of all replies). µs per list, end to end
    in the client (encoding included), median of 7 calls.
@@ -132,7 +132,7 @@ async def redis_methods(port: int) -> None:
     def values() -> list[bytes]:
         return encode_lists(users, items, scores, source="personal", updated_ms=1, model_version="v1")
 
-    async def pipeline_set_ex() -> None:  # the old RecsWriter.write
+    async def pipeline_set_ex() -> None:  # the plain way: one redis-py SET EX per list
         pipe = client.pipeline(transaction=False)
         for user, recs in lists.items():
             pipe.set(settings.rec_key(user), encode_list(recs, source="personal", updated_ms=1, model_version="v1",
@@ -161,7 +161,7 @@ async def redis_methods(port: int) -> None:
     values()
     print(f"redis: encode_lists alone {(time.perf_counter() - t0) / n * 1e6:5.2f} us/list "
           f"({len(values()[0])} bytes per value)")
-    for label, method in [("redis-py pipeline SET EX (old write)", pipeline_set_ex),
+    for label, method in [("redis-py pipeline SET EX per list", pipeline_set_ex),
                           ("MULTI + MSET + EXPIREs", mset_expire), ("EVALSHA Lua, 5000 keys per call", evalsha),
                           ("RecsWriter.write_lists", write_lists), ("RecsWriter.write (mapping)", write_mapping)]:
         await client.flushall()
@@ -196,7 +196,7 @@ def bench_redis(server: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics-module", help="path of another streams/metrics.py to time (e.g. an old one)")
+    parser.add_argument("--metrics-module", help="path of another revision's streams/metrics.py to time")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--redis-server", default="redis-server")
     args = parser.parse_args()

@@ -1,8 +1,9 @@
 """``streamrec produce --synthetic``: synthetic events are never stamped ahead of the clock.
 
 A worker dead-letters events more than STREAMREC_MAX_CLOCK_SKEW_S (300 s) ahead of its clock
-(``future_ts``); 100,000 synthetic events used to be stamped over ~2,000 s from now, so most of
-the README's ``streamrec produce --synthetic 100000`` went to the dead-letter topic.
+(``future_ts``); 100,000 synthetic events stamped forward from now at the synthetic rate would
+span ~2,000 s, so most of the README's ``streamrec produce --synthetic 100000`` would be
+dead-lettered. They are stamped so that the last one is now.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def test_every_replica_numbers_the_items_alike_and_records_then_carry_numbers():
     items = sorted(a.model.item_ids)
     assert [a.exchange.number_of(i) for i in items] == [b.exchange.number_of(i) for i in items]
     assert min(a.exchange.number_of(i) for i in items) >= 0
-    a.learn(events[:500])  # known items only: nothing travels by id any more
+    a.learn(events[:500])  # known items only: every one travels by number, none by id
     updates = [decode_update(value) for _, _, value in a.exchange.take_records(now_ms=0)]
     assert updates and not any(u.ids or u.proposals for u in updates) and sum(len(u.numbers) for u in updates) > 0
 

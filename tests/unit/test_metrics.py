@@ -49,7 +49,7 @@ def test_health_record_resets_and_reports_percentiles():
 
 
 class _Reference:
-    """The per-event dict-and-set implementation EngagementWindows replaced: the records must not change."""
+    """A per-event dict-and-set implementation of the windows: EngagementWindows must give the same records."""
 
     def __init__(self, window_ms: int, grace_ms: int) -> None:
         self.window_ms, self.grace_ms = window_ms, grace_ms

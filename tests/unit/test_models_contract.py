@@ -12,7 +12,7 @@ from tests.unit.planted import planted_stream
 
 FACTORIES: dict[str, Callable[[], Recommender]] = {
     "bprmf": lambda: BPRMF(n_factors=8, seed=7),
-    "bprmf-classic": lambda: BPRMF(  # uniform negatives, linear raw weights, no decay: the old update rule
+    "bprmf-classic": lambda: BPRMF(  # uniform negatives, linear raw weights, no decay: plain BPR
         n_factors=8, seed=7, negative_candidates=1, weight_exponent=1.0, normalize_weights=False, user_decay=0.0,
         user_lr_scale=1.0,
     ),
