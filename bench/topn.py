@@ -1,4 +1,4 @@
-"""Top-N refresh cost side by side, on one core: brute force against :class:`models.index.IVFIndex`.
+"""Top-N refresh cost side by side, on one core: brute force against ``IVFIndex`` (``bench/ivf_index.py``).
 
     python bench/topn.py --quick    # 10k and 100k items, a small learned model: ~1 min
     python bench/topn.py            # 10k, 100k and 1M items: a few minutes
@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from _machine import cpu_model  # bench/ is on sys.path when run as a script
+from ivf_index import IVFIndex
 
 from models import BPRMF, event_weights
-from models.index import IVFIndex
 from streams.synthetic import SyntheticWorld, WorldConfig
 
 N_TOP = 50

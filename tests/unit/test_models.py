@@ -438,7 +438,7 @@ def test_popularity_trending_within_tags_for_cold_users() -> None:
 def test_import_pulls_in_no_service_clients() -> None:
     """models/ is pure: importing it (every module, River adapter included) loads no service client or River."""
     code = (
-        "import json, sys; import models, models.evaluate, models.datasets, models.index, models.river_adapter; "
+        "import json, sys; import models, models.evaluate, models.datasets, models.river_adapter; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'river', 'faust', 'aiokafka', 'redis', 'orjson', 'streams'})))"
     )

@@ -1,6 +1,7 @@
 r"""Approximate top-N by maximum inner product over item factors: an updatable inverted-file index.
 
-:class:`IVFIndex` answers "the best ``n`` items for each of these users" with a cost per user
+``bench/topn.py`` measures it against brute force; the worker does not use it (``BPRMF`` ranks
+exactly). :class:`IVFIndex` answers "the best ``n`` items for each of these users" with a cost per user
 that grows like the square root of the catalog instead of linearly, and takes item updates
 (changed and new rows) every batch. Design notes, from ``bench/topn.py`` and its variants
 (1,000 users, k = 64, one core; recall@50 against brute force):
@@ -31,12 +32,11 @@ from itertools import pairwise
 
 import numpy as np
 
-from . import _common as C
-from .errors import InvalidInputError
+from models import _common as C
+from models.errors import InvalidInputError
 
 __all__ = ["IVFIndex"]
 
-_KIND = "streamrec.models.IVFIndex"
 #: rows of a chunk when assigning many vectors to centroids (bounds the temporary distance matrix).
 _ASSIGN_CHUNK = 32768
 #: spare room given to each list when the storage is (re)laid out, as a share of its length.
@@ -715,60 +715,6 @@ class IVFIndex:
     def _maybe_rebuild(self) -> None:
         if self.auto_rebuild and self.rebuild_due:
             self.rebuild()
-
-    # ------------------------------------------------------- serialisation
-    def to_bytes(self) -> bytes:
-        """Serialise parameters, items, centroids and generator state (no pickle); see :meth:`from_bytes`."""
-        slots = np.flatnonzero(self._slot_row >= 0)  # storage order: the copy scans lists in the same order
-        rows = self._slot_row[slots]
-        x = self._X[slots]
-        meta = {
-            "params": {
-                "n_factors": self.n_factors, "n_lists": self.n_lists_param, "n_probe": self.n_probe,
-                "seed": self.seed, "tiers": list(self.tiers), "probe_slack": self.probe_slack,
-                "exact_below": self.exact_below, "train_per_list": self.train_per_list, "n_iter": self.n_iter,
-                "rebuild_growth": self.rebuild_growth, "rebuild_drift": self.rebuild_drift,
-                "auto_rebuild": self.auto_rebuild,
-            },
-            "rng": self._rng.bit_generator.state,
-            "n_built": self._n_built, "qerr_built": self._qerr_built, "qerr": self._qerr,
-            "clustered": self._centroids is not None,
-        }
-        arrays: dict[str, np.ndarray] = {
-            "rows": rows, "x": x, "lists": self._row_list[rows],
-            "centroids": self._centroids if self._centroids is not None else np.zeros((0, self.n_factors + 1)),
-            "thresholds": self._thresholds,
-        }
-        return C.pack(_KIND, meta, arrays)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> IVFIndex:
-        """Rebuild an index from :meth:`to_bytes`: same lists and centroids, so the same answers and updates."""
-        meta, a = C.unpack(data, _KIND)
-        try:
-            index = cls(**meta["params"])
-            index._rng.bit_generator.state = meta["rng"]
-            rows, x, lists = (np.asarray(a[k]) for k in ("rows", "x", "lists"))
-            d = index.n_factors + 1
-            if x.shape != (len(rows), d) or lists.shape != rows.shape:
-                raise ValueError("array shapes do not match")
-            if meta["clustered"]:
-                index._centroids = np.ascontiguousarray(a["centroids"], dtype=np.float32)
-                index._thresholds = np.asarray(a["thresholds"], dtype=np.float64)
-                index._n_tiers = len(index._thresholds) + 1
-                if index._centroids.shape[1:] != (d,) or len(index._centroids) == 0:
-                    raise ValueError("bad centroids")
-            n_lists = index.n_lists * index._n_tiers if meta["clustered"] else 1
-            if len(rows) and (lists.min() < 0 or lists.max() >= n_lists or rows.min() < 0
-                              or len(np.unique(rows)) < len(rows)):
-                raise ValueError("bad rows or list ids")
-            index._grow_rows(int(rows.max()) + 1 if len(rows) else 0)
-            index._layout(rows.astype(np.int64), np.ascontiguousarray(x, dtype=np.float32), lists.astype(np.int64))
-            index._qerr, index._n_built = float(meta["qerr"]), int(meta["n_built"])
-            index._qerr_built = float(meta["qerr_built"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
-        return index
 
     def __repr__(self) -> str:
         return (f"IVFIndex(n_factors={self.n_factors}, n_items={self._n}, n_lists={self.n_lists}, "
