@@ -17,7 +17,7 @@ A ``streams.synthetic.SyntheticWorld`` stream (only numpy) is replayed the way
 
 Printed: µs per event for each learning call, µs per refreshed user for the top-N refresh,
 ms per batch for the popularity lists and the checkpoint reads, and totals. The first
-``--warmup`` batches are not timed (the index is built, new ids dominate).
+``--warmup`` batches are not timed (new ids dominate).
 """
 
 from __future__ import annotations

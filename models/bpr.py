@@ -235,7 +235,7 @@ class BPRMF:
         :math:`h`, seconds of event time, or ``None`` (default) for no time decay.
     tag_init
         Whether new items with tags start at their tags' prior (default) or as noise.
-    index_min_items
+    pooled_search_min_items
         Catalog size from which :meth:`top_n_lists` uses the pooled exact search
         (below it, brute force; ``None``: always brute force).
     pool_size
@@ -298,7 +298,7 @@ class BPRMF:
         user_decay: float = 0.03,
         user_decay_half_life_s: float | None = None,
         tag_init: bool = True,
-        index_min_items: int | None = 4096,
+        pooled_search_min_items: int | None = 4096,
         pool_size: int = 1024,
         track_item_deltas: bool = False,
     ) -> None:
@@ -342,7 +342,7 @@ class BPRMF:
         self.user_decay = float(user_decay)
         self.user_decay_half_life_s = None if user_decay_half_life_s is None else float(user_decay_half_life_s)
         self.tag_init = bool(tag_init)
-        self.index_min_items = index_min_items
+        self.pooled_search_min_items = pooled_search_min_items
         self.pool_size = int(pool_size)
         self._rng = np.random.default_rng(seed)
         self._users = IdMap()
@@ -913,7 +913,7 @@ class BPRMF:
 
         The fast form of :meth:`top_n_batch` (no per-item tuples). ``exclude[r]``
         holds the ids user ``r`` must never get (any iterable of ids, e.g. a dict
-        of their history). Unknown users get empty lists. Below ``index_min_items``
+        of their history). Unknown users get empty lists. Below ``pooled_search_min_items``
         items the ranking is brute force; above, a shared candidate pool with a
         per-user proof (:meth:`_search_pooled`). Both are exact.
 
@@ -978,7 +978,7 @@ class BPRMF:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded)."""
         ni = len(self._items)
-        if self.index_min_items is not None and ni >= self.index_min_items and len(P):
+        if self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P):
             return self._search_pooled(P, n, exclude, self.pool_size)
         V, b = self._V[:ni], self._b[:ni]
         return C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)

@@ -24,7 +24,7 @@ Phases (all on one fresh topic prefix / Redis prefix / consumer group):
    is also checked not to contain the item the user engaged with.
 5. **top-N recall** (offline, in this process: the worker's model lives in another process):
    ``models.BPRMF`` (defaults) learns the first 200k events in batches of 2,000; for 500 users
-   the index path of ``top_n_batch`` is compared with brute force (``index_min_items=None``),
+   the pooled search of ``top_n_batch`` is compared with brute force (``pooled_search_min_items=None``),
    histories excluded: mean recall@top_n.
 6. ``worker_rss_mb``: the worker's peak RSS (``VmHWM``), read before it is stopped.
 
@@ -434,7 +434,7 @@ def _topn_recall(kept: list[dict[str, Any]], n_users: int, top_n: int, seed: int
     from models.base import event_weights
 
     model = BPRMF()
-    index_min = model.index_min_items
+    pooled_min = model.pooled_search_min_items
     history: dict[str, set[str]] = {}
     started = time.perf_counter()
     for lo in range(0, len(kept), 2000):
@@ -452,23 +452,23 @@ def _topn_recall(kept: list[dict[str, Any]], n_users: int, top_n: int, seed: int
     pick = rng.choice(len(all_users), size=min(n_users, len(all_users)), replace=False)
     users = [all_users[k] for k in sorted(pick.tolist())]
     exclude = [history[u] for u in users]
-    indexed_path = index_min is not None and model.n_items >= index_min
+    pooled_path = pooled_min is not None and model.n_items >= pooled_min
     approx = model.top_n_batch(users, top_n, exclude)
-    model.index_min_items = None  # the exact (brute force) path
+    model.pooled_search_min_items = None  # the brute force path
     exact = model.top_n_batch(users, top_n, exclude)
-    model.index_min_items = index_min
+    model.pooled_search_min_items = pooled_min
     recalls = []
     for a, e in zip(approx, exact):
         truth = {item for item, _ in e}
         if truth:
             recalls.append(len(truth & {item for item, _ in a}) / len(truth))
     method = (f"offline: models.BPRMF (defaults) learned the first {len(kept)} events in batches of 2000; "
-              f"top_n_batch ({'shared pool, proven per user' if indexed_path else 'catalog below index_min_items'}) vs brute "
-              f"force (index_min_items=None) for {len(users)} users, histories excluded; mean recall@{top_n}")
+              f"top_n_batch ({'shared pool, proven per user' if pooled_path else 'catalog below pooled_search_min_items'}) vs brute "
+              f"force (pooled_search_min_items=None) for {len(users)} users, histories excluded; mean recall@{top_n}")
     return {
         "topn_recall": float(np.mean(recalls)) if recalls else 1.0,
         "topn_recall_method": method,
-        "topn_recall_index_used": indexed_path,
+        "topn_recall_pooled_search_used": pooled_path,
         "topn_recall_learn_s": round(learn_s, 2),
     }
 

@@ -468,8 +468,8 @@ def test_public_api() -> None:
 
 def test_top_n_lists_matches_top_n_batch_and_skips_unknown_users() -> None:
     users, items = planted_stream(3000, seed=3)
-    for min_items in (None, 16):  # brute force, then the index path
-        m = BPRMF(n_factors=8, seed=1, index_min_items=min_items)
+    for min_items in (None, 16):  # brute force, then the pooled search
+        m = BPRMF(n_factors=8, seed=1, pooled_search_min_items=min_items)
         m.learn_batch(users, items)
         asked = [*users[:40], "nobody"]
         hist = [dict.fromkeys(i for u2, i in zip(users, items) if u2 == u) for u in asked]
@@ -484,11 +484,11 @@ def test_top_n_lists_matches_top_n_batch_and_skips_unknown_users() -> None:
                 np.testing.assert_allclose(scores[asked.index(u)], m.score(u, row), rtol=1e-5, atol=1e-6)
 
 
-def test_index_path_follows_learning_and_set_item_vectors() -> None:
+def test_pooled_search_follows_learning_and_set_item_vectors() -> None:
     users, items = planted_stream(4000, seed=4)
-    m = BPRMF(n_factors=8, seed=2, index_min_items=16)
+    m = BPRMF(n_factors=8, seed=2, pooled_search_min_items=16)
     m.learn_batch(users[:2000], items[:2000])
-    m.top_n_lists(users[:5], 5)  # builds the index
+    m.top_n_lists(users[:5], 5)  # ranked once before the factors change
     m.learn_batch(users[2000:], items[2000:])
     best = m.item_ids[0]
     m.set_item_vectors([best], 10 * m.user_vectors([users[0]]), np.array([10.0]))
@@ -499,11 +499,11 @@ def test_index_path_follows_learning_and_set_item_vectors() -> None:
 
 
 def test_pooled_top_n_equals_brute_force() -> None:
-    """Above index_min_items, a shared pool ranks everyone; a per-user ceiling proves no outside
+    """Above pooled_search_min_items, a shared pool ranks everyone; a per-user ceiling proves no outside
     item is missed, and users it cannot prove go round again with a larger pool."""
     rng = np.random.default_rng(7)
     n_items, n_users = 6000, 300
-    m = BPRMF(n_factors=8, seed=3, index_min_items=4096, pool_size=64)
+    m = BPRMF(n_factors=8, seed=3, pooled_search_min_items=4096, pool_size=64)
     items = [f"i{j}" for j in rng.integers(n_items, size=40_000)]  # flat: few items stand out, proofs are hard
     users = [f"u{j}" for j in rng.integers(n_users, size=40_000)]
     for lo in range(0, 40_000, 2000):
@@ -514,7 +514,7 @@ def test_pooled_top_n_equals_brute_force() -> None:
     search = m._search_pooled
     m._search_pooled = lambda P, n, ex, size: (rounds.append(size), search(P, n, ex, size))[1]  # type: ignore[method-assign]
     fast_ids, fast_scores = m.top_n_lists(asked, 20, hist)
-    m.index_min_items = None
+    m.pooled_search_min_items = None
     exact_ids, exact_scores = m.top_n_lists(asked, 20, hist)
     assert m.n_items > 4096 and rounds[0] == 64 and len(rounds) > 1  # some users needed a second round
     assert fast_ids == exact_ids
