@@ -17,12 +17,6 @@ __all__ = ["BPRMF"]
 _KIND = "streamrec.models.BPRMF"
 #: A new item's tag prior averages at most this many of each tag's newest items.
 _TAG_PRIOR_ITEMS = 256
-#: Hyperparameters missing from bytes written before they existed: the values that
-#: reproduce the update rule of that time.
-_LEGACY_PARAMS = {
-    "negative_candidates": 1, "weight_exponent": 1.0, "normalize_weights": False,
-    "user_lr_scale": 1.0, "user_decay": 0.0, "user_decay_half_life_s": None, "tag_init": True,
-}
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:
@@ -1128,29 +1122,22 @@ class BPRMF:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> BPRMF:
-        """Rebuild a model from :meth:`to_bytes`; it then learns exactly as the original would.
-
-        Bytes written before a hyperparameter existed load with the value that
-        reproduces the update rule of that time.
-        """
+        """Rebuild a model from :meth:`to_bytes`; it then learns exactly as the original would."""
         meta, a = C.unpack(data, _KIND)
         try:
-            model = cls(**{**_LEGACY_PARAMS, **meta["params"]})
+            model = cls(**meta["params"])
             model._rng.bit_generator.state = meta["rng"]
             model._users, model._items = IdMap.from_list(meta["users"]), IdMap.from_list(meta["items"])
             U, V, b = (np.ascontiguousarray(a[k], dtype=model.dtype) for k in ("U", "V", "b"))
             nu, ni = model.n_users, model.n_items
             if U.shape != (nu, model.n_factors) or V.shape != (ni, model.n_factors) or b.shape != (ni,):
                 raise ValueError("array shapes do not match the id maps")
-            last = np.array(a["last_ms"], dtype=np.float64) if "last_ms" in a else np.full(nu, np.nan)
+            last = np.array(a["last_ms"], dtype=np.float64)
             if last.shape != (nu,):
                 raise ValueError("user times do not match the id map")
-            w_sum, w_count = meta.get("weight_stats", [0.0, 0])
+            w_sum, w_count = meta["weight_stats"]
             model._w_sum, model._w_count = float(w_sum), int(w_count)
-            if "tag_ptr" in a:
-                model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
-            else:
-                model._tags.grow(ni)
+            model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         model._U, model._V, model._b, model._last_ms = U, V, b, last

@@ -330,10 +330,7 @@ class Popularity:
             model._c = np.array(a["c"], dtype=np.float64)
             if model._c.shape != (model.n_items,) or not (math.isfinite(model._t0) and math.isfinite(model._now)):
                 raise ValueError("counts do not match the id map")
-            if "tag_ptr" in a:
-                model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], model.n_items)
-            else:
-                model._tags.grow(model.n_items)
+            model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], model.n_items)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         return model

@@ -23,7 +23,6 @@ from models import (
     event_weight,
     event_weights,
 )
-from models._common import pack, unpack
 from tests.unit.planted import planted_stream, planted_tag
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,27 +255,6 @@ def test_bpr_round_trip_keeps_tags_times_and_weight_stats() -> None:
         m.set_item_tags(["newer"], [["g2"]])
     assert a.to_bytes() == b.to_bytes()
     np.testing.assert_array_equal(a.tag_vector(["g1"])[0], b.tag_vector(["g1"])[0])
-
-
-def test_bpr_bytes_without_new_hyperparameters_load_with_the_old_rule() -> None:
-    m = BPRMF(n_factors=4)
-    m.learn_batch(["a", "b"], ["x", "y"])
-    meta, arrays = unpack(m.to_bytes(), "streamrec.models.BPRMF")
-    for name in ("negative_candidates", "weight_exponent", "normalize_weights", "user_lr_scale", "user_decay",
-                 "user_decay_half_life_s", "tag_init"):
-        del meta["params"][name]
-    for name in ("weight_stats", "tags"):
-        del meta[name]
-    meta.pop("arrays")
-    old = {k: arrays[k] for k in ("U", "V", "b")}
-    kind, version = meta.pop("format"), meta.pop("version")
-    assert version == 1
-    m2 = BPRMF.from_bytes(pack(kind, meta, old))
-    assert (m2.negative_candidates, m2.weight_exponent, m2.normalize_weights, m2.user_lr_scale, m2.user_decay) == (
-        1, 1.0, False, 1.0, 0.0,
-    )
-    np.testing.assert_array_equal(m2.score("a"), m.score("a"))
-    m2.learn_one("a", "z", tags=["t"])  # still learns
 
 
 def test_bpr_planted_tastes_beat_popularity() -> None:
