@@ -56,6 +56,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from streams.errors import StreamrecError
+
 __all__ = [
     "DevServices",
     "DevServicesError",
@@ -83,7 +85,7 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 _detached: set[int] = set()
 
 
-class DevServicesError(Exception):
+class DevServicesError(StreamrecError):
     """An embedded service could not be found, started or stopped."""
 
 

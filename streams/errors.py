@@ -1,13 +1,17 @@
-"""The root exception of streamrec's service layer; one subclass per area."""
+"""The root exception of streamrec's service layer; one subclass per area.
+
+Each area raises its own subclass: :class:`streams.settings.SettingsError` (configuration),
+:class:`streams.events.InvalidEvent` (input), :class:`streams.state.StateCorrupt` and
+:class:`streams.exchange.ItemUpdateCorrupt` (stored state), :class:`streams.dev.DevServicesError`
+(the embedded services), :class:`streams.worker_process.WorkerFailed` (a worker child process).
+Catch :class:`StreamrecError` to handle any of them. The learning math has its own root,
+:class:`models.ModelError`, since ``models`` depends on nothing in ``streams``.
+"""
 
 from __future__ import annotations
 
-__all__ = ["StreamrecError", "CacheUnavailable"]
+__all__ = ["StreamrecError"]
 
 
 class StreamrecError(Exception):
     """Root of every error streamrec raises on purpose."""
-
-
-class CacheUnavailable(StreamrecError):
-    """Redis could not be reached; the caller gets a clear answer instead of a raw connection error."""

@@ -19,6 +19,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, get_args, get_type_hints
 
+from streams.errors import StreamrecError
+
 __all__ = ["Settings", "SettingsError", "ENV_PREFIX", "describe_settings"]
 
 ENV_PREFIX = "STREAMREC_"
@@ -27,8 +29,8 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
-class SettingsError(ValueError):
-    """A setting in the environment has a value that cannot be used."""
+class SettingsError(StreamrecError, ValueError):
+    """A setting in the environment has a value that cannot be used (also a :class:`ValueError`)."""
 
 
 def _setting(default: Any, doc: str, *, secret: bool = False) -> Any:

@@ -18,13 +18,14 @@ import orjson
 import redis
 
 from streams.cache import sync_redis
+from streams.errors import StreamrecError
 from streams.settings import Settings
 
 __all__ = ["WorkerProcess", "WorkerFailed"]
 
 
-class WorkerFailed(RuntimeError):
-    """The worker exited or did not become ready; the message holds its log tail."""
+class WorkerFailed(StreamrecError, RuntimeError):
+    """The worker exited or did not become ready; the message holds its log tail (also a :class:`RuntimeError`)."""
 
 
 class WorkerProcess:

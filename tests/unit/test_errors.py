@@ -1,0 +1,33 @@
+"""Every error streamrec raises on purpose sits under one root per package, keeping its built-in base."""
+
+from __future__ import annotations
+
+import pytest
+
+from models import InvalidInputError, ModelError, UnknownIdError
+from models.datasets import DatasetError
+from models.river_adapter import RiverNotInstalledError
+from streams.dev import DevServicesError
+from streams.errors import StreamrecError
+from streams.events import InvalidEvent
+from streams.exchange import ItemUpdateCorrupt
+from streams.settings import Settings, SettingsError
+from streams.state import StateCorrupt
+from streams.worker_process import WorkerFailed
+
+
+@pytest.mark.parametrize("error", [SettingsError, InvalidEvent, StateCorrupt, ItemUpdateCorrupt, DevServicesError,
+                                   WorkerFailed])
+def test_service_errors_are_streamrec_errors(error: type[Exception]) -> None:
+    assert issubclass(error, StreamrecError)
+
+
+@pytest.mark.parametrize("error", [UnknownIdError, InvalidInputError, DatasetError, RiverNotInstalledError])
+def test_model_errors_are_model_errors(error: type[Exception]) -> None:
+    assert issubclass(error, ModelError)
+
+
+def test_built_in_bases_are_kept_for_existing_handlers() -> None:
+    assert issubclass(SettingsError, ValueError) and issubclass(WorkerFailed, RuntimeError)
+    with pytest.raises(StreamrecError):  # a bad setting is caught by the root too
+        Settings.from_env({"STREAMREC_TOP_N": "0"})
