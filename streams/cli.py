@@ -310,8 +310,9 @@ def _settings(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="streamrec settings (environment variables)")
-    for column in ("variable", "default", "meaning"):
-        table.add_column(column)
+    table.add_column("variable", no_wrap=True)  # whole names, also in a narrow terminal or a pipe
+    table.add_column("default")
+    table.add_column("meaning")
     for row in describe_settings():
         table.add_row(*row)
     Console().print(table)

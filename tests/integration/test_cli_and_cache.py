@@ -62,11 +62,6 @@ def test_produce_recs_and_metrics_commands(make_settings, start_worker, tmp_path
     assert any(r["type"] == "health" for r in records) and any(r["type"] == "tag" for r in records)
 
 
-def test_settings_command_lists_every_variable(make_settings):
-    out = streamrec(make_settings(), "settings")
-    assert out.returncode == 0 and b"STREAMREC_BROKER_URL" in out.stdout
-
-
 def test_cache_with_redis_auth_one_round_trip_and_fallbacks(tmp_path: Path):
     with DevServices(state_dir=tmp_path, with_broker=False, redis_password="s3cret-pw") as services:
         url = f"redis://127.0.0.1:{services.redis_port}/0"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,17 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [env for env, _, _ in describe_settings() if f"`{env}`" not in readme]
     assert not missing
+
+
+def test_settings_command_lists_every_variable(capsys, monkeypatch):
+    """``streamrec settings`` prints every setting's variable whole, also 80 columns wide (a pipe)."""
+    from streams.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["settings"]) == 0
+    first_column = re.findall(r"^\S (STREAMREC_[A-Z0-9_]+) ", capsys.readouterr().out, re.MULTILINE)
+    every = [Settings.env_name(f.name) for f in dataclasses.fields(Settings)]
+    assert len(every) > 50 and first_column == every
 
 
 def test_learning_defaults_are_the_models_defaults():
