@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -36,8 +37,45 @@ def held_out_hr(model: Recommender, users: list[str], items: list[str], n_train:
     return sum(i in {x for x, _ in top} for (_, i), top in zip(test, tops)) / len(test)
 
 
+PROTOCOL_METHODS = ("learn_one", "learn_batch", "score", "top_n", "top_n_batch", "to_bytes")
+
+
 def test_is_a_recommender(make: Callable[[], Recommender]) -> None:
-    assert isinstance(make(), Recommender)
+    """Each verb of :class:`Recommender` takes the protocol's arguments and returns the protocol's types."""
+    m = make()
+    for name in PROTOCOL_METHODS:  # the protocol's parameters first, in order, same kind and default
+        want = list(inspect.signature(getattr(Recommender, name)).parameters.values())[1:]  # without self
+        got = list(inspect.signature(getattr(m, name)).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in got[: len(want)]] == [
+            (p.name, p.kind, p.default) for p in want], name
+        assert all(p.default is not inspect.Parameter.empty for p in got[len(want):]), f"{name}: extras are optional"
+
+    assert m.learn_one("u1", "i1") is None
+    assert m.learn_one("u1", "i2", 2.0) is None
+    assert m.learn_batch(["u1", "u2", "u2"], ["i3", "i1", "i4"]) is None
+    assert m.learn_batch(["u2", "u3"], ["i2", "i1"], np.array([1.0, 3.0], np.float32)) is None
+
+    every, some = m.score("u1"), m.score("u1", ["i4", "i1"])
+    assert isinstance(every, np.ndarray) and every.shape == (4,) and np.issubdtype(every.dtype, np.floating)
+    assert isinstance(some, np.ndarray) and some.shape == (2,) and np.isfinite(every).all()
+
+    top = m.top_n("u1", 3, exclude=["i1"])
+    assert isinstance(top, list) and len(top) == 3 and "i1" not in {item for item, _ in top}
+    assert all(type(item) is str and type(value) is float for item, value in top)
+    assert [value for _, value in top] == sorted((value for _, value in top), reverse=True)
+
+    lists = m.top_n_batch(["u1", "u2"], 3, [["i1"], []])
+    assert isinstance(lists, list) and len(lists) == 2
+    assert all(isinstance(row, list) and all(isinstance(pair, tuple) and len(pair) == 2 for pair in row)
+               for row in lists)
+    for row, alone in ((lists[0], top), (lists[1], m.top_n("u2", 3))):  # the same lists as one user at a time
+        assert [item for item, _ in row] == [item for item, _ in alone]
+        np.testing.assert_allclose([value for _, value in row], [value for _, value in alone], rtol=1e-5, atol=1e-6)
+
+    blob = m.to_bytes()
+    assert isinstance(blob, bytes) and blob
+    copy = type(m).from_bytes(blob)  # type: ignore[attr-defined]  # a classmethod of each model, not a verb
+    assert type(copy) is type(m) and copy.top_n("u1", 3, exclude=["i1"]) == top
 
 
 def test_deterministic(make: Callable[[], Recommender]) -> None:
