@@ -21,7 +21,7 @@ from models.datasets import (
     load_events_jsonl,
     load_movielens,
 )
-from models.evaluate import PrequentialResult, prequential
+from models.evaluate import PrequentialResult, ScoresAllItems, prequential
 from models.river_adapter import RiverKind, RiverMF, river_available
 from streams import eval_cli
 from streams.cli import main as cli_main
@@ -351,8 +351,17 @@ def test_river_adapter_docstring_example() -> None:  # the docstring skips it: R
 
 @needs_river
 def test_river_adapter_in_the_evaluator() -> None:
-    r = prequential(RiverMF("BiasedMF", seed=0), planted(2000))
-    assert r.evaluated > 0 and 0.0 <= r.hr_at_10 <= 1.0
+    """The evaluator ranks RiverMF's score vector (its default, fast path) exactly as RiverMF's own
+    top_n ranks (the per-event path), on the same tests as any other model."""
+    stream = planted(2000)
+    assert isinstance(RiverMF("BiasedMF", seed=0), ScoresAllItems)
+    fast = prequential(RiverMF("BiasedMF", seed=0), stream)
+    slow = prequential(RiverMF("BiasedMF", seed=0), stream, fast=False)
+    same_tests = prequential(Popularity(), stream)
+    assert (fast.evaluated, fast.repeats) == (slow.evaluated, slow.repeats)
+    assert (fast.evaluated, fast.repeats) == (same_tests.evaluated, same_tests.repeats) and fast.evaluated > 1000
+    assert (fast.hr_at_10, fast.ndcg_at_10, fast.recall_at_20) == (slow.hr_at_10, slow.ndcg_at_10, slow.recall_at_20)
+    assert fast.hr_at_10 > 0  # it learned something to rank by
 
 
 def test_river_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
