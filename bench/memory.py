@@ -48,10 +48,11 @@ def model_bytes(n_users: int, n_items: int, k: int) -> int:
 
 
 def worker_bytes(n_users: int, n_items: int, k: int) -> int:
+    import orjson
+
     from streams.pipeline import Pipeline, RawMessage
     from streams.settings import Settings
     from streams.state import MemoryStateStore
-    import orjson
 
     def build():
         pipe = Pipeline(Settings(n_factors=k), MemoryStateStore())

@@ -927,8 +927,7 @@ class BPRMF:
         known = np.flatnonzero(uidx >= 0)
         all_known = len(known) == len(users)
         ex = exclude if exclude is None or all_known else [exclude[r] for r in known.tolist()]
-        ni = len(self._items)
-        V, b, P = self._V[:ni], self._b[:ni], self._U[uidx if all_known else uidx[known]]
+        P = self._U[uidx if all_known else uidx[known]]
         rows, scores = self._top_rows(P, n, ex)
         names, values = C.as_lists(rows, scores, self._items._array())
         if all_known:

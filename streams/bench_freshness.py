@@ -34,7 +34,6 @@ import asyncio
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -173,8 +172,14 @@ def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
     """Warm up, hold every rate, stop everything started; returns the result dict."""
-    from streams.bench_pipeline import BenchOptions, _freshness, _messages, _produce_all, _start_services, \
-        _stop_services
+    from streams.bench_pipeline import (
+        BenchOptions,
+        _freshness,
+        _messages,
+        _produce_all,
+        _start_services,
+        _stop_services,
+    )
     from streams.settings import Settings
     from streams.synthetic import SyntheticWorld, WorldConfig
     from streams.worker_process import WorkerProcess

@@ -22,8 +22,8 @@ import logging
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import orjson
 

@@ -32,7 +32,15 @@ import redis.cluster
 from aiokafka import AIOKafkaProducer
 
 from streams.cache import REDIS_ERRORS, async_redis, sync_redis
-from streams.events import BATCH_HEADER, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, Event, encode_event, join_batch, kafka_partition
+from streams.events import (
+    BATCH_HEADER,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    Event,
+    encode_event,
+    join_batch,
+    kafka_partition,
+)
 from streams.kafka import aiokafka_options, ensure_topics
 from streams.settings import Settings
 

@@ -10,7 +10,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from streams.client import EventProducer, RecsReader, Recommendations
+from streams.client import EventProducer, Recommendations, RecsReader
 from streams.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 

@@ -26,7 +26,7 @@ import pytest
 from streams.client import RecsReader
 from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import produce, produce_raw
-from tests.integration.oracle import Expected, assert_oracle, health_records, observe, wait_for_oracle
+from tests.integration.oracle import Expected, assert_oracle, health_records, wait_for_oracle
 
 pytestmark = pytest.mark.integration
 

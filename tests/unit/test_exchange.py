@@ -7,7 +7,13 @@ import pytest
 
 from models import BPRMF, Popularity
 from streams.exchange import (
-    ItemExchange, ItemUpdate, decode_update, encode_fence, encode_update, fence_key, item_partition,
+    ItemExchange,
+    ItemUpdate,
+    decode_update,
+    encode_fence,
+    encode_update,
+    fence_key,
+    item_partition,
 )
 from streams.synthetic import SyntheticWorld, WorldConfig
 

@@ -80,10 +80,10 @@ class _Reference:
             self.revisions[start] = revision + 1
             for scope, table in zip(("item", "creator", "tag"), tables):
                 for key, c in table.items():
-                    (v, l, s), users = c[0], c[1]
+                    (v, likes, s), users = c[0], c[1]
                     record = {"type": scope, "id": key, "window_start_ms": start, "window_end_ms": start + self.window_ms,
-                              "revision": revision, "views": v, "likes": l, "shares": s, "unique_users": len(users),
-                              "like_rate": l / v if v else None, "share_rate": s / v if v else None}
+                              "revision": revision, "views": v, "likes": likes, "shares": s, "unique_users": len(users),
+                              "like_rate": likes / v if v else None, "share_rate": s / v if v else None}
                     if scope == "item":
                         record.update(creator_id=c[2], tags=list(c[3]))
                     records.append(record)
