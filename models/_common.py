@@ -6,9 +6,9 @@ import bisect
 import hashlib
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -68,7 +68,12 @@ def flatten_exclude(exclude: Sequence[Iterable[str]], items: IdMap) -> tuple[np.
     for ex in exclude:
         if isinstance(ex, (str, bytes)):
             raise InvalidInputError("exclude must be a sequence of ids, not a single string")
-    lens = np.fromiter(map(len, exclude), np.int64, len(exclude))
+    try:  # entries are usually collections (a user's history dict, a set, a list) ...
+        lens = np.fromiter(map(len, cast("Sequence[Sized]", exclude)), np.int64, len(exclude))
+    except TypeError:  # ... any iterable will do: one without a length is read into a list first
+        listed = [list(ex) for ex in exclude]
+        lens = np.fromiter(map(len, listed), np.int64, len(listed))
+        exclude = listed
     rows = np.array(list(map(items._index.get, chain.from_iterable(exclude), repeat(-1))), dtype=np.int64)
     eu = np.repeat(np.arange(len(exclude)), lens)
     ok = rows >= 0

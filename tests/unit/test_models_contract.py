@@ -132,6 +132,22 @@ def test_top_n_never_returns_excluded(make: Callable[[], Recommender]) -> None:
     assert m.top_n("u0", 0) == []
 
 
+def test_exclusions_may_be_any_iterable(make: Callable[[], Recommender]) -> None:
+    """``exclude`` entries are iterables of ids: iterators exclude what lists do."""
+    users, items = planted_stream(2000, seed=2)
+    m = make()
+    m.learn_batch(users, items)
+    exclude = sorted(set(items))[::3]
+    as_list = m.top_n_batch(["u0", "u1"], 10, [exclude, []])
+    assert m.top_n_batch(["u0", "u1"], 10, [iter(exclude), iter([])]) == as_list
+    assert m.top_n("u0", 10, exclude=(item for item in exclude)) == m.top_n("u0", 10, exclude=exclude)
+    if isinstance(m, BPRMF):  # the pooled search too (from 1 item on)
+        m.pooled_search_min_items = 1
+        pooled = m.top_n_batch(["u0", "u1"], 10, [exclude, []])
+        assert [[i for i, _ in row] for row in pooled] == [[i for i, _ in row] for row in as_list]
+        assert m.top_n_batch(["u0", "u1"], 10, [iter(exclude), iter([])]) == pooled
+
+
 def test_inputs_not_mutated(make: Callable[[], Recommender]) -> None:
     users, items = planted_stream(500, seed=3)
     u_arr, i_list = np.array(users), list(items)
