@@ -34,9 +34,11 @@ SOAK_S ?= 300
 soak: $(STAMP)
 	STREAMREC_SOAK_S=$(SOAK_S) $(PY) -m pytest -s -k test_soak tests/integration/test_faults.py $(PYTEST_ARGS)
 
-# The security linter (ruff's flake8-bandit rules; pyproject.toml explains every ignore).
+# ruff (its default rules, import order and the flake8-bandit security rules; pyproject.toml
+# explains every ignore), then mypy --strict on the modules pyproject.toml lists.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check streams models bench tests
+	$(VENV)/bin/mypy
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)

@@ -166,7 +166,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     """The SplitMix64 finaliser, elementwise on ``uint64`` (wrapping arithmetic)."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    out: np.ndarray = x ^ (x >> np.uint64(31))
+    return out
 
 
 def id_normals(ids: Sequence[str], k: int, seed: int | None) -> np.ndarray:
@@ -216,7 +217,7 @@ def check_tag_lists(tags: object, n: int) -> Sequence[Iterable[str] | None]:
         raise InvalidInputError("item_tags must be a sequence with one list of tags per event")
     if len(tags) != n:
         raise InvalidInputError(f"item_tags has {len(tags)} entries for {n} events")
-    return tags  # type: ignore[return-value]
+    return cast("Sequence[Iterable[str] | None]", tags)  # checked above: a sized, indexable non-string
 
 
 class TagIndex:

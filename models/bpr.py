@@ -113,7 +113,8 @@ def _score_ceiling(user_norms: np.ndarray, norms: np.ndarray, biases: np.ndarray
     top_bias = np.maximum.reduceat(biases[order], starts).astype(np.float64)
     top_norm = (sorted_groups[starts].astype(np.float64) + 1.0) * (top / groups)
     ceiling = (user_norms[:, None].astype(np.float64) * top_norm + top_bias).max(axis=1)
-    return ceiling + 1e-4 * (np.abs(ceiling) + user_norms * top) + 1e-6
+    bound: np.ndarray = ceiling + 1e-4 * (np.abs(ceiling) + user_norms * top) + 1e-6
+    return bound
 
 
 class BPRMF:
@@ -517,7 +518,8 @@ class BPRMF:
 
     def item_ids_at(self, indices: np.ndarray) -> list[str]:
         """The ids of the items at ``indices`` (see :meth:`item_index`)."""
-        return self._items._array()[np.asarray(indices, dtype=np.int64)].tolist()
+        ids: list[str] = self._items._array()[np.asarray(indices, dtype=np.int64)].tolist()
+        return ids
 
     def take_item_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What learning changed since the last call: item indices, factor deltas ``(n, k)``, bias deltas ``(n,)``.
@@ -1011,8 +1013,8 @@ class BPRMF:
         for lo in range(0, len(P), block):
             hi = min(lo + block, len(P))
             scores = P[lo:hi] @ pool_vectors + pool_bias
-            if slot is not None:
-                eu, er = C.flatten_exclude(exclude[lo:hi], self._items)  # type: ignore[index]
+            if slot is not None and exclude is not None:  # slot is set exactly when there are exclusions
+                eu, er = C.flatten_exclude(exclude[lo:hi], self._items)
                 es = slot[er]
                 hit = es >= 0
                 scores[eu[hit], es[hit]] = -np.inf

@@ -211,7 +211,7 @@ def prequential(
         fast = isinstance(model, ScoresAllItems)
     elif fast and not isinstance(model, ScoresAllItems):
         raise InvalidInputError(f"{type(model).__name__} has no item_ids / n_items: use fast=False")
-    index = _ItemIndex(model) if fast else None  # type: ignore[arg-type]  # checked just above
+    index = _ItemIndex(model) if fast and isinstance(model, ScoresAllItems) else None  # fast: checked just above
     users, items, n = stream.users, stream.items, len(stream)
     weights = np.ones(n) if unit_weights else event_weights(stream.kinds, stream.watch_ms).astype(np.float64)
     ts = stream.ts_ms.astype(np.float64)

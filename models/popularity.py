@@ -184,7 +184,8 @@ class Popularity:
 
     def item_ids_at(self, indices: np.ndarray) -> list[str]:
         """The ids of the items at ``indices``."""
-        return self._items._array()[np.asarray(indices, dtype=np.int64)].tolist()
+        ids: list[str] = self._items._array()[np.asarray(indices, dtype=np.int64)].tolist()
+        return ids
 
     def take_deltas(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Counts learned since the last call: item indices, their forward-decayed counts and the base time (ms).

@@ -48,7 +48,7 @@ __all__ = ["redis_options", "async_redis", "sync_redis", "RecsWriter", "encode_l
 
 #: What a Redis call can raise when Redis is down or refuses: redis-py's cluster clients raise
 #: ``RedisClusterException`` (not a ``RedisError``) when they cannot reach any node.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError, RedisClusterException)
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OSError, RedisClusterException)
 
 logger = logging.getLogger(__name__)
 

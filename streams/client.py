@@ -28,6 +28,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import orjson
 import redis
+import redis.asyncio.cluster
 import redis.cluster
 from aiokafka import AIOKafkaProducer
 
@@ -270,9 +271,10 @@ class _ReaderBase:
         s = self.settings
         return [s.rec_key(user_id), *(s.tag_popular_key(t) for t in tags), s.popular_key]
 
-    def _parse(self, user_id: str, values: list[bytes | None], n: int | None) -> Recommendations:
+    def _parse(self, user_id: str, values: Sequence[bytes | str | None], n: int | None) -> Recommendations:
         personal, *by_tag, popular = values
-        candidates = [(personal, "personal"), *((raw, "popular_tag") for raw in by_tag), (popular, "popular")]
+        candidates: list[tuple[bytes | str | None, RecSource]] = [
+            (personal, "personal"), *((raw, "popular_tag") for raw in by_tag), (popular, "popular")]
         for raw, source in candidates:
             if raw is not None:
                 data = orjson.loads(raw)
@@ -280,7 +282,7 @@ class _ReaderBase:
                     user_id=user_id,
                     items=data["items"][:n],
                     scores=data["scores"][:n],
-                    source=source,  # type: ignore[arg-type]
+                    source=source,
                     updated_ms=data.get("updated_ms"),
                     model_version=data.get("model_version"),
                 )
@@ -320,12 +322,12 @@ class RecsReader(_ReaderBase):
     def get(self, user_id: str, n: int | None = None, tags: Sequence[str] = ()) -> Recommendations:
         """The user's list; else (unknown user) trending in the first of ``tags`` that has one; else popular."""
         try:
-            if not self.cluster:
-                values = self.client.mget(self._keys(user_id, tags))
-            else:
-                if self.client is None:
-                    self.client = sync_redis(self.settings)
+            if self.client is None:  # a cluster client, built on the first read
+                self.client = sync_redis(self.settings)
+            if isinstance(self.client, redis.cluster.RedisCluster):
                 values = self.client.mget_nonatomic(self._keys(user_id, tags))
+            else:
+                values = self.client.mget(self._keys(user_id, tags))
         except REDIS_ERRORS as exc:
             return self._unavailable(user_id, exc, n)
         return self._parse(user_id, values, n)
@@ -338,7 +340,9 @@ class RecsReader(_ReaderBase):
 class AsyncRecsReader(_ReaderBase):
     """The asyncio twin of :class:`RecsReader`."""
 
-    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster | None = None
+    ) -> None:
         super().__init__(settings)
         self.cluster = settings.redis_cluster
         self.client = client if client is not None else async_redis(settings)
@@ -346,10 +350,10 @@ class AsyncRecsReader(_ReaderBase):
     async def get(self, user_id: str, n: int | None = None, tags: Sequence[str] = ()) -> Recommendations:
         """The user's list; else (unknown user) trending in the first of ``tags`` that has one; else popular."""
         try:
-            if not self.cluster:
-                values = await self.client.mget(self._keys(user_id, tags))
-            else:
+            if isinstance(self.client, redis.asyncio.cluster.RedisCluster):
                 values = await self.client.mget_nonatomic(self._keys(user_id, tags))
+            else:
+                values = await self.client.mget(self._keys(user_id, tags))
         except REDIS_ERRORS as exc:
             return self._unavailable(user_id, exc, n)
         return self._parse(user_id, values, n)

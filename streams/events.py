@@ -150,7 +150,9 @@ def _integer(obj: Mapping[str, Any], name: str, required: bool) -> int | None:
     return value
 
 
-_KIND_SET: Final = frozenset(KINDS)
+_KIND_OF_NAME: Final[dict[str, EventKind]] = {kind: kind for kind in KINDS}
+#: The kind of a name, or None: a membership test that also types the kind (one lookup).
+_kind_named: Final = _KIND_OF_NAME.get
 
 
 def validate_event(obj: Any) -> Event:
@@ -163,16 +165,16 @@ def validate_event(obj: Any) -> Event:
             type(event_id) is str and 0 < len(event_id) <= MAX_EVENT_ID
             and type(user_id) is str and 0 < len(user_id) <= MAX_ID
             and type(item_id) is str and 0 < len(item_id) <= MAX_ID
-            and type(kind) is str and kind in _KIND_SET
+            and type(kind) is str and (event_kind := _kind_named(kind)) is not None
             and type(ts) is int and 0 <= ts < MAX_TS
             and (watch_ms is None or (type(watch_ms) is int and 0 <= watch_ms < MAX_TS))
             and (creator_id is None or (type(creator_id) is str and 0 < len(creator_id) <= MAX_ID))
         ):  # fmt: skip
             if tags_value is None:
-                return Event(event_id, user_id, item_id, kind, ts, watch_ms, creator_id, ())  # type: ignore[arg-type]
+                return Event(event_id, user_id, item_id, event_kind, ts, watch_ms, creator_id, ())
             tags = _known_tags(tags_value)
             if tags is not None:
-                return Event(event_id, user_id, item_id, kind, ts, watch_ms, creator_id, tags)  # type: ignore[arg-type]
+                return Event(event_id, user_id, item_id, event_kind, ts, watch_ms, creator_id, tags)
     return _validate_checked(obj)
 
 
@@ -336,4 +338,5 @@ def kafka_partition(key: bytes, partitions: int) -> int:
     >>> kafka_partition(b"u1", 4) == kafka_partition(b"u1", 4) < 4
     True
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key)  # aiokafka has no type information
+    return (hashed & 0x7FFFFFFF) % partitions
