@@ -18,9 +18,9 @@ process (``streamrec worker``):
    ``cpu_pct`` is the worker's CPU time over the hold (``/proc``), ``lag_end`` the events sent but
    not yet applied when the hold ends (by the worker's heartbeat, which is up to 1 s old),
    ``drain_s`` how long the worker then takes to apply everything sent (by its heartbeats: +- 1 s), and
-   ``stages`` the
-   worker's own account of the hold (health records: p99 ms at the broker, in the intake queue,
-   learning, ranking, writing to Redis; CPU µs per event by stage).
+   ``stages`` the worker's own account of the hold (health records: p50 and p99 ms at the broker, in
+   the intake queue, learning, ranking, writing to Redis; CPU µs per event by stage; time in Python's
+   garbage collector; messages per batch). The warm-up's own checkpoint is left 15 s to finish first.
 3. ``sustained_rate``: the highest rate whose p99 stayed within ``--slo-ms`` (250) with every probe
    seen and the worker keeping up (``drain_s`` at most 2 s: the lag did not grow).
 
@@ -64,6 +64,9 @@ class FreshnessOptions:
     json: bool = False
     seed: int = 0
     worker_log: str | None = None
+
+
+_SETTLE_S = 15.0  # idle seconds between the warm-up and the first hold
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -158,16 +161,27 @@ def _health_between(settings: Any, since_ms: float, until_ms: float) -> list[dic
 
 def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     latency: dict[str, float] = {}
+    medians: dict[str, list[float]] = {}
     cpu: dict[str, float] = {}
     events = 0
+    gc_ms = gc_max_ms = 0.0
+    batch_sizes = []
     for r in records:
+        gc_ms += r.get("gc_ms") or 0.0
+        gc_max_ms = max(gc_max_ms, r.get("gc_pause_max_ms") or 0.0)
+        if r.get("batch_messages_mean"):
+            batch_sizes.append(r["batch_messages_mean"])
         for stage, value in (r.get("latency_ms") or {}).items():
             latency[stage] = max(latency.get(stage, 0.0), value["p99"])
+            medians.setdefault(stage, []).append(value["p50"])
         n = int(r.get("events_processed") or 0)
         events += n
         for stage, us in (r.get("cpu_us_per_event") or {}).items():
             cpu[stage] = cpu.get(stage, 0.0) + us * n
-    return {"p99_ms": latency, "cpu_us_per_event": {s: round(v / events, 1) for s, v in cpu.items()} if events else {}}
+    return {"p50_ms": {s: round(statistics.median(v), 1) for s, v in medians.items()}, "p99_ms": latency,
+            "gc_ms": round(gc_ms, 1), "gc_pause_max_ms": gc_max_ms,
+            "batch_messages_median": statistics.median(batch_sizes) if batch_sizes else None,
+            "cpu_us_per_event": {s: round(v / events, 1) for s, v in cpu.items()} if events else {}}
 
 
 def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
@@ -221,6 +235,9 @@ def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
             applied = opts.warmup
             seconds = _wait_applied(settings, worker, applied, 120.0 + opts.warmup / 1000.0)
             log(f"warm-up learned ({seconds:.1f} s after the last send)")
+            # The warm-up's checkpoint (every user it touched) and item snapshot run in slices between
+            # batches: let them finish so that the first hold measures steady traffic, not the warm-up's tail.
+            time.sleep(_SETTLE_S)
         curve = []
         for rate in opts.rates:
             log(f"{rate:,.0f} events/s for {opts.hold_s:.0f} s")

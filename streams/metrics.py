@@ -322,6 +322,40 @@ def percentiles_ms(samples: Sequence[np.ndarray], qs: Sequence[float] = (50, 99)
     return [round(float(v), 1) for v in np.percentile(values, qs)]
 
 
+class GcPauses:
+    """Time the worker spends in Python's cyclic garbage collector (every thread waits meanwhile).
+
+    A callback for :data:`gc.callbacks`:
+
+    >>> import gc
+    >>> pauses = GcPauses()
+    >>> gc.callbacks.append(pauses)
+    >>> _ = gc.collect()
+    >>> gc.callbacks.remove(pauses)
+    >>> pauses.count, pauses.total_s > 0
+    (1, True)
+    """
+
+    def __init__(self) -> None:
+        self.total_s = self.max_s = 0.0
+        self.count = 0
+        self._started: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            pause = time.perf_counter() - self._started
+            self.total_s += pause
+            self.max_s = max(self.max_s, pause)
+            self.count += 1
+            self._started = None
+
+    def reset(self) -> None:
+        self.total_s = self.max_s = 0.0
+        self.count = 0
+
+
 @dataclass
 class HealthCounters:
     """Pipeline health over one wall-clock window; :meth:`record` emits and resets it."""
@@ -343,6 +377,7 @@ class HealthCounters:
     stage_ms: dict[str, list[float]] = field(default_factory=dict)  # wall ms of each batch's stages
     broker_ms: list[np.ndarray] = field(default_factory=list)  # per event: from its ts to the worker's intake
     thread_cpu_s: float = field(default_factory=time.thread_time)  # the thread's CPU clock at the window's start
+    gc: GcPauses = field(default_factory=GcPauses)  # counts only once registered in gc.callbacks (the worker does)
 
     def latency(self, stage: str, seconds: float) -> None:
         """One batch spent ``seconds`` (wall clock) in ``stage`` (queue, learn, topn, redis)."""
@@ -410,6 +445,9 @@ class HealthCounters:
             "worker_cpu_pct": round(100.0 * busy / elapsed_s, 1),
             "latency_ms": self._latencies(),
             "cpu_us_per_event": stages,
+            "gc_ms": round(self.gc.total_s * 1000.0, 1),
+            "gc_pause_max_ms": round(self.gc.max_s * 1000.0, 1),
+            "gc_collections": self.gc.count,
             **extra,
         }
         self.started_ms = now_ms
@@ -423,4 +461,5 @@ class HealthCounters:
         self.thread_cpu_s = thread_cpu
         self.stage_ms = {}
         self.broker_ms = []
+        self.gc.reset()
         return record

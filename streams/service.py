@@ -478,6 +478,8 @@ class RecommenderService:
         now = _now_ms()
         if self.ready_ms is None and recovered and self.items.ready.is_set():
             _settle_garbage_collector()
+            if self.pipeline.health.gc not in gc.callbacks:
+                gc.callbacks.append(self.pipeline.health.gc)
             self.ready_ms = now
             logger.info("streamrec worker %s ready in %.2f s", self.worker_id, (now - self.started_ms) / 1000)
         await self.refresh()
@@ -546,6 +548,8 @@ class RecommenderService:
             self._closed = True
             await self.items.stop()
         await self.emit_health(_now_ms())
+        if self.pipeline.health.gc in gc.callbacks:
+            gc.callbacks.remove(self.pipeline.health.gc)
 
     def consumer_lag(self) -> int | None:
         """Messages behind the partitions' high watermarks, if the consumer knows them."""
