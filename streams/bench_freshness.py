@@ -34,6 +34,7 @@ import asyncio
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
