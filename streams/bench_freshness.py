@@ -20,7 +20,8 @@ process (``streamrec worker``):
    ``drain_s`` how long the worker then takes to apply everything sent (by its heartbeats: +- 1 s), and
    ``stages`` the worker's own account of the hold (health records: p50 and p99 ms at the broker, in
    the intake queue, learning, ranking, writing to Redis; CPU µs per event by stage; time in Python's
-   garbage collector; messages per batch). The warm-up's own checkpoint is left 15 s to finish first.
+   garbage collector; messages per batch). The warm-up's own checkpoint is left ``--settle-s`` (15 s)
+   to finish first.
 3. ``sustained_rate``: the highest rate whose p99 stayed within ``--slo-ms`` (250) with every probe
    seen and the worker keeping up (``drain_s`` at most 2 s: the lag did not grow).
 
@@ -65,9 +66,7 @@ class FreshnessOptions:
     json: bool = False
     seed: int = 0
     worker_log: str | None = None
-
-
-_SETTLE_S = 15.0  # idle seconds between the warm-up and the first hold
+    settle_s: float = 15.0  # idle seconds between the warm-up and the first hold
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--worker-log", default=None, help="copy the worker's log here at the end")
+    parser.add_argument("--settle-s", type=float, default=d.settle_s,
+                        help="idle seconds after the warm-up, for its checkpoint to finish (default 15)")
 
 
 def options_from_args(args: argparse.Namespace) -> FreshnessOptions:
@@ -96,7 +97,7 @@ def options_from_args(args: argparse.Namespace) -> FreshnessOptions:
     return FreshnessOptions(users=args.users, items=args.items, rates=rates, hold_s=args.hold_s,
                             warmup=args.warmup, slo_ms=args.slo_ms, sample_every=args.sample_every,
                             bootstrap=args.bootstrap, redis_url=args.redis_url, json=args.json, seed=args.seed,
-                            worker_log=args.worker_log)
+                            worker_log=args.worker_log, settle_s=args.settle_s)
 
 
 def log(message: str) -> None:
@@ -201,6 +202,8 @@ def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
 
     if opts.users <= 0 or opts.items <= 0 or opts.hold_s <= 0 or not opts.rates or min(opts.rates) <= 0:
         raise ValueError("--users, --items, --hold-s and every rate must be > 0")
+    if opts.settle_s < 0:
+        raise ValueError("--settle-s must be >= 0")
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-freshness-"))
     started: list[Any] = []
     worker: Any = None
@@ -238,7 +241,7 @@ def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
             log(f"warm-up learned ({seconds:.1f} s after the last send)")
             # The warm-up's checkpoint (every user it touched) and item snapshot run in slices between
             # batches: let them finish so that the first hold measures steady traffic, not the warm-up's tail.
-            time.sleep(_SETTLE_S)
+            time.sleep(opts.settle_s)
         curve = []
         for rate in opts.rates:
             log(f"{rate:,.0f} events/s for {opts.hold_s:.0f} s")

@@ -47,6 +47,8 @@ SKIPPED: dict[str, str] = {
                                     "tests/integration/test_bench_pipeline.py runs a small one",
     r"^streamrec bench scale\b": "runs 1, 2 and 4 workers over 150,000 events each (minutes); "
                                  "tests/integration/test_bench_scale.py runs a small one",
+    r"^streamrec bench freshness\b": "holds five rates for a minute each after a 300,000-event warm-up (minutes); "
+                                     "tests/integration/test_bench_freshness.py runs a small one",
     r"^streamrec eval --data ml-100k/": "needs MovieLens 100K, which the reader downloads (it is not in the repository), "
                                         "and evaluates four models on its 100,000 ratings (over a minute on 2 cores); "
                                         "the events.jsonl example runs the same command",
