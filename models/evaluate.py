@@ -23,14 +23,14 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .base import Recommender, event_weights
 from .datasets import EventStream
-from .errors import InvalidInputError
+from .errors import InvalidInputError, UnknownIdError
 
 __all__ = ["PrequentialResult", "ProgressCallback", "ScoresAllItems", "prequential"]
 
@@ -86,6 +86,15 @@ class PrequentialResult:
         Events skipped as tests because the user had already engaged the item.
     learn_seconds, score_seconds
         Time inside the learn calls, and spent testing (scoring and ranking).
+    segments
+        HR@10 split two ways, ``{"history": {bucket: {"evaluated", "hr_at_10"}}, "item_age": {...}}``:
+        by the event's number among the user's distinct items (``"1"`` the first, ``"2-5"``,
+        ``"6-20"``, ``"21-100"``, ``">100"``) and by the item's age at the event, its time since
+        its first event in the stream (``"<1h"``, ``"1h-1d"``, ``"1d-7d"``, ``">7d"``). First
+        events are not in the headline figures (there is no history to learn from); they are
+        tested here, against every seen item, by models that rank users they have never seen
+        (:class:`~models.Popularity`); for the others the bucket stays empty (the worker serves
+        such users the popular lists). ``hr_at_10`` is ``None`` for an empty bucket.
     """
 
     model: str
@@ -101,10 +110,46 @@ class PrequentialResult:
     repeats: int = 0
     learn_seconds: float = 0.0
     score_seconds: float = 0.0
+    segments: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict."""
         return asdict(self)
+
+
+#: Upper bounds (inclusive) and names of the history buckets: the event's number among the user's items.
+HISTORY_BUCKETS: tuple[tuple[float, str], ...] = ((1, "1"), (5, "2-5"), (20, "6-20"), (100, "21-100"), (math.inf, ">100"))
+#: Upper bounds (exclusive, ms) and names of the item-age buckets: time since the item's first event.
+ITEM_AGE_BUCKETS: tuple[tuple[float, str], ...] = (
+    (3_600_000, "<1h"), (86_400_000, "1h-1d"), (7 * 86_400_000, "1d-7d"), (math.inf, ">7d"),
+)
+
+
+def _bucket(value: float, buckets: tuple[tuple[float, str], ...], inclusive: bool) -> str:
+    return next(name for bound, name in buckets if (value <= bound if inclusive else value < bound))
+
+
+class _Segments:
+    """Hits and tests per bucket, for :attr:`PrequentialResult.segments`."""
+
+    def __init__(self) -> None:
+        self.tests = {"history": dict.fromkeys((n for _, n in HISTORY_BUCKETS), 0),
+                      "item_age": dict.fromkeys((n for _, n in ITEM_AGE_BUCKETS), 0)}
+        self.hits = {split: dict.fromkeys(counts, 0) for split, counts in self.tests.items()}
+
+    def add(self, history: int, age_ms: float, hit: bool, *, headline: bool = True) -> None:
+        """One test: the event is the user's ``history``-th item; the item is ``age_ms`` old."""
+        keys = [("history", _bucket(history, HISTORY_BUCKETS, True))]
+        if headline:  # item-age buckets split the headline figure only
+            keys.append(("item_age", _bucket(age_ms, ITEM_AGE_BUCKETS, False)))
+        for split, key in keys:
+            self.tests[split][key] += 1
+            self.hits[split][key] += hit
+
+    def result(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {split: {key: {"evaluated": n, "hr_at_10": self.hits[split][key] / n if n else None}
+                        for key, n in counts.items()}
+                for split, counts in self.tests.items()}
 
 
 def _accepts(method: Callable[..., Any], name: str) -> bool:
@@ -225,6 +270,9 @@ def prequential(
     history: dict[str, set[str]] = {}
     history_pos: dict[str, list[int]] = {}  # the same, as positions in the score vector (fast path)
     seen: set[str] = set()
+    first_ts: dict[str, float] = {}  # each item's first event time
+    segments = _Segments()
+    cold_ok = True  # the model ranks users it has never seen (until it raises UnknownIdError once)
     evaluated = repeats = hits = recalled = 0
     ndcg = learn_s = score_s = 0.0
     report_every = max(1, n // 200)
@@ -238,7 +286,21 @@ def prequential(
         for e in range(lo, hi):
             user, item = users[e], items[e]
             past = history.get(user)
-            if not past or item not in seen:
+            if item not in seen:
+                continue
+            if not past:
+                if cold_ok:  # a first event: tested for the history split only
+                    try:
+                        if index is not None:
+                            cold = np.asarray(model.score(user), dtype=np.float64)
+                            j = index.pos[item]
+                            hit = int(np.count_nonzero(cold > cold[j]) + np.count_nonzero(cold[:j] == cold[j])) < _HR_AT
+                        else:
+                            hit = item in [i for i, _ in model.top_n(user, _HR_AT)]
+                    except UnknownIdError:
+                        cold_ok = False
+                    else:
+                        segments.add(1, 0.0, hit, headline=False)
                 continue
             if item in past:
                 repeats += 1
@@ -257,6 +319,7 @@ def prequential(
                 top = [i for i, _ in model.top_n(user, _RECALL_AT, exclude=past)]
                 rank = top.index(item) if item in top else _RECALL_AT
             evaluated += 1
+            segments.add(len(past) + 1, ts[e] - first_ts[item], rank < _HR_AT)
             if rank < _RECALL_AT:
                 recalled += 1
                 if rank < _HR_AT:
@@ -288,6 +351,7 @@ def prequential(
                 if index is not None:
                     history_pos.setdefault(user, []).append(index.position(item))
             seen.add(item)
+            first_ts.setdefault(item, ts[e])
         if progress is not None and (hi - reported >= report_every or hi == n):
             reported = hi
             progress(hi, n)
@@ -306,4 +370,5 @@ def prequential(
         repeats=repeats,
         learn_seconds=learn_s,
         score_seconds=score_s,
+        segments=segments.result(),
     )
