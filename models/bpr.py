@@ -974,12 +974,14 @@ class BPRMF:
         """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded)."""
         ni = len(self._items)
         if self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P):
-            return self._search_pooled(P, n, exclude, self.pool_size)
+            # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
+            excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)
+            return self._search_pooled(P, n, excluded, self.pool_size)
         V, b = self._V[:ni], self._b[:ni]
         return C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
 
     def _search_pooled(
-        self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None, pool_size: int
+        self, P: np.ndarray, n: int, excluded: tuple[np.ndarray, np.ndarray] | None, pool_size: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-n rows and scores, exact: ranking within a shared pool, proven per user.
 
@@ -990,7 +992,9 @@ class BPRMF:
         each user a ceiling. Where the user's n-th best pool score reaches it, no item
         outside can enter the top-n and the pool's answer is exact. The other users
         (a few percent on learned factors, none for most batches) go round again with
-        a pool 8 times larger, up to the whole catalog (brute force).
+        a pool 8 times larger, up to the whole catalog (brute force). ``excluded`` holds
+        the ``(row of P, item row)`` pairs never to return, rows of ``P`` ascending
+        (:func:`models._common.flatten_exclude`).
         """
         ni = len(self._items)
         V, b = self._V[:ni], self._b[:ni]
@@ -1003,7 +1007,7 @@ class BPRMF:
         pool_vectors, pool_bias = np.ascontiguousarray(V[pool].T), b[pool]
         head = min(m, max(4 * n, _POOL_HEAD))
         slot = None
-        if exclude is not None:
+        if excluded is not None:
             slot = np.full(ni, -1, np.int64)
             slot[pool] = np.arange(m)
         width = min(n, m)
@@ -1013,11 +1017,12 @@ class BPRMF:
         for lo in range(0, len(P), block):
             hi = min(lo + block, len(P))
             scores = P[lo:hi] @ pool_vectors + pool_bias
-            if slot is not None and exclude is not None:  # slot is set exactly when there are exclusions
-                eu, er = C.flatten_exclude(exclude[lo:hi], self._items)
-                es = slot[er]
+            if slot is not None and excluded is not None:  # slot is set exactly when there are exclusions
+                eu, er = excluded
+                a, z = np.searchsorted(eu, [lo, hi])
+                es = slot[er[a:z]]
                 hit = es >= 0
-                scores[eu[hit], es[hit]] = -np.inf
+                scores[eu[a:z][hit] - lo, es[hit]] = -np.inf
             cols, block_vals = _top_with_head(scores, n, head)
             vals[lo:hi] = block_vals
             rows[lo:hi] = np.where(cols >= 0, pool[np.maximum(cols, 0)], -1)
@@ -1029,8 +1034,14 @@ class BPRMF:
         nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(P), -np.inf, vals.dtype)
         unproven = np.flatnonzero(~(nth >= ceiling))
         if len(unproven):
-            ex = None if exclude is None else [exclude[r] for r in unproven.tolist()]
-            rows[unproven], vals[unproven] = self._search_pooled(P[unproven], n, ex, 8 * m)
+            sub = None
+            if excluded is not None:  # the unproven users' pairs, renumbered 0, 1, 2, ... (still ascending)
+                eu, er = excluded
+                at = np.full(len(P), -1, np.int64)
+                at[unproven] = np.arange(len(unproven))
+                keep = at[eu] >= 0
+                sub = at[eu[keep]], er[keep]
+            rows[unproven], vals[unproven] = self._search_pooled(P[unproven], n, sub, 8 * m)
         return rows, vals
 
     def loss(

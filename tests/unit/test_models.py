@@ -498,3 +498,22 @@ def test_pooled_top_n_equals_brute_force() -> None:
     assert fast_ids == exact_ids
     np.testing.assert_allclose(np.array(fast_scores), np.array(exact_scores), rtol=1e-5, atol=1e-6)
     assert all(not set(row) & set(h) for row, h in zip(fast_ids, hist))
+
+
+def test_pooled_search_reads_iterator_exclusions_once() -> None:
+    """Exclusions given as one-shot iterators still hold for users who need a second, larger pool."""
+    rng = np.random.default_rng(7)
+    m = BPRMF(n_factors=8, seed=3, pooled_search_min_items=1, pool_size=64)
+    items = [f"i{j}" for j in rng.integers(6000, size=40_000)]
+    users = [f"u{j}" for j in rng.integers(300, size=40_000)]
+    for lo in range(0, 40_000, 2000):
+        m.learn_batch(users[lo : lo + 2000], items[lo : lo + 2000])
+    asked = sorted(set(users))[:200]
+    hist = [list(dict.fromkeys(i for u2, i in zip(users, items) if u2 == u)) for u in asked]
+    rounds: list[int] = []
+    search = m._search_pooled
+    m._search_pooled = lambda P, n, ex, size: (rounds.append(size), search(P, n, ex, size))[1]  # type: ignore[method-assign]
+    as_lists = m.top_n_lists(asked, 20, hist)
+    assert len(rounds) > 1  # some users went round again
+    assert m.top_n_lists(asked, 20, [iter(h) for h in hist]) == as_lists
+    assert all(not set(row) & set(h) for row, h in zip(as_lists[0], hist))
