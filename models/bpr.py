@@ -998,6 +998,8 @@ class BPRMF:
         """
         ni = len(self._items)
         V, b = self._V[:ni], self._b[:ni]
+        if n == 0:  # nothing to rank, and no n-th score to prove
+            return np.zeros((len(P), 0), np.int64), np.zeros((len(P), 0), V.dtype)
         m = min(ni, max(pool_size, 4 * n))
         user_norms = np.sqrt(np.einsum("ij,ij->i", P, P))
         item_norms = np.sqrt(np.einsum("ij,ij->i", V, V))

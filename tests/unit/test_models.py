@@ -517,3 +517,12 @@ def test_pooled_search_reads_iterator_exclusions_once() -> None:
     assert len(rounds) > 1  # some users went round again
     assert m.top_n_lists(asked, 20, [iter(h) for h in hist]) == as_lists
     assert all(not set(row) & set(h) for row, h in zip(as_lists[0], hist))
+
+
+def test_pooled_search_of_zero_items() -> None:
+    """n = 0 with a catalog larger than the pool: empty lists, as brute force gives."""
+    m = BPRMF(n_factors=4, pooled_search_min_items=1, pool_size=8)
+    m.learn_batch(["u"] * 50, [f"i{j}" for j in range(50)])
+    ids, scores = m.top_n_matrix(["u"], 0)
+    assert ids == [[]] and scores.shape == (1, 0)
+    assert m.top_n("u", 0) == [] and m.top_n_lists(["u"], 0, [["i1"]]) == ([[]], [[]])
