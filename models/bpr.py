@@ -11,6 +11,7 @@ import numpy as np
 from . import _common as C
 from .errors import InvalidInputError, UnknownIdError
 from .idmap import IdMap
+from .topn import pooled_top_n
 
 __all__ = ["BPRMF"]
 
@@ -72,49 +73,6 @@ def _occurrence_rank(u: np.ndarray, cap: int) -> np.ndarray | None:
     rank = np.empty(len(u), np.int64)
     rank[order] = pos - np.maximum.accumulate(np.where(new, pos, 0))
     return np.minimum(rank, cap - 1)
-
-
-_POOL_BLOCK_SCORES = 1 << 21  # scores per block of users in _search_pooled (8 MiB of float32)
-
-
-_POOL_HEAD = 256  # pool columns ranked first; the rest only when one of them could enter the top-n
-
-
-def _top_with_head(scores: np.ndarray, n: int, head: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`models._common.top_arrays` of ``scores``, cheaper when the best columns come first.
-
-    The top-n of the first ``head`` columns is the top-n of the row when no later
-    column beats its n-th score (one max per row instead of a selection over all).
-    """
-    if head >= scores.shape[1]:
-        return C.top_arrays(scores, n)
-    cols, vals = C.top_arrays(scores[:, :head], n)
-    nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(scores), -np.inf, scores.dtype)
-    redo = np.flatnonzero(~(nth >= scores[:, head:].max(axis=1)))
-    if len(redo):
-        cols[redo], vals[redo] = C.top_arrays(scores[redo], n)
-    return cols, vals
-
-
-def _score_ceiling(user_norms: np.ndarray, norms: np.ndarray, biases: np.ndarray, groups: int = 64) -> np.ndarray:
-    """Per user, an upper bound of ``|p_u| * |q_i| + b_i`` over the given items (with a float margin).
-
-    Items are binned by norm (equal widths up to the largest); a bin's upper edge and
-    its largest bias bound every member, so the bound is ``max_g |p_u| * N_g + B_g``.
-    Linear in the items (a radix sort of 8-bit bin numbers): ~10 ms at 1M items.
-    """
-    if len(norms) == 0:
-        return np.full(len(user_norms), -np.inf)
-    top = float(norms.max()) or 1.0
-    group = np.minimum(norms * (groups / top), groups - 1).astype(np.uint8)
-    order = np.argsort(group, kind="stable")
-    sorted_groups = group[order]
-    starts = np.flatnonzero(np.concatenate(([True], sorted_groups[1:] != sorted_groups[:-1])))
-    top_bias = np.maximum.reduceat(biases[order], starts).astype(np.float64)
-    top_norm = (sorted_groups[starts].astype(np.float64) + 1.0) * (top / groups)
-    ceiling = (user_norms[:, None].astype(np.float64) * top_norm + top_bias).max(axis=1)
-    bound: np.ndarray = ceiling + 1e-4 * (np.abs(ceiling) + user_norms * top) + 1e-6
-    return bound
 
 
 class BPRMF:
@@ -911,7 +869,7 @@ class BPRMF:
         holds the ids user ``r`` must never get (any iterable of ids, e.g. a dict
         of their history). Unknown users get empty lists. Below ``pooled_search_min_items``
         items the ranking is brute force; above, a shared candidate pool with a
-        per-user proof (:meth:`_search_pooled`). Both are exact.
+        per-user proof (:func:`models.topn.pooled_top_n`). Both are exact.
 
         >>> model = BPRMF(n_factors=4, seed=0)
         >>> model.learn_batch(["ann", "ann", "bob"], ["a", "b", "c"])
@@ -973,78 +931,12 @@ class BPRMF:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded)."""
         ni = len(self._items)
+        V, b = self._V[:ni], self._b[:ni]
         if self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P):
             # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
             excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)
-            return self._search_pooled(P, n, excluded, self.pool_size)
-        V, b = self._V[:ni], self._b[:ni]
+            return pooled_top_n(P, V, b, n, excluded, pool_size=self.pool_size)
         return C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
-
-    def _search_pooled(
-        self, P: np.ndarray, n: int, excluded: tuple[np.ndarray, np.ndarray] | None, pool_size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n rows and scores, exact: ranking within a shared pool, proven per user.
-
-        Every user of the batch is scored against the same ``pool_size`` items, those
-        with the highest ``|q_i| * c + b_i`` (``c`` the batch's median user norm): one
-        matrix product. An item outside the pool scores at most ``|p_u| * |q_i| + b_i``
-        (Cauchy-Schwarz); bounding that over the outside items, grouped by norm, gives
-        each user a ceiling. Where the user's n-th best pool score reaches it, no item
-        outside can enter the top-n and the pool's answer is exact. The other users
-        (a few percent on learned factors, none for most batches) go round again with
-        a pool 8 times larger, up to the whole catalog (brute force). ``excluded`` holds
-        the ``(row of P, item row)`` pairs never to return, rows of ``P`` ascending
-        (:func:`models._common.flatten_exclude`).
-        """
-        ni = len(self._items)
-        V, b = self._V[:ni], self._b[:ni]
-        if n == 0:  # nothing to rank, and no n-th score to prove
-            return np.zeros((len(P), 0), np.int64), np.zeros((len(P), 0), V.dtype)
-        m = min(ni, max(pool_size, 4 * n))
-        user_norms = np.sqrt(np.einsum("ij,ij->i", P, P))
-        item_norms = np.sqrt(np.einsum("ij,ij->i", V, V))
-        key = item_norms * np.median(user_norms) + b
-        pool = np.argpartition(key, ni - m)[ni - m :] if m < ni else np.arange(ni)
-        pool = pool[np.argsort(-key[pool], kind="stable")]  # likeliest first: see the head below
-        pool_vectors, pool_bias = np.ascontiguousarray(V[pool].T), b[pool]
-        head = min(m, max(4 * n, _POOL_HEAD))
-        slot = None
-        if excluded is not None:
-            slot = np.full(ni, -1, np.int64)
-            slot[pool] = np.arange(m)
-        width = min(n, m)
-        rows = np.empty((len(P), width), np.int64)
-        vals = np.empty((len(P), width), V.dtype)
-        block = max(1, _POOL_BLOCK_SCORES // m)  # bounded memory, cache-sized blocks
-        for lo in range(0, len(P), block):
-            hi = min(lo + block, len(P))
-            scores = P[lo:hi] @ pool_vectors + pool_bias
-            if slot is not None and excluded is not None:  # slot is set exactly when there are exclusions
-                eu, er = excluded
-                a, z = np.searchsorted(eu, [lo, hi])
-                es = slot[er[a:z]]
-                hit = es >= 0
-                scores[eu[a:z][hit] - lo, es[hit]] = -np.inf
-            cols, block_vals = _top_with_head(scores, n, head)
-            vals[lo:hi] = block_vals
-            rows[lo:hi] = np.where(cols >= 0, pool[np.maximum(cols, 0)], -1)
-        if m == ni:
-            return rows, vals
-        outside = np.ones(ni, bool)
-        outside[pool] = False
-        ceiling = _score_ceiling(user_norms, item_norms[outside], b[outside])
-        nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(P), -np.inf, vals.dtype)
-        unproven = np.flatnonzero(~(nth >= ceiling))
-        if len(unproven):
-            sub = None
-            if excluded is not None:  # the unproven users' pairs, renumbered 0, 1, 2, ... (still ascending)
-                eu, er = excluded
-                at = np.full(len(P), -1, np.int64)
-                at[unproven] = np.arange(len(unproven))
-                keep = at[eu] >= 0
-                sub = at[eu[keep]], er[keep]
-            rows[unproven], vals[unproven] = self._search_pooled(P[unproven], n, sub, 8 * m)
-        return rows, vals
 
     def loss(
         self, users: Sequence[str], items: Sequence[str], n_samples: int = 10, seed: int = 0

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from models import (
     event_weight,
     event_weights,
 )
+from models.topn import pooled_top_n
 from tests.unit.planted import planted_stream, planted_tag
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -476,7 +478,20 @@ def test_pooled_search_follows_learning_and_set_item_vectors() -> None:
         np.testing.assert_allclose(sc, m.score(u, row), rtol=1e-5, atol=1e-5)
 
 
-def test_pooled_top_n_equals_brute_force() -> None:
+def count_rounds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pool size of each round of the pooled search, in call order (the model's call, then the search's own)."""
+    rounds: list[int] = []
+
+    def spy(*args: Any, pool_size: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        rounds.append(pool_size)
+        return pooled_top_n(*args, pool_size=pool_size, **kwargs)
+
+    monkeypatch.setattr("models.bpr.pooled_top_n", spy)
+    monkeypatch.setattr("models.topn.pooled_top_n", spy)  # the later rounds
+    return rounds
+
+
+def test_pooled_top_n_equals_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above pooled_search_min_items, a shared pool ranks everyone; a per-user ceiling proves no outside
     item is missed, and users it cannot prove go round again with a larger pool."""
     rng = np.random.default_rng(7)
@@ -488,9 +503,7 @@ def test_pooled_top_n_equals_brute_force() -> None:
         m.learn_batch(users[lo : lo + 2000], items[lo : lo + 2000])
     asked = sorted(set(users))[:200]
     hist = [dict.fromkeys(i for u2, i in zip(users, items) if u2 == u) for u in asked]
-    rounds: list[int] = []
-    search = m._search_pooled
-    m._search_pooled = lambda P, n, ex, size: (rounds.append(size), search(P, n, ex, size))[1]  # type: ignore[method-assign]
+    rounds = count_rounds(monkeypatch)
     fast_ids, fast_scores = m.top_n_lists(asked, 20, hist)
     m.pooled_search_min_items = None
     exact_ids, exact_scores = m.top_n_lists(asked, 20, hist)
@@ -500,7 +513,7 @@ def test_pooled_top_n_equals_brute_force() -> None:
     assert all(not set(row) & set(h) for row, h in zip(fast_ids, hist))
 
 
-def test_pooled_search_reads_iterator_exclusions_once() -> None:
+def test_pooled_search_reads_iterator_exclusions_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Exclusions given as one-shot iterators still hold for users who need a second, larger pool."""
     rng = np.random.default_rng(7)
     m = BPRMF(n_factors=8, seed=3, pooled_search_min_items=1, pool_size=64)
@@ -510,9 +523,7 @@ def test_pooled_search_reads_iterator_exclusions_once() -> None:
         m.learn_batch(users[lo : lo + 2000], items[lo : lo + 2000])
     asked = sorted(set(users))[:200]
     hist = [list(dict.fromkeys(i for u2, i in zip(users, items) if u2 == u)) for u in asked]
-    rounds: list[int] = []
-    search = m._search_pooled
-    m._search_pooled = lambda P, n, ex, size: (rounds.append(size), search(P, n, ex, size))[1]  # type: ignore[method-assign]
+    rounds = count_rounds(monkeypatch)
     as_lists = m.top_n_lists(asked, 20, hist)
     assert len(rounds) > 1  # some users went round again
     assert m.top_n_lists(asked, 20, [iter(h) for h in hist]) == as_lists
