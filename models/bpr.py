@@ -11,13 +11,12 @@ import numpy as np
 from . import _common as C
 from .errors import InvalidInputError, UnknownIdError
 from .idmap import IdMap
+from .tags import TagIndex, register_tags, set_tags, tag_prior
 from .topn import pooled_top_n
 
 __all__ = ["BPRMF"]
 
 _KIND = "streamrec.models.BPRMF"
-#: A new item's tag prior averages at most this many of each tag's newest items.
-_TAG_PRIOR_ITEMS = 256
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:
@@ -306,7 +305,7 @@ class BPRMF:
         self._last_ms = np.zeros(0)  # per user: time of the latest event learned (NaN: none)
         self._w_sum = 0.0  # sum and count of the (capped, exponentiated) weights learned
         self._w_count = 0
-        self._tags = C.TagIndex()
+        self._tags = TagIndex()
         self._lut = np.empty(0, np.int64)  # scratch for _unique_items
         self._work: dict[str, np.ndarray] = {}  # reused scratch buffers of the batch update
         # Learning's own change to each item row since the last take_item_deltas (when tracked)
@@ -379,62 +378,9 @@ class BPRMF:
         if self.track_item_deltas:
             self._dV, self._db, self._dmask = _grow(self._dV, hi), _grow(self._db, hi), _grow(self._dmask, hi)
         self._tags.grow(len(self._items))
-        if tags is not None:
-            self._register_tags(i, tags, lo if init else len(self._items))
+        if tags is not None:  # new items start at their tags' prior (see models.tags)
+            register_tags(self._tags, self._V, self._b, i, tags, lo if init else hi, self.tag_init)
         return i
-
-    def _register_tags(self, i: np.ndarray, tags: Sequence[Iterable[str] | None], fresh: int) -> None:
-        """Tag the untagged items among ``i`` (the first non-empty tags of each win).
-
-        Items with index >= ``fresh`` were created by this call: they start at their tags'
-        prior, computed before any of them joins a tag.
-        """
-        new = self._tags.pending(i, tags)
-        if not new:
-            return
-        if self.tag_init:
-            self._add_priors({x: t for x, t in new.items() if x >= fresh})
-        self._tags.set_untagged(new)
-
-    def _add_priors(self, wanted: dict[int, tuple[str, ...]]) -> None:
-        """Add to each new item ``x`` of ``wanted`` its tags' prior (:meth:`tag_vector`), vectorised.
-
-        Each tag's mean is computed once, then each item averages the means of its known tags
-        (items are grouped by how many known tags they have). Same arithmetic as :meth:`_tag_prior`.
-        """
-        vocab, members = self._tags.vocab, self._tags.members
-        means: dict[str, tuple[np.ndarray, np.floating[Any]] | None] = {}
-        groups: dict[int, tuple[list[int], list[tuple[np.ndarray, ...]], list[tuple[np.floating[Any], ...]]]] = {}
-        for x, tags in wanted.items():
-            vecs, biases = [], []
-            for name in tags:
-                if name not in means:
-                    t = vocab.get(name)
-                    if t is None or not members[t]:
-                        means[name] = None
-                    else:
-                        g = np.array(members[t][-_TAG_PRIOR_ITEMS:], dtype=np.int64)
-                        means[name] = (self._V[g].mean(0), self._b[g].mean())
-                m = means[name]
-                if m is not None:
-                    vecs.append(m[0])
-                    biases.append(m[1])
-            if vecs:
-                xs, vs, bs = groups.setdefault(len(vecs), ([], [], []))
-                xs.append(x)
-                vs.append(tuple(vecs))
-                bs.append(tuple(biases))
-        for xs, vs, bs in groups.values():
-            rows = np.array(xs, dtype=np.int64)
-            self._V[rows] += np.array(vs, dtype=self.dtype).mean(axis=1).astype(self.dtype)
-            self._b[rows] = np.array(bs, dtype=self.dtype).mean(axis=1)
-
-    def _tag_prior(self, tags: Iterable[str]) -> tuple[np.ndarray, float] | None:
-        groups = self._tags.recent_members(tags, _TAG_PRIOR_ITEMS)
-        if not groups:
-            return None
-        vec = np.mean([self._V[g].mean(0) for g in groups], axis=0).astype(self.dtype)
-        return vec, float(np.mean([self._b[g].mean() for g in groups]))
 
     def _known(self, idmap: IdMap, ids: Sequence[str], what: str) -> np.ndarray:
         C.check_ids(ids, what + "s")
@@ -551,11 +497,7 @@ class BPRMF:
         C.check_tag_lists(tags, len(items))
         lo = len(self._items)
         i = self._index_items(items)
-        wanted = [C.tag_tuple(t) for t in tags]
-        if self.tag_init:
-            self._add_priors({x: t for x, t in zip(i.tolist(), wanted) if x >= lo and t})
-        for x, t in zip(i.tolist(), wanted):
-            self._tags.set(x, t)
+        set_tags(self._tags, self._V, self._b, i, [C.tag_tuple(t) for t in tags], lo, self.tag_init)
 
     def item_tags(self, item: str) -> tuple[str, ...]:
         """The tags of ``item`` (``()`` if it has none or is unknown)."""
@@ -581,10 +523,7 @@ class BPRMF:
         >>> m.tag_vector(["rock", "pop", "unknown"])[0].tolist()
         [1.0, 2.5]
         """
-        prior = self._tag_prior(C.tag_tuple(tags))
-        if prior is None:
-            return np.zeros(self.n_factors, self.dtype), 0.0
-        return prior
+        return tag_prior(self._tags, self._V, self._b, C.tag_tuple(tags))
 
     # ------------------------------------------------------------- learning
     def learn_one(
@@ -1043,7 +982,7 @@ class BPRMF:
                 raise ValueError("user times do not match the id map")
             w_sum, w_count = meta["weight_stats"]
             model._w_sum, model._w_count = float(w_sum), int(w_count)
-            model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
+            model._tags = TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         model._U, model._V, model._b, model._last_ms = U, V, b, last
