@@ -441,7 +441,7 @@ def test_models_import_only_numpy_and_stdlib() -> None:
 
 
 def test_public_api() -> None:
-    assert set(models.__all__) >= {"BPRMF", "Popularity", "IdMap", "Recommender", "ModelError", "event_weight"}
+    assert set(models.__all__) >= {"BPRMF", "Popularity", "IdMap", "Recommender", "WorkerModel", "ModelError", "event_weight"}
     assert issubclass(InvalidInputError, ModelError) and issubclass(UnknownIdError, KeyError)
     assert (ROOT / "models" / "py.typed").exists()
 

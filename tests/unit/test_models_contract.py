@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models import BPRMF, ModelError, Popularity, Recommender
+from models import BPRMF, ModelError, Popularity, Recommender, WorkerModel
 from tests.unit.planted import planted_stream
 
 FACTORIES: dict[str, Callable[[], Recommender]] = {
@@ -188,3 +190,50 @@ def test_bad_inputs_raise_model_error(make: Callable[[], Recommender]) -> None:
         m.learn_batch("ab", "xy")  # a string is not a sequence of ids
     with pytest.raises(ModelError):
         m.learn_one("a", "x", float("nan"))
+
+
+# ----------------------------------------------------------- WorkerModel
+ROOT = Path(__file__).resolve().parents[2]
+#: The streams modules that hold the worker's model: the pipeline, the item exchange, and two readers of its counts.
+WORKER_SOURCES = ("streams/pipeline.py", "streams/exchange.py", "streams/service.py", "streams/item_log.py")
+
+
+def worker_model_members() -> set[str]:
+    """The members :class:`WorkerModel` declares: attributes, properties and methods."""
+    return set(WorkerModel.__annotations__) | {
+        name for name, value in vars(WorkerModel).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
+
+
+def test_worker_model_is_what_the_worker_calls() -> None:
+    """Every ``model.<member>`` in the worker's modules is declared, and nothing else is."""
+    used = {m for path in WORKER_SOURCES for m in re.findall(r"\bmodel\.([A-Za-z_]\w*)", (ROOT / path).read_text())}
+    assert used == worker_model_members()
+
+
+@pytest.mark.parametrize("name", sorted(worker_model_members()))
+def test_bprmf_implements_worker_model(name: str) -> None:
+    """Same kind of member; a method takes the protocol's parameters (name, kind, default), its extras optional."""
+    assert isinstance(BPRMF(), WorkerModel)
+    want, got = inspect.getattr_static(WorkerModel, name, None), inspect.getattr_static(BPRMF, name, None)
+    if name in WorkerModel.__annotations__:  # a data attribute
+        assert hasattr(BPRMF(), name) and not callable(getattr(BPRMF(), name))
+        return
+    if isinstance(want, property):
+        assert isinstance(got, property)
+        return
+    assert callable(got) and not isinstance(got, (staticmethod, classmethod, property))
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    want_params = list(inspect.signature(want).parameters.values())
+    got_params = list(inspect.signature(got).parameters.values())
+    got_by_name = {p.name: p for p in got_params}
+    for p in want_params:
+        q = got_by_name.get(p.name)
+        assert q is not None, f"{name}: no parameter {p.name}"
+        assert (q.kind, q.default) == (p.kind, p.default), f"{name}({p.name})"
+    n_positional = sum(p.kind in positional for p in want_params)
+    assert [p.name for p in got_params if p.kind in positional][:n_positional] == [
+        p.name for p in want_params if p.kind in positional], f"{name}: positional order"
+    extras = [p for p in got_params if p.name not in {w.name for w in want_params}]
+    assert all(p.default is not inspect.Parameter.empty for p in extras), f"{name}: extras are optional"
