@@ -1,4 +1,16 @@
-"""Bayesian personalised ranking matrix factorisation trained by online SGD."""
+"""Bayesian personalised ranking matrix factorisation trained by online SGD: the learner :class:`BPRMF`.
+
+This module is the model, its learning and its state in and out (rows, item deltas,
+``to_bytes`` / ``from_bytes``). Two parts live apart: :mod:`models.topn`, the exact
+pooled top-N search over a large catalog, and :mod:`models.tags`, where a new tagged
+item starts. Read the class docstring first (the model's maths), then
+:meth:`BPRMF.learn_batch` and ``_learn``.
+
+Why one file of about 1,000 lines: it is one class whose methods share its arrays.
+About 150 lines are the class docstring, about 230 the learning step (one algorithm,
+kept in one place); the rest are short public methods. Splitting the class across
+files would scatter its state without making any part shorter to read.
+"""
 
 from __future__ import annotations
 
