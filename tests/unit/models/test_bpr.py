@@ -27,7 +27,7 @@ from models import (
 from models.topn import pooled_top_n
 from tests.unit.planted import planted_stream, planted_tag
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # ---------------------------------------------------------------- IdMap
