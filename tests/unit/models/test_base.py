@@ -1,4 +1,5 @@
-"""Contract every model in :mod:`models` must honour (fast, seeded, no services)."""
+"""Unit tests of :mod:`models.base` (fast, seeded, no services): the contract every model honours
+(:class:`~models.Recommender`), what the worker calls (:class:`~models.WorkerModel`), event weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import BPRMF, ModelError, Popularity, Recommender, WorkerModel
+from models import (
+    BPRMF,
+    DEFAULT_KIND_WEIGHTS,
+    ModelError,
+    Popularity,
+    Recommender,
+    WorkerModel,
+    event_weight,
+    event_weights,
+)
 from tests.unit.planted import planted_stream
 
 FACTORIES: dict[str, Callable[[], Recommender]] = {
@@ -237,3 +247,42 @@ def test_bprmf_implements_worker_model(name: str) -> None:
         p.name for p in want_params if p.kind in positional], f"{name}: positional order"
     extras = [p for p in got_params if p.name not in {w.name for w in want_params}]
     assert all(p.default is not inspect.Parameter.empty for p in extras), f"{name}: extras are optional"
+
+
+# -------------------------------------------------------------- weights
+def test_event_weight_kinds_and_watch_time() -> None:
+    assert [event_weight(k) for k in ("view", "like", "share")] == [1.0, 3.0, 5.0]
+    assert event_weight("view", watch_ms=60_000) == 1.0  # watch time off by default
+    assert event_weight("view", 15_000, watch_time_weight=0.5) == 1.5
+    assert event_weight("view", 10**9, watch_time_weight=0.5) == 2.0  # ratio capped at 2
+    assert event_weight("like", 5_000, 10_000, watch_time_weight=1.0) == 4.5  # half watched
+    assert event_weight("view", None, watch_time_weight=1.0) == 1.0
+    assert event_weight("view", -1, watch_time_weight=1.0) == 1.0
+    assert event_weight("click", kind_weights={"click": 0.5}) == 0.5
+    with pytest.raises(ModelError, match="unknown event kind 'click'"):
+        event_weight("click")
+    with pytest.raises(ModelError):
+        event_weight("view", 1, watch_time_ref_ms=0)
+    with pytest.raises(TypeError):
+        DEFAULT_KIND_WEIGHTS["view"] = 2.0  # type: ignore[index]
+
+
+def test_event_weights_matches_scalar_and_keeps_inputs() -> None:
+    kinds = ["view", "like", "share", "view", "view", "like"]
+    watch = np.array([-1, 30_000, np.nan, 5_000, 15_000, 1_000], dtype=float)
+    dur = np.array([-1, 60_000, -1, np.nan, 0, 500], dtype=float)
+    w0, d0 = watch.copy(), dur.copy()
+    got = event_weights(kinds, watch, dur, watch_time_weight=0.8)
+    assert got.dtype == np.float32 and got.shape == (6,)
+    want = [
+        event_weight(k, None if not t >= 0 else t, None if not d > 0 else d, watch_time_weight=0.8)
+        for k, t, d in zip(kinds, watch, dur)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_array_equal(watch, w0)
+    np.testing.assert_array_equal(dur, d0)
+    np.testing.assert_array_equal(event_weights(kinds), [1, 3, 5, 1, 1, 3])
+    with pytest.raises(ModelError, match="'dislike'"):
+        event_weights(["view", "dislike"])
+    with pytest.raises(ModelError):
+        event_weights(kinds, watch[:2], watch_time_weight=1.0)
