@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models import BPRMF, ModelError
+from models.tags import TagIndex, register_tags
 from tests.unit.planted import planted_stream, planted_tag
 
 
@@ -53,3 +54,20 @@ def test_bpr_tags_validation_and_first_tags_win() -> None:
         m.set_item_tags(["x"], "t1")  # type: ignore[arg-type]
     vec, bias = BPRMF(n_factors=3).tag_vector(["nothing"])
     assert vec.tolist() == [0.0, 0.0, 0.0] and bias == 0.0
+
+
+def test_tag_index_first_tags_win_and_round_trip() -> None:
+    index = TagIndex()
+    index.grow(4)
+    V, b = np.zeros((4, 2), np.float32), np.zeros(4, np.float32)
+    register_tags(index, V, b, np.array([0, 1, 0]), [("a", "b"), None, ("c",)], fresh=0, priors=False)
+    assert index.names(0) == ["a", "b"] and index.names(1) == [] and index.names(3) == []
+    index.set(2, ("b",))
+    vocab, ptr, idx = index.to_arrays(4)
+    copy = TagIndex.from_arrays(vocab, ptr, idx, 4)
+    assert [copy.names(x) for x in range(4)] == [["a", "b"], [], ["b"], []]
+    assert copy.members == index.members == [[0], [0, 2]] and copy.tagged[:4].tolist() == [True, False, True, False]
+    with pytest.raises(ValueError):
+        TagIndex.from_arrays(vocab, ptr[:-1], idx, 4)
+    with pytest.raises(ValueError):
+        TagIndex.from_arrays(vocab, ptr, idx + 10, 4)

@@ -103,3 +103,48 @@ def test_pooled_search_of_zero_items() -> None:
     ids, scores = m.top_n_matrix(["u"], 0)
     assert ids == [[]] and scores.shape == (1, 0)
     assert m.top_n("u", 0) == [] and m.top_n_lists(["u"], 0, [["i1"]]) == ([[]], [[]])
+
+
+def test_pooled_top_n_matrix_equals_brute_force_with_a_fixed_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``top_n_matrix``, the worker's call, gives the same items with the pooled search as with brute force."""
+    users, items = planted_stream(40_000, n_groups=10, items_per_group=600, seed=11)
+    m = BPRMF(n_factors=16, seed=5, pooled_search_min_items=4096, pool_size=256)
+    for lo in range(0, len(users), 2000):
+        m.learn_batch(users[lo : lo + 2000], items[lo : lo + 2000])
+    asked = sorted(set(users))[:300]
+    hist = [dict.fromkeys(i for u2, i in zip(users, items) if u2 == u) for u in asked]
+    assert m.n_items >= 4096
+    rounds = count_rounds(monkeypatch)
+    for n in (1, 10, 100):
+        pooled_ids, pooled_scores = m.top_n_matrix(asked, n, hist)
+        m.pooled_search_min_items = None
+        exact_ids, exact_scores = m.top_n_matrix(asked, n, hist)
+        m.pooled_search_min_items = 4096
+        assert pooled_ids == exact_ids
+        assert pooled_scores.shape == exact_scores.shape == (len(asked), n)
+        assert pooled_scores.dtype == exact_scores.dtype == np.float32
+        np.testing.assert_allclose(pooled_scores, exact_scores, rtol=1e-5, atol=1e-6)
+    assert len(rounds) > 3  # some users needed a second round
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooled_top_n_alone_equals_brute_force(dtype: type[np.floating[Any]]) -> None:
+    """The function over plain arrays: small pools (several rounds), exclusions, more items asked than remain."""
+    rng = np.random.default_rng(3)
+    V = rng.standard_normal((3000, 8)).astype(dtype)
+    b = (0.5 * rng.standard_normal(3000)).astype(dtype)
+    P = rng.standard_normal((120, 8)).astype(dtype)
+    eu = np.sort(rng.integers(0, len(P), 4000))
+    er = rng.integers(0, len(V), 4000)
+    brute = P @ V.T + b
+    brute[eu, er] = -np.inf
+    for n, pool_size in ((1, 16), (10, 32), (25, 1000)):
+        want = np.argsort(-brute, axis=1, kind="stable")[:, :n]
+        rows, scores = pooled_top_n(P, V, b, n, (eu, er), pool_size=pool_size)
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_allclose(scores, np.take_along_axis(brute, want, 1), rtol=1e-5, atol=1e-6)
+        assert scores.dtype == dtype
+    few, fb = V[:5], b[:5]  # 5 items, 7 asked; user 0 excludes 2 of them
+    rows, scores = pooled_top_n(P[:2], few, fb, 7, (np.array([0, 0]), np.array([1, 3])), pool_size=2)
+    assert rows.shape == (2, 5) and rows[0, 3:].tolist() == [-1, -1] and np.isneginf(scores[0, 3:]).all()
+    assert sorted(rows[0, :3].tolist()) == [0, 2, 4] and sorted(rows[1].tolist()) == [0, 1, 2, 3, 4]
