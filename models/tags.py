@@ -1,7 +1,7 @@
 """Item tags: which items carry which tags, and where a new tagged item starts.
 
 A new item's factors start as small noise (:func:`models._common.id_normals`), so
-nobody is recommended it until someone engages it. An item that arrives with tags
+it ranks by chance until someone engages it. An item that arrives with tags
 starts instead at its tags' *prior* plus that noise: for each of its tags that has
 items, the mean factor vector and mean bias of that tag's newest :data:`PRIOR_ITEMS`
 items; then the mean over those tags (unknown or empty tags are ignored). It then
