@@ -1,16 +1,16 @@
-"""The shared recommender interface and event weighting."""
+"""The shared recommender interfaces (offline verbs, what the streaming worker calls) and event weighting."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Recommender", "DEFAULT_KIND_WEIGHTS", "event_weight", "event_weights"]
+__all__ = ["Recommender", "WorkerModel", "DEFAULT_KIND_WEIGHTS", "event_weight", "event_weights"]
 
 #: Base weight of each event kind (read-only).
 DEFAULT_KIND_WEIGHTS: Mapping[str, float] = MappingProxyType({"view": 1.0, "like": 3.0, "share": 5.0})
@@ -50,6 +50,99 @@ class Recommender(Protocol):
     ) -> list[list[tuple[str, float]]]: ...
 
     def to_bytes(self) -> bytes: ...
+
+
+@runtime_checkable
+class WorkerModel(Protocol):
+    """What the streaming worker calls on its factor model: implement it to plug in another model.
+
+    :class:`~streams.pipeline.Pipeline` and :class:`~streams.exchange.ItemExchange` call
+    exactly these members (the health records and the item-log restore read the two
+    counts). Ids are strings. A model numbers its items 0, 1, 2, ... in the order it
+    creates them and never renumbers them: the *index*. Every worker holds a full
+    replica of the items and exchanges its additive changes to them with the others;
+    each user is learned by one worker, which checkpoints the user's vector.
+
+    - ``n_factors``: length of every user and item vector; restored states are checked against it.
+    - ``n_users``, ``n_items``: known users and items, for the health records and the log of a restore.
+    - ``has_user(user)``: whether the user gets a recommendation list.
+    - ``learn_batch(users, items, weights, *, item_tags, update_items)``: learn a batch of events;
+      those with ``update_items`` False move only their user (their item change is already in the item log).
+    - ``add_items(items, tags)``: create a batch's new items before it is learned; returns them, so that
+      their starting vectors are proposed to the other workers.
+    - ``top_n_matrix(users, n, exclude)``: the recommendation lists (ids, and scores as one array).
+    - ``user_vectors(users)`` / ``set_user_vectors(users, vectors)``: checkpoint and restore users.
+    - ``item_index(items)`` / ``item_ids_at(indices)``: item ids to indices (``-1``: unknown) and back.
+    - ``item_vectors(items)`` / ``set_item_vectors(items, vectors, biases)``: read and overwrite item rows
+      (proposals, snapshots, restore).
+    - ``take_item_deltas()``: indices, vector and bias changes learned since the last call, to publish.
+    - ``peek_item_deltas(indices)``: the changes not taken yet, subtracted from an item snapshot.
+    - ``add_item_deltas(indices, vectors, biases, *, unique)``: merge other workers' changes.
+    - ``item_tags(item)`` / ``set_item_tags(items, tags)``: tags of items known from their metadata.
+
+    Examples
+    --------
+    >>> from models import BPRMF, WorkerModel
+    >>> isinstance(BPRMF(), WorkerModel)
+    True
+    """
+
+    n_factors: int
+
+    @property
+    def n_users(self) -> int: ...
+
+    @property
+    def n_items(self) -> int: ...
+
+    def has_user(self, user: str) -> bool: ...
+
+    def learn_batch(
+        self,
+        users: Sequence[str],
+        items: Sequence[str],
+        weights: np.ndarray | Sequence[float] | None = None,
+        *,
+        item_tags: Sequence[Iterable[str] | None] | None = None,
+        update_items: np.ndarray | Sequence[bool] | None = None,
+    ) -> None: ...
+
+    def add_items(self, items: Sequence[str], tags: Sequence[Iterable[str] | None] | None = None) -> list[str]: ...
+
+    def top_n_matrix(
+        self, users: Sequence[str], n: int, exclude: Sequence[Iterable[str]] | None = None
+    ) -> tuple[list[list[str]], np.ndarray]: ...
+
+    def user_vectors(self, users: Sequence[str]) -> np.ndarray: ...
+
+    def set_user_vectors(self, users: Sequence[str], vectors: np.ndarray) -> None: ...
+
+    def item_index(self, items: Sequence[str]) -> np.ndarray: ...
+
+    def item_ids_at(self, indices: np.ndarray) -> list[str]: ...
+
+    def item_vectors(self, items: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def set_item_vectors(self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray) -> None: ...
+
+    def take_item_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def peek_item_deltas(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def add_item_deltas(
+        self, indices: np.ndarray, vectors: np.ndarray, biases: np.ndarray, *, unique: bool = False
+    ) -> None: ...
+
+    def item_tags(self, item: str) -> tuple[str, ...]: ...
+
+    def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None: ...
+
+
+if TYPE_CHECKING:  # for the type checker only: BPRMF is a WorkerModel, argument and return types included
+    from .bpr import BPRMF
+
+    def _bprmf_is_a_worker_model(model: BPRMF) -> WorkerModel:
+        return model
 
 
 def _check_watch_params(watch_time_weight: float, watch_time_ref_ms: float) -> None:

@@ -1,4 +1,16 @@
-"""Bayesian personalised ranking matrix factorisation trained by online SGD."""
+"""Bayesian personalised ranking matrix factorisation trained by online SGD: the learner :class:`BPRMF`.
+
+This module is the model, its learning and its state in and out (rows, item deltas,
+``to_bytes`` / ``from_bytes``). Two parts live apart: :mod:`models.topn`, the exact
+pooled top-N search over a large catalog, and :mod:`models.tags`, where a new tagged
+item starts. Read the class docstring first (the model's maths), then
+:meth:`BPRMF.learn_batch` and ``_learn``.
+
+Why one file of about 1,000 lines: it is one class whose methods share its arrays.
+About 150 lines are the class docstring, about 230 the learning step (one algorithm,
+kept in one place); the rest are short public methods. Splitting the class across
+files would scatter its state without making any part shorter to read.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +23,12 @@ import numpy as np
 from . import _common as C
 from .errors import InvalidInputError, UnknownIdError
 from .idmap import IdMap
+from .tags import TagIndex, register_tags, set_tags, tag_prior
+from .topn import pooled_top_n
 
 __all__ = ["BPRMF"]
 
 _KIND = "streamrec.models.BPRMF"
-#: A new item's tag prior averages at most this many of each tag's newest items.
-_TAG_PRIOR_ITEMS = 256
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:
@@ -72,49 +84,6 @@ def _occurrence_rank(u: np.ndarray, cap: int) -> np.ndarray | None:
     rank = np.empty(len(u), np.int64)
     rank[order] = pos - np.maximum.accumulate(np.where(new, pos, 0))
     return np.minimum(rank, cap - 1)
-
-
-_POOL_BLOCK_SCORES = 1 << 21  # scores per block of users in _search_pooled (8 MiB of float32)
-
-
-_POOL_HEAD = 256  # pool columns ranked first; the rest only when one of them could enter the top-n
-
-
-def _top_with_head(scores: np.ndarray, n: int, head: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`models._common.top_arrays` of ``scores``, cheaper when the best columns come first.
-
-    The top-n of the first ``head`` columns is the top-n of the row when no later
-    column beats its n-th score (one max per row instead of a selection over all).
-    """
-    if head >= scores.shape[1]:
-        return C.top_arrays(scores, n)
-    cols, vals = C.top_arrays(scores[:, :head], n)
-    nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(scores), -np.inf, scores.dtype)
-    redo = np.flatnonzero(~(nth >= scores[:, head:].max(axis=1)))
-    if len(redo):
-        cols[redo], vals[redo] = C.top_arrays(scores[redo], n)
-    return cols, vals
-
-
-def _score_ceiling(user_norms: np.ndarray, norms: np.ndarray, biases: np.ndarray, groups: int = 64) -> np.ndarray:
-    """Per user, an upper bound of ``|p_u| * |q_i| + b_i`` over the given items (with a float margin).
-
-    Items are binned by norm (equal widths up to the largest); a bin's upper edge and
-    its largest bias bound every member, so the bound is ``max_g |p_u| * N_g + B_g``.
-    Linear in the items (a radix sort of 8-bit bin numbers): ~10 ms at 1M items.
-    """
-    if len(norms) == 0:
-        return np.full(len(user_norms), -np.inf)
-    top = float(norms.max()) or 1.0
-    group = np.minimum(norms * (groups / top), groups - 1).astype(np.uint8)
-    order = np.argsort(group, kind="stable")
-    sorted_groups = group[order]
-    starts = np.flatnonzero(np.concatenate(([True], sorted_groups[1:] != sorted_groups[:-1])))
-    top_bias = np.maximum.reduceat(biases[order], starts).astype(np.float64)
-    top_norm = (sorted_groups[starts].astype(np.float64) + 1.0) * (top / groups)
-    ceiling = (user_norms[:, None].astype(np.float64) * top_norm + top_bias).max(axis=1)
-    bound: np.ndarray = ceiling + 1e-4 * (np.abs(ceiling) + user_norms * top) + 1e-6
-    return bound
 
 
 class BPRMF:
@@ -348,7 +317,7 @@ class BPRMF:
         self._last_ms = np.zeros(0)  # per user: time of the latest event learned (NaN: none)
         self._w_sum = 0.0  # sum and count of the (capped, exponentiated) weights learned
         self._w_count = 0
-        self._tags = C.TagIndex()
+        self._tags = TagIndex()
         self._lut = np.empty(0, np.int64)  # scratch for _unique_items
         self._work: dict[str, np.ndarray] = {}  # reused scratch buffers of the batch update
         # Learning's own change to each item row since the last take_item_deltas (when tracked)
@@ -421,62 +390,9 @@ class BPRMF:
         if self.track_item_deltas:
             self._dV, self._db, self._dmask = _grow(self._dV, hi), _grow(self._db, hi), _grow(self._dmask, hi)
         self._tags.grow(len(self._items))
-        if tags is not None:
-            self._register_tags(i, tags, lo if init else len(self._items))
+        if tags is not None:  # new items start at their tags' prior (see models.tags)
+            register_tags(self._tags, self._V, self._b, i, tags, lo if init else hi, self.tag_init)
         return i
-
-    def _register_tags(self, i: np.ndarray, tags: Sequence[Iterable[str] | None], fresh: int) -> None:
-        """Tag the untagged items among ``i`` (the first non-empty tags of each win).
-
-        Items with index >= ``fresh`` were created by this call: they start at their tags'
-        prior, computed before any of them joins a tag.
-        """
-        new = self._tags.pending(i, tags)
-        if not new:
-            return
-        if self.tag_init:
-            self._add_priors({x: t for x, t in new.items() if x >= fresh})
-        self._tags.set_untagged(new)
-
-    def _add_priors(self, wanted: dict[int, tuple[str, ...]]) -> None:
-        """Add to each new item ``x`` of ``wanted`` its tags' prior (:meth:`tag_vector`), vectorised.
-
-        Each tag's mean is computed once, then each item averages the means of its known tags
-        (items are grouped by how many known tags they have). Same arithmetic as :meth:`_tag_prior`.
-        """
-        vocab, members = self._tags.vocab, self._tags.members
-        means: dict[str, tuple[np.ndarray, np.floating[Any]] | None] = {}
-        groups: dict[int, tuple[list[int], list[tuple[np.ndarray, ...]], list[tuple[np.floating[Any], ...]]]] = {}
-        for x, tags in wanted.items():
-            vecs, biases = [], []
-            for name in tags:
-                if name not in means:
-                    t = vocab.get(name)
-                    if t is None or not members[t]:
-                        means[name] = None
-                    else:
-                        g = np.array(members[t][-_TAG_PRIOR_ITEMS:], dtype=np.int64)
-                        means[name] = (self._V[g].mean(0), self._b[g].mean())
-                m = means[name]
-                if m is not None:
-                    vecs.append(m[0])
-                    biases.append(m[1])
-            if vecs:
-                xs, vs, bs = groups.setdefault(len(vecs), ([], [], []))
-                xs.append(x)
-                vs.append(tuple(vecs))
-                bs.append(tuple(biases))
-        for xs, vs, bs in groups.values():
-            rows = np.array(xs, dtype=np.int64)
-            self._V[rows] += np.array(vs, dtype=self.dtype).mean(axis=1).astype(self.dtype)
-            self._b[rows] = np.array(bs, dtype=self.dtype).mean(axis=1)
-
-    def _tag_prior(self, tags: Iterable[str]) -> tuple[np.ndarray, float] | None:
-        groups = self._tags.recent_members(tags, _TAG_PRIOR_ITEMS)
-        if not groups:
-            return None
-        vec = np.mean([self._V[g].mean(0) for g in groups], axis=0).astype(self.dtype)
-        return vec, float(np.mean([self._b[g].mean() for g in groups]))
 
     def _known(self, idmap: IdMap, ids: Sequence[str], what: str) -> np.ndarray:
         C.check_ids(ids, what + "s")
@@ -593,11 +509,7 @@ class BPRMF:
         C.check_tag_lists(tags, len(items))
         lo = len(self._items)
         i = self._index_items(items)
-        wanted = [C.tag_tuple(t) for t in tags]
-        if self.tag_init:
-            self._add_priors({x: t for x, t in zip(i.tolist(), wanted) if x >= lo and t})
-        for x, t in zip(i.tolist(), wanted):
-            self._tags.set(x, t)
+        set_tags(self._tags, self._V, self._b, i, [C.tag_tuple(t) for t in tags], lo, self.tag_init)
 
     def item_tags(self, item: str) -> tuple[str, ...]:
         """The tags of ``item`` (``()`` if it has none or is unknown)."""
@@ -623,10 +535,7 @@ class BPRMF:
         >>> m.tag_vector(["rock", "pop", "unknown"])[0].tolist()
         [1.0, 2.5]
         """
-        prior = self._tag_prior(C.tag_tuple(tags))
-        if prior is None:
-            return np.zeros(self.n_factors, self.dtype), 0.0
-        return prior
+        return tag_prior(self._tags, self._V, self._b, C.tag_tuple(tags))
 
     # ------------------------------------------------------------- learning
     def learn_one(
@@ -911,7 +820,7 @@ class BPRMF:
         holds the ids user ``r`` must never get (any iterable of ids, e.g. a dict
         of their history). Unknown users get empty lists. Below ``pooled_search_min_items``
         items the ranking is brute force; above, a shared candidate pool with a
-        per-user proof (:meth:`_search_pooled`). Both are exact.
+        per-user proof (:func:`models.topn.pooled_top_n`). Both are exact.
 
         >>> model = BPRMF(n_factors=4, seed=0)
         >>> model.learn_batch(["ann", "ann", "bob"], ["a", "b", "c"])
@@ -973,65 +882,12 @@ class BPRMF:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded)."""
         ni = len(self._items)
+        V, b = self._V[:ni], self._b[:ni]
         if self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P):
-            return self._search_pooled(P, n, exclude, self.pool_size)
-        V, b = self._V[:ni], self._b[:ni]
+            # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
+            excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)
+            return pooled_top_n(P, V, b, n, excluded, pool_size=self.pool_size)
         return C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
-
-    def _search_pooled(
-        self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None, pool_size: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n rows and scores, exact: ranking within a shared pool, proven per user.
-
-        Every user of the batch is scored against the same ``pool_size`` items, those
-        with the highest ``|q_i| * c + b_i`` (``c`` the batch's median user norm): one
-        matrix product. An item outside the pool scores at most ``|p_u| * |q_i| + b_i``
-        (Cauchy-Schwarz); bounding that over the outside items, grouped by norm, gives
-        each user a ceiling. Where the user's n-th best pool score reaches it, no item
-        outside can enter the top-n and the pool's answer is exact. The other users
-        (a few percent on learned factors, none for most batches) go round again with
-        a pool 8 times larger, up to the whole catalog (brute force).
-        """
-        ni = len(self._items)
-        V, b = self._V[:ni], self._b[:ni]
-        m = min(ni, max(pool_size, 4 * n))
-        user_norms = np.sqrt(np.einsum("ij,ij->i", P, P))
-        item_norms = np.sqrt(np.einsum("ij,ij->i", V, V))
-        key = item_norms * np.median(user_norms) + b
-        pool = np.argpartition(key, ni - m)[ni - m :] if m < ni else np.arange(ni)
-        pool = pool[np.argsort(-key[pool], kind="stable")]  # likeliest first: see the head below
-        pool_vectors, pool_bias = np.ascontiguousarray(V[pool].T), b[pool]
-        head = min(m, max(4 * n, _POOL_HEAD))
-        slot = None
-        if exclude is not None:
-            slot = np.full(ni, -1, np.int64)
-            slot[pool] = np.arange(m)
-        width = min(n, m)
-        rows = np.empty((len(P), width), np.int64)
-        vals = np.empty((len(P), width), V.dtype)
-        block = max(1, _POOL_BLOCK_SCORES // m)  # bounded memory, cache-sized blocks
-        for lo in range(0, len(P), block):
-            hi = min(lo + block, len(P))
-            scores = P[lo:hi] @ pool_vectors + pool_bias
-            if slot is not None and exclude is not None:  # slot is set exactly when there are exclusions
-                eu, er = C.flatten_exclude(exclude[lo:hi], self._items)
-                es = slot[er]
-                hit = es >= 0
-                scores[eu[hit], es[hit]] = -np.inf
-            cols, block_vals = _top_with_head(scores, n, head)
-            vals[lo:hi] = block_vals
-            rows[lo:hi] = np.where(cols >= 0, pool[np.maximum(cols, 0)], -1)
-        if m == ni:
-            return rows, vals
-        outside = np.ones(ni, bool)
-        outside[pool] = False
-        ceiling = _score_ceiling(user_norms, item_norms[outside], b[outside])
-        nth = vals[:, n - 1] if vals.shape[1] >= n else np.full(len(P), -np.inf, vals.dtype)
-        unproven = np.flatnonzero(~(nth >= ceiling))
-        if len(unproven):
-            ex = None if exclude is None else [exclude[r] for r in unproven.tolist()]
-            rows[unproven], vals[unproven] = self._search_pooled(P[unproven], n, ex, 8 * m)
-        return rows, vals
 
     def loss(
         self, users: Sequence[str], items: Sequence[str], n_samples: int = 10, seed: int = 0
@@ -1138,7 +994,7 @@ class BPRMF:
                 raise ValueError("user times do not match the id map")
             w_sum, w_count = meta["weight_stats"]
             model._w_sum, model._w_count = float(w_sum), int(w_count)
-            model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
+            model._tags = TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         model._U, model._V, model._b, model._last_ms = U, V, b, last

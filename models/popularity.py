@@ -10,6 +10,7 @@ import numpy as np
 from . import _common as C
 from .errors import InvalidInputError
 from .idmap import IdMap
+from .tags import TagIndex
 
 __all__ = ["Popularity"]
 
@@ -72,7 +73,7 @@ class Popularity:
         self._dc = np.zeros(0)  # counts learned since the last take_deltas (same base), when tracked
         self._t0 = 0.0  # base time (ms) of the forward decay
         self._now = 0.0  # latest event time seen (ms)
-        self._tags = C.TagIndex()
+        self._tags = TagIndex()
 
     @property
     def n_items(self) -> int:
@@ -331,7 +332,7 @@ class Popularity:
             model._c = np.array(a["c"], dtype=np.float64)
             if model._c.shape != (model.n_items,) or not (math.isfinite(model._t0) and math.isfinite(model._now)):
                 raise ValueError("counts do not match the id map")
-            model._tags = C.TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], model.n_items)
+            model._tags = TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], model.n_items)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         return model

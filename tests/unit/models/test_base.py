@@ -1,14 +1,26 @@
-"""Contract every model in :mod:`models` must honour (fast, seeded, no services)."""
+"""Unit tests of :mod:`models.base` (fast, seeded, no services): the contract every model honours
+(:class:`~models.Recommender`), what the worker calls (:class:`~models.WorkerModel`), event weights."""
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models import BPRMF, ModelError, Popularity, Recommender
+from models import (
+    BPRMF,
+    DEFAULT_KIND_WEIGHTS,
+    ModelError,
+    Popularity,
+    Recommender,
+    WorkerModel,
+    event_weight,
+    event_weights,
+)
 from tests.unit.planted import planted_stream
 
 FACTORIES: dict[str, Callable[[], Recommender]] = {
@@ -188,3 +200,89 @@ def test_bad_inputs_raise_model_error(make: Callable[[], Recommender]) -> None:
         m.learn_batch("ab", "xy")  # a string is not a sequence of ids
     with pytest.raises(ModelError):
         m.learn_one("a", "x", float("nan"))
+
+
+# ----------------------------------------------------------- WorkerModel
+ROOT = Path(__file__).resolve().parents[3]
+#: The streams modules that hold the worker's model: the pipeline, the item exchange, and two readers of its counts.
+WORKER_SOURCES = ("streams/pipeline.py", "streams/exchange.py", "streams/service.py", "streams/item_log.py")
+
+
+def worker_model_members() -> set[str]:
+    """The members :class:`WorkerModel` declares: attributes, properties and methods."""
+    return set(WorkerModel.__annotations__) | {
+        name for name, value in vars(WorkerModel).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
+
+
+def test_worker_model_is_what_the_worker_calls() -> None:
+    """Every ``model.<member>`` in the worker's modules is declared, and nothing else is."""
+    used = {m for path in WORKER_SOURCES for m in re.findall(r"\bmodel\.([A-Za-z_]\w*)", (ROOT / path).read_text())}
+    assert used == worker_model_members()
+
+
+@pytest.mark.parametrize("name", sorted(worker_model_members()))
+def test_bprmf_implements_worker_model(name: str) -> None:
+    """Same kind of member; a method takes the protocol's parameters (name, kind, default), its extras optional."""
+    assert isinstance(BPRMF(), WorkerModel)
+    want, got = inspect.getattr_static(WorkerModel, name, None), inspect.getattr_static(BPRMF, name, None)
+    if name in WorkerModel.__annotations__:  # a data attribute
+        assert hasattr(BPRMF(), name) and not callable(getattr(BPRMF(), name))
+        return
+    if isinstance(want, property):
+        assert isinstance(got, property)
+        return
+    assert callable(got) and not isinstance(got, (staticmethod, classmethod, property))
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    want_params = list(inspect.signature(want).parameters.values())
+    got_params = list(inspect.signature(got).parameters.values())
+    got_by_name = {p.name: p for p in got_params}
+    for p in want_params:
+        q = got_by_name.get(p.name)
+        assert q is not None, f"{name}: no parameter {p.name}"
+        assert (q.kind, q.default) == (p.kind, p.default), f"{name}({p.name})"
+    n_positional = sum(p.kind in positional for p in want_params)
+    assert [p.name for p in got_params if p.kind in positional][:n_positional] == [
+        p.name for p in want_params if p.kind in positional], f"{name}: positional order"
+    extras = [p for p in got_params if p.name not in {w.name for w in want_params}]
+    assert all(p.default is not inspect.Parameter.empty for p in extras), f"{name}: extras are optional"
+
+
+# -------------------------------------------------------------- weights
+def test_event_weight_kinds_and_watch_time() -> None:
+    assert [event_weight(k) for k in ("view", "like", "share")] == [1.0, 3.0, 5.0]
+    assert event_weight("view", watch_ms=60_000) == 1.0  # watch time off by default
+    assert event_weight("view", 15_000, watch_time_weight=0.5) == 1.5
+    assert event_weight("view", 10**9, watch_time_weight=0.5) == 2.0  # ratio capped at 2
+    assert event_weight("like", 5_000, 10_000, watch_time_weight=1.0) == 4.5  # half watched
+    assert event_weight("view", None, watch_time_weight=1.0) == 1.0
+    assert event_weight("view", -1, watch_time_weight=1.0) == 1.0
+    assert event_weight("click", kind_weights={"click": 0.5}) == 0.5
+    with pytest.raises(ModelError, match="unknown event kind 'click'"):
+        event_weight("click")
+    with pytest.raises(ModelError):
+        event_weight("view", 1, watch_time_ref_ms=0)
+    with pytest.raises(TypeError):
+        DEFAULT_KIND_WEIGHTS["view"] = 2.0  # type: ignore[index]
+
+
+def test_event_weights_matches_scalar_and_keeps_inputs() -> None:
+    kinds = ["view", "like", "share", "view", "view", "like"]
+    watch = np.array([-1, 30_000, np.nan, 5_000, 15_000, 1_000], dtype=float)
+    dur = np.array([-1, 60_000, -1, np.nan, 0, 500], dtype=float)
+    w0, d0 = watch.copy(), dur.copy()
+    got = event_weights(kinds, watch, dur, watch_time_weight=0.8)
+    assert got.dtype == np.float32 and got.shape == (6,)
+    want = [
+        event_weight(k, None if not t >= 0 else t, None if not d > 0 else d, watch_time_weight=0.8)
+        for k, t, d in zip(kinds, watch, dur)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_array_equal(watch, w0)
+    np.testing.assert_array_equal(dur, d0)
+    np.testing.assert_array_equal(event_weights(kinds), [1, 3, 5, 1, 1, 3])
+    with pytest.raises(ModelError, match="'dislike'"):
+        event_weights(["view", "dislike"])
+    with pytest.raises(ModelError):
+        event_weights(kinds, watch[:2], watch_time_weight=1.0)
