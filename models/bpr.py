@@ -500,7 +500,7 @@ class BPRMF:
         """Set (replace) the tags of ``items``; ``tags[r]`` belongs to ``items[r]``.
 
         Unknown items are created as if first seen in an event: with noise
-        from the generator, plus their tags' prior (:meth:`tag_vector`,
+        drawn from a hash of their id (the same on every worker), plus their tags' prior (:meth:`tag_vector`,
         computed before any of them joins a tag) when ``tag_init`` is on.
         Known items keep their factors; only the tag index changes, which
         shapes the priors of later items. An empty list untags an item.
