@@ -7,7 +7,7 @@
     python bench/exchange_designs.py --seeds 1 --seed 7   # one world, seed 7
 
 A seeded simulation in virtual time, without Kafka or Redis. Every row learns the same
-events of one :class:`streams.synthetic.SyntheticWorld` (20,000 users x 5,000 items):
+events of one :class:`streams.tools.synthetic.SyntheticWorld` (20,000 users x 5,000 items):
 150,000 training events, then the next 30,000 held back. Users are split into 12
 partitions as Kafka's default partitioner does (:func:`streams.events.kafka_partition`);
 learner ``w`` of ``W`` owns the partitions ``p % W == w``.
@@ -106,7 +106,7 @@ import orjson
 from models import BPRMF, Popularity, event_weights
 from streams.events import kafka_partition
 from streams.exchange import ItemExchange, ItemUpdate, decode_update, encode_update, item_partition
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
 KIND_WEIGHTS = {"view": 1.0, "like": 3.0, "share": 5.0}
 POPULAR_HALF_LIFE_S = 3600.0  # the worker's default (popular_half_life_s)

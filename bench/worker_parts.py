@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.events import KINDS, Event  # noqa: E402
-from streams.synthetic import SyntheticWorld, WorldConfig  # noqa: E402
+from streams.tools.synthetic import SyntheticWorld, WorldConfig  # noqa: E402
 
 
 def median_us(fn: Callable[[], Any], n: int, repeats: int = 7) -> float:

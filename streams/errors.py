@@ -2,8 +2,8 @@
 
 Each area raises its own subclass: :class:`streams.settings.SettingsError` (configuration),
 :class:`streams.events.InvalidEvent` (input), :class:`streams.state.StateCorrupt` and
-:class:`streams.exchange.ItemUpdateCorrupt` (stored state), :class:`streams.dev.DevServicesError`
-(the embedded services), :class:`streams.worker_process.WorkerFailed` (a worker child process).
+:class:`streams.exchange.ItemUpdateCorrupt` (stored state), :class:`streams.tools.dev.DevServicesError`
+(the embedded services), :class:`streams.tools.worker_process.WorkerFailed` (a worker child process).
 Catch :class:`StreamrecError` to handle any of them. The learning math has its own root,
 :class:`models.ModelError`, since ``models`` depends on nothing in ``streams``.
 """

@@ -1,6 +1,6 @@
 """Several worker processes on one machine under one supervisor: ``streamrec worker --processes N``.
 
-The supervisor starts N children (by default ``python -m streams.cli worker``), each with its
+The supervisor starts N children (by default ``python -m streams.tools.cli worker``), each with its
 own ``STREAMREC_WORKER_ID`` (``<base>-1`` .. ``<base>-N``, base = ``STREAMREC_WORKER_ID`` or
 ``<hostname>-<supervisor pid>``), each in its own session and process group, all writing to
 the supervisor's stdout and stderr. The children join one consumer group and split the
@@ -47,7 +47,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def worker_command(loglevel: str | None = None) -> list[str]:
     """The child command: this interpreter running ``streamrec worker`` (one process)."""
-    command = [sys.executable, "-m", "streams.cli", "worker"]
+    command = [sys.executable, "-m", "streams.tools.cli", "worker"]
     return command + (["--loglevel", loglevel] if loglevel else [])
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streams.client import RecsReader
-from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
+from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import consume, metric_records, produce, produce_raw, read_recs, wait_for
 
 pytestmark = pytest.mark.integration

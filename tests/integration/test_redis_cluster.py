@@ -1,6 +1,6 @@
 """Redis Cluster: the packed writer routes by slot, readers use MGET per slot, against a real 3-node cluster.
 
-The cluster is the session fixture ``redis_cluster`` (3 primaries started by ``streams.dev.start_redis_cluster``);
+The cluster is the session fixture ``redis_cluster`` (3 primaries started by ``streams.tools.dev.start_redis_cluster``);
 tests that stop their cluster start one of their own.
 """
 
@@ -18,7 +18,7 @@ from redis.crc import key_slot
 
 from streams.cache import RecsWriter, async_redis, encode_list
 from streams.client import AsyncRecsReader, RecsReader
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -242,8 +242,8 @@ def test_list_of_a_slot_being_migrated_is_written_on_the_importing_node_when_the
 
 
 def test_readers_answer_unavailable_and_the_writer_raises_a_redis_error_when_the_cluster_is_down(tmp_path):
-    from streams.dev import start_redis_cluster
     from streams.settings import Settings
+    from streams.tools.dev import start_redis_cluster
 
     cluster = start_redis_cluster(tmp_path)
     try:

@@ -15,7 +15,7 @@ from streams.exchange import (
     fence_key,
     item_partition,
 )
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
 K = 8
 PARTITIONS = 3

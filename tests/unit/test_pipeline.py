@@ -15,7 +15,7 @@ from streams.pipeline import Pipeline, RawMessage
 from streams.service import RecommenderService
 from streams.settings import Settings
 from streams.state import MemoryStateStore, encode_user
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
 SETTINGS = Settings(n_factors=8, top_n=10, worker_id="test")
 

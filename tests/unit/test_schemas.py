@@ -31,7 +31,7 @@ from streams.events import (
     validate_event,
 )
 from streams.metrics import EngagementWindows, HealthCounters
-from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
+from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "streams" / "schemas"

@@ -51,7 +51,7 @@ def test_readme_documents_every_setting():
 
 def test_settings_command_lists_every_variable(capsys, monkeypatch):
     """``streamrec settings`` prints every setting's variable whole, also 80 columns wide (a pipe)."""
-    from streams.cli import main
+    from streams.tools.cli import main
 
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["settings"]) == 0

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from streams.cli import build_parser
 from streams.supervisor import Supervisor, default_processes, parse_processes
+from streams.tools.cli import build_parser
 
 SUPERVISE = """
 import json, logging, sys
@@ -240,7 +240,7 @@ def test_processes_option():
 
 def test_a_bad_setting_stops_the_supervisor_before_any_worker_starts(tmp_path):
     env = {**os.environ, "STREAMREC_PARTITIONS": "0"}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--processes", "2"], env=env,
+    done = subprocess.run([sys.executable, "-m", "streams.tools.cli", "worker", "--processes", "2"], env=env,
                           capture_output=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2
     assert b"bad setting" in done.stderr and b"started worker" not in done.stderr

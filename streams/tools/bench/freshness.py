@@ -187,7 +187,8 @@ def _summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
     """Warm up, hold every rate, stop everything started; returns the result dict."""
-    from streams.bench_pipeline import (
+    from streams.settings import Settings
+    from streams.tools.bench.pipeline import (
         BenchOptions,
         _freshness,
         _messages,
@@ -195,9 +196,8 @@ def run_freshness(opts: FreshnessOptions) -> dict[str, Any]:
         _start_services,
         _stop_services,
     )
-    from streams.settings import Settings
-    from streams.synthetic import SyntheticWorld, WorldConfig
-    from streams.worker_process import WorkerProcess
+    from streams.tools.synthetic import SyntheticWorld, WorldConfig
+    from streams.tools.worker_process import WorkerProcess
 
     if opts.users <= 0 or opts.items <= 0 or opts.hold_s <= 0 or not opts.rates or min(opts.rates) <= 0:
         raise ValueError("--users, --items, --hold-s and every rate must be > 0")

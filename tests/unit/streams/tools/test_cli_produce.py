@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from streams.cli import main
+from streams.tools.cli import main
 
 
 class CollectingProducer:

@@ -1,4 +1,4 @@
-"""Tests for streams.dev: the embedded Tansu broker and redis-server.
+"""Tests for streams.tools.dev: the embedded Tansu broker and redis-server.
 
 Tests marked ``integration`` start the real binaries (``streamrec[embedded]``).
 """
@@ -21,8 +21,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from streams import dev
-from streams.dev import DevServices, DevServicesError, ServiceProcess
+from streams.tools import dev
+from streams.tools.dev import DevServices, DevServicesError, ServiceProcess
 
 integration = pytest.mark.integration
 
@@ -152,12 +152,12 @@ def test_start_from_inside_an_event_loop() -> None:
 def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
-        "from streams.dev import DevServices\n"
+        "from streams.tools.dev import DevServices\n"
         "svc = DevServices().start()\n"
         "print(svc.broker.pid, svc.redis.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[4]
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None

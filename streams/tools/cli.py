@@ -84,17 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list every setting with its environment variable and default")
 
-    from streams.eval_cli import add_arguments as add_eval_arguments  # light: models load when it runs
+    from streams.tools.eval import add_arguments as add_eval_arguments  # light: models load when it runs
 
     add_eval_arguments(sub.add_parser("eval", help="prequential evaluation of the models on a dataset"))
 
-    from streams.bench_pipeline import add_arguments as add_bench_arguments  # light: stdlib only at import
-    from streams.bench_scale import add_arguments as add_scale_arguments  # light: stdlib only at import
+    from streams.tools.bench.pipeline import add_arguments as add_bench_arguments  # light: stdlib only at import
+    from streams.tools.bench.scale import add_arguments as add_scale_arguments  # light: stdlib only at import
 
     bench = sub.add_parser("bench", help="benchmarks on real services")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     add_bench_arguments(bench_sub.add_parser("pipeline", help="producer, raw consumer, worker, freshness, recall, RSS"))
-    from streams.bench_freshness import add_arguments as add_freshness_arguments
+    from streams.tools.bench.freshness import add_arguments as add_freshness_arguments
 
     add_freshness_arguments(bench_sub.add_parser(
         "freshness", help="one worker at rising rates: freshness p50/p99, CPU, lag, stages; sustained_rate"))
@@ -200,7 +200,7 @@ def _produce(args: argparse.Namespace) -> int:
                     print(f"streamrec produce: invalid input, stopped after {producer.sent} events: {exc}", file=sys.stderr)
                     return 1
             else:
-                from streams.synthetic import SyntheticWorld, WorldConfig
+                from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
                 world = SyntheticWorld(WorldConfig(users=args.users, items=args.items, seed=args.seed))
                 await _paced(producer, _synthetic_events(world, args.synthetic, args.rate), args.rate)
@@ -275,14 +275,14 @@ def _recs(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from streams.monitor import tail_metrics
+    from streams.tools.monitor import tail_metrics
 
     return asyncio.run(tail_metrics(Settings.from_env(), as_json=args.json, from_beginning=args.from_beginning,
                                     seconds=args.seconds))
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from streams import dev
+    from streams.tools import dev
 
     if args.action == "up":
         settings = Settings.from_env()
@@ -299,7 +299,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams.demo import DemoOptions, run_demo
+    from streams.tools.demo import DemoOptions, run_demo
 
     return run_demo(DemoOptions(events=args.events, rate=args.rate, users=args.users, items=args.items,
                                 seed=args.seed, plain=args.plain))
@@ -320,21 +320,21 @@ def _settings(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from streams.eval_cli import main as eval_main
+    from streams.tools.eval import main as eval_main
 
     return eval_main(args)
 
 
 def _bench(args: argparse.Namespace) -> int:
     if args.bench_command == "scale":
-        from streams.bench_scale import main as scale_main
+        from streams.tools.bench.scale import main as scale_main
 
         return scale_main(args)
     if args.bench_command == "freshness":
-        from streams.bench_freshness import main as freshness_main
+        from streams.tools.bench.freshness import main as freshness_main
 
         return freshness_main(args)
-    from streams.bench_pipeline import main as bench_main
+    from streams.tools.bench.pipeline import main as bench_main
 
     return bench_main(args)
 

@@ -7,7 +7,7 @@
 One broker and one Redis for the whole invocation (embedded unless ``--bootstrap`` /
 ``--redis-url``) and one synthetic stream (``SyntheticWorld(WorldConfig(users, items, seed))``:
 the first ``--events`` events train, the next ``--holdout`` are held back), generated once and
-packed as :class:`~streams.client.EventProducer` packs events (``bench_pipeline._messages``).
+packed as :class:`~streams.client.EventProducer` packs events (``streams.tools.bench.pipeline._messages``).
 For each W of ``--workers`` in order (with ``--restart``, each W >= 2 again with worker 1
 restarted), on a fresh topic prefix, Redis prefix and consumer group, with health records every
 2 s (``metrics_window_s=2``, ``metrics_grace_s=0.5``):
@@ -52,7 +52,7 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    same items (1.0 up to the lists' 5-decimal rounding when every event was counted once; above
    after a kill when the killed worker had published the item deltas of events past its last
    fence, which its successor applies again: RELIABILITY.md, factors may move twice).
-5. **freshness**: ``bench_pipeline._freshness`` at ``--freshness-rate`` for ``--freshness-seconds``
+5. **freshness**: ``streams.tools.bench.pipeline._freshness`` at ``--freshness-rate`` for ``--freshness-seconds``
    on the same workers; its sampled users are new, so each lands on whichever worker owns it.
 6. **capacity**: ``--capacity-rounds`` backlogs of ``--capacity-events`` further events each
    (other worlds of the same shape, seeds + 1, + 2, ...), one after the other, each produced as
@@ -73,7 +73,7 @@ restarted), on a fresh topic prefix, Redis prefix and consumer group, with healt
    killed process did).
 
 ``quality_vs_1`` = ``hr_at_50`` / the W = 1 figure of the same invocation (null without a W = 1 run).
-Everything started is stopped at the end, also on errors and Ctrl-C. Like ``bench_pipeline``, this
+Everything started is stopped at the end, also on errors and Ctrl-C. Like :mod:`streams.tools.bench.pipeline`, this
 module imports only the standard library at import time (the CLI builds its parser cheaply).
 """
 
@@ -233,9 +233,9 @@ def _stream(opts: ScaleOptions, settings: Any) -> _Stream:
 
     from models import Popularity
     from models.base import event_weights
-    from streams.bench_pipeline import _messages
     from streams.events import kafka_partition
-    from streams.synthetic import SyntheticWorld, WorldConfig
+    from streams.tools.bench.pipeline import _messages
+    from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(WorldConfig(users=opts.users, items=opts.items, seed=opts.seed))
     start_ms = _now_ms() - int(opts.events / BACKLOG_RATE * 1000)
@@ -367,7 +367,7 @@ def _fenced_events(settings: Any, stream: _Stream, worker_id: str, before_ms: in
 
 def _start_workers(settings: Any, n: int, workdir: Path, live: list[Any]) -> tuple[list[Any], float, str]:
     """W ready workers, the group settled; the workers, seconds it took, and how settling was checked."""
-    from streams.worker_process import WorkerProcess
+    from streams.tools.worker_process import WorkerProcess
 
     started = time.monotonic()
     spawned_ms = _now_ms()
@@ -414,9 +414,9 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
     module docstring (phases 2 and 6)."""
     import orjson
 
-    from streams.bench_pipeline import _produce_all
     from streams.cache import sync_redis
-    from streams.worker_process import WorkerFailed, WorkerProcess
+    from streams.tools.bench.pipeline import _produce_all
+    from streams.tools.worker_process import WorkerFailed, WorkerProcess
 
     n = stream.n
     marks: dict[str, Any] = {}
@@ -710,8 +710,8 @@ def _stop(workers: list[Any]) -> None:
 
 def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str, redis_url: str, workdir: Path,
              stream: _Stream, backlogs: list[_Stream], live: list[Any]) -> dict[str, Any]:
-    from streams.bench_pipeline import BenchOptions, _freshness
     from streams.settings import Settings
+    from streams.tools.bench.pipeline import BenchOptions, _freshness
 
     tag = "scale" + uuid.uuid4().hex[:8]
     settings = Settings.from_env(broker_url=broker_url, redis_url=redis_url, topic_prefix=tag, redis_prefix=tag,
@@ -782,8 +782,8 @@ def _one_run(opts: ScaleOptions, n_workers: int, restart: bool, broker_url: str,
 
 def run_scale(opts: ScaleOptions) -> list[dict[str, Any]]:
     """Every run, in order; one result dict per run. Stops everything it started."""
-    from streams.bench_pipeline import _start_services, _stop_services
     from streams.settings import Settings
+    from streams.tools.bench.pipeline import _start_services, _stop_services
 
     if opts.events <= 0 or opts.holdout < 0 or opts.users <= 0 or opts.items <= 0:
         raise ValueError("--events, --users and --items must be > 0, --holdout >= 0")
@@ -886,6 +886,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m streams.bench_scale")
+    _parser = argparse.ArgumentParser(prog="python -m streams.tools.bench.scale")
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))

@@ -5,7 +5,7 @@
 
 Phases (all on one fresh topic prefix / Redis prefix / consumer group):
 
-1. **produce**: ``N`` synthetic events (:class:`~streams.synthetic.SyntheticWorld`), encoded
+1. **produce**: ``N`` synthetic events (:class:`~streams.tools.synthetic.SyntheticWorld`), encoded
    with orjson up front, then sent with aiokafka as fast as it goes (``send`` without awaiting
    each delivery, linger + large batches, one flush at the end): ``producer_rate``.
 2. **ceiling**: a plain aiokafka consumer (all partitions assigned, from the beginning,
@@ -120,7 +120,7 @@ def _generate(opts: BenchOptions) -> tuple[Any, list[tuple[bytes, bytes]], list[
     """The world, the encoded events, and the decoded prefix kept for the recall phase."""
     import orjson
 
-    from streams.synthetic import SyntheticWorld, WorldConfig
+    from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
     world = SyntheticWorld(WorldConfig(users=opts.users, items=opts.items, seed=opts.seed))
     # A backlog as a busy app makes it: 20,000 events per second of event time, ending about now
@@ -244,7 +244,7 @@ def _run_pipeline(worker: Any, settings: Any, n: int, last_keys: dict[int, bytes
     import orjson
 
     from streams.cache import sync_redis
-    from streams.worker_process import WorkerFailed
+    from streams.tools.worker_process import WorkerFailed
 
     client = sync_redis(settings)
     try:
@@ -481,7 +481,7 @@ def _start_services(
 ) -> tuple[str, str, str]:
     """The broker URL, the Redis URL and a description of the broker: the given ones, or an embedded
     broker and redis-server started in ``workdir`` (appended to ``started``, for the caller to stop)."""
-    from streams.dev import free_port, start_broker, start_redis
+    from streams.tools.dev import free_port, start_broker, start_redis
 
     if bootstrap:
         broker_url = bootstrap if "://" in bootstrap else f"kafka://{bootstrap}"
@@ -512,7 +512,7 @@ def _stop_services(started: list[Any]) -> None:
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Run every phase; returns the result dict. Stops everything it started."""
     from streams.settings import Settings
-    from streams.worker_process import WorkerProcess
+    from streams.tools.worker_process import WorkerProcess
 
     if opts.events <= 0 or opts.users <= 0 or opts.items <= 0:
         raise ValueError("--events, --users and --items must be > 0")
@@ -639,6 +639,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m streams.bench_pipeline")
+    _parser = argparse.ArgumentParser(prog="python -m streams.tools.bench.pipeline")
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))

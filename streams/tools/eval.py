@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m streams.eval_cli`` (the same options as ``streamrec eval``)."""
+    """The parser of ``python -m streams.tools.eval`` (the same options as ``streamrec eval``)."""
     parser = argparse.ArgumentParser(prog="streamrec eval", description="Prequential evaluation: test on each event, then learn it.")
     add_arguments(parser)
     return parser

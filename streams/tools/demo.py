@@ -23,12 +23,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from streams.client import AsyncRecsReader, EventProducer, Recommendations
-from streams.dev import DevServices
 from streams.kafka import aiokafka_options, assign_all_partitions
-from streams.monitor import MetricsBoard
 from streams.settings import Settings
-from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
-from streams.worker_process import WorkerProcess
+from streams.tools.dev import DevServices
+from streams.tools.monitor import MetricsBoard
+from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
+from streams.tools.worker_process import WorkerProcess
 
 __all__ = ["DemoOptions", "run_demo"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.synthetic import (
+from streams.tools.synthetic import (
     BAD_KIND,
     EMPTY,
     KEY_MISMATCH,
