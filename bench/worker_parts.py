@@ -114,7 +114,7 @@ LUA = b"for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', 
 async def redis_methods(port: int) -> None:
     import redis.asyncio as aioredis
 
-    from streams.cache import RecsWriter, async_redis, encode_list, encode_lists
+    from streams.io.redis import RecsWriter, async_redis, encode_list, encode_lists
     from streams.settings import Settings
 
     settings = Settings.from_env({}, redis_url=f"redis://127.0.0.1:{port}/0", redis_prefix="bench")

@@ -13,11 +13,11 @@ import logging
 from typing import Any, Sequence
 
 from streams.app import app, settings
-from streams.cache import RecsWriter, async_redis
 from streams.events import kafka_partition
 from streams.fences import read_fences
+from streams.io.kafka import METRICS_BATCH_BYTES, BatchSender, Record
+from streams.io.redis import RecsWriter, async_redis
 from streams.item_log import KafkaItemLog
-from streams.kafka import METRICS_BATCH_BYTES, BatchSender, Record
 from streams.service import RecommenderService
 from streams.tables import TableStateStore
 from streams.topics import dlq_topic, events_topic, metrics_topic

@@ -21,7 +21,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.kafka import faust_credentials
+from streams.io.kafka import faust_credentials
 from streams.settings import Settings
 
 __all__ = ["app", "settings", "create_app", "StreamrecApp", "BulkHandler"]

@@ -22,7 +22,7 @@ from typing import Any, Collection
 
 import orjson
 
-from streams.kafka import METRICS_BATCH_BYTES, aiokafka_options
+from streams.io.kafka import METRICS_BATCH_BYTES, aiokafka_options
 from streams.settings import Settings
 
 __all__ = ["read_fences", "FENCE_SCAN_RECORDS"]

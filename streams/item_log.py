@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from typing import Any, Awaitable, Callable, ContextManager, Protocol, Sequence
 
 from streams.exchange import Fence, ItemExchange, encode_fence, fence_key
-from streams.kafka import BatchSender, aiokafka_options, assign_all_partitions
+from streams.io.kafka import BatchSender, aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
 __all__ = ["ItemLog", "KafkaItemLog", "MemoryItemLog", "ItemSync"]

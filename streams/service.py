@@ -29,8 +29,8 @@ import numpy as np
 import orjson
 import redis
 
-from streams.cache import RecsWriter
 from streams.events import MAX_BATCH_EVENTS, is_batch, kafka_partition
+from streams.io.redis import RecsWriter
 from streams.item_log import ItemLog, ItemSync, MemoryItemLog
 from streams.metrics import percentiles_ms
 from streams.pipeline import BatchOutcome, DeadLetter, MessageLike, Pipeline

@@ -16,7 +16,7 @@ import faust
 
 from streams.app import app, settings
 from streams.events import kafka_partition
-from streams.kafka import BatchSender
+from streams.io.kafka import BatchSender
 
 __all__ = ["user_state", "TableStateStore", "MARKER_KEY"]
 

@@ -128,7 +128,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.processes != 1:
         return _supervise(args)
     from streams.app import app, settings
-    from streams.kafka import ensure_topics
+    from streams.io.kafka import ensure_topics
 
     level = args.loglevel or settings.log_level
     # Create the topics with the configured partitions before Faust subscribes: a consumer

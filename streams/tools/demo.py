@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from streams.client import AsyncRecsReader, EventProducer, Recommendations
-from streams.kafka import aiokafka_options, assign_all_partitions
+from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 from streams.tools.dev import DevServices
 from streams.tools.monitor import MetricsBoard

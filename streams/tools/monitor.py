@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from streams.kafka import aiokafka_options, assign_all_partitions
+from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
 __all__ = ["MetricsBoard", "tail_metrics"]

@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import redis
 
-from streams.cache import sync_redis
 from streams.errors import StreamrecError
+from streams.io.redis import sync_redis
 from streams.settings import Settings
 
 __all__ = ["WorkerProcess", "WorkerFailed"]

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.kafka import aiokafka_options, assign_all_partitions
+from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 from streams.state import decode_user
 

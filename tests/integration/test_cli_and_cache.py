@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.cache import RecsWriter, async_redis
 from streams.client import RecsReader
+from streams.io.redis import RecsWriter, async_redis
 from streams.settings import Settings
 from streams.tools.dev import DevServices
 from tests.integration.helpers import read_recs, wait_for

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from models import Popularity, event_weights
-from streams.cache import sync_redis
 from streams.events import kafka_partition
+from streams.io.redis import sync_redis
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, read_recs, wait_for
 from tests.integration.oracle import Expected, wait_for_oracle

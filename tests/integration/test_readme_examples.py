@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.cache import sync_redis
+from streams.io.redis import sync_redis
 from streams.settings import Settings
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import wait_for

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import redis
 
-from streams.cache import RecsWriter, async_redis, encode_list
+from streams.io.redis import RecsWriter, async_redis, encode_list
 from streams.tools.dev import free_port
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from streams.cache import RecsWriter, async_redis, encode_list
 from streams.client import AsyncRecsReader, RecsReader
+from streams.io.redis import RecsWriter, async_redis, encode_list
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, wait_for
 
@@ -193,7 +193,7 @@ def test_list_whose_slot_moved_to_another_node_between_two_writes_is_written_on_
             _finish_migration(slot, source, target, redis_cluster.ports)  # the list moves with its slot
             assert client.get_node_from_key(key).port == source  # the writer's slot map is now out of date
             caplog.clear()
-            with caplog.at_level(logging.INFO, logger="streams.cache"):
+            with caplog.at_level(logging.INFO, logger="streams.io.redis"):
                 await writer.write_lists(users, items[::-1], scores, popular=None, model_version="m2", updated_ms=2)
             assert any("redirected" in r.getMessage() for r in caplog.records)  # the old owner answered MOVED
             assert client.get_node_from_key(key).port == target  # the slot map was read again
@@ -226,7 +226,7 @@ def test_list_of_a_slot_being_migrated_is_written_on_the_importing_node_when_the
                                      updated_ms=1)  # reads the slot map; users[0] has no list yet
             _start_migration(slot, source, target)  # the old owner does not have the key: it answers ASK
             try:
-                with caplog.at_level(logging.INFO, logger="streams.cache"):
+                with caplog.at_level(logging.INFO, logger="streams.io.redis"):
                     await writer.write_lists(users, items, scores, popular=None, model_version="m1", updated_ms=1)
                 assert any("redirected" in r.getMessage() for r in caplog.records)
             finally:

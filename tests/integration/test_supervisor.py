@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis
 
-from streams.cache import sync_redis
+from streams.io.redis import sync_redis
 from streams.settings import Settings
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, wait_for

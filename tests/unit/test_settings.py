@@ -74,7 +74,7 @@ def test_learning_defaults_are_the_models_defaults():
 def test_kafka_sasl_and_ssl_options_come_from_the_environment():
     import ssl
 
-    from streams.kafka import aiokafka_options, faust_credentials
+    from streams.io.kafka import aiokafka_options, faust_credentials
 
     env = {"STREAMREC_SECURITY_PROTOCOL": "SASL_SSL", "STREAMREC_SASL_MECHANISM": "SCRAM-SHA-512",
            "STREAMREC_SASL_USERNAME": "svc", "STREAMREC_SASL_PASSWORD": "pw-from-env"}

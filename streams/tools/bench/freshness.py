@@ -111,7 +111,7 @@ def _cpu_seconds(pid: int) -> float:
 def _status(settings: Any) -> dict[str, Any]:
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
 
     client = sync_redis(settings)
     try:
@@ -137,7 +137,7 @@ def _health_between(settings: Any, since_ms: float, until_ms: float) -> list[dic
     import orjson
     from aiokafka import AIOKafkaConsumer
 
-    from streams.kafka import aiokafka_options, assign_all_partitions
+    from streams.io.kafka import aiokafka_options, assign_all_partitions
 
     async def read() -> list[dict[str, Any]]:
         consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False,

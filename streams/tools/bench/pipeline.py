@@ -141,7 +141,7 @@ def _generate(opts: BenchOptions) -> tuple[Any, list[tuple[bytes, bytes]], list[
 def _producer(settings: Any, linger_ms: int, batch_bytes: int) -> Any:
     from aiokafka import AIOKafkaProducer
 
-    from streams.kafka import aiokafka_options
+    from streams.io.kafka import aiokafka_options
 
     return AIOKafkaProducer(**aiokafka_options(settings), acks=1, linger_ms=linger_ms, max_batch_size=batch_bytes,
                             max_request_size=max(batch_bytes * 2, 1_048_576), enable_idempotence=False)
@@ -177,7 +177,7 @@ async def _produce_all(
 
     ``on_start`` is called just before the first send (topics exist, the producer is connected).
     """
-    from streams.kafka import ensure_topics
+    from streams.io.kafka import ensure_topics
 
     await ensure_topics(settings)
     producer = _producer(settings, linger_ms=20, batch_bytes=1_000_000)
@@ -205,7 +205,7 @@ async def _consume_raw(settings: Any, n: int, timeout_s: float) -> tuple[float, 
     import orjson
     from aiokafka import AIOKafkaConsumer
 
-    from streams.kafka import aiokafka_options, assign_all_partitions
+    from streams.io.kafka import aiokafka_options, assign_all_partitions
 
     topic = settings.events_topic
     consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False, auto_offset_reset="earliest",
@@ -243,7 +243,7 @@ def _run_pipeline(worker: Any, settings: Any, n: int, last_keys: dict[int, bytes
     """Start the worker on the produced events; poll Redis until it has processed ``n``."""
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
     from streams.tools.worker_process import WorkerFailed
 
     client = sync_redis(settings)
@@ -309,7 +309,7 @@ async def _freshness(settings: Any, world: Any, tag: str, rate: float, opts: Ben
     import numpy as np
     import orjson
 
-    from streams.cache import async_redis
+    from streams.io.redis import async_redis
 
     total = max(1, min(int(rate * opts.freshness_seconds), opts.freshness_max_events))
     every = max(1, opts.sample_every)

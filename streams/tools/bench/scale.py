@@ -294,7 +294,7 @@ async def _group(settings: Any) -> tuple[str, int, list[int] | None]:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-    from streams.kafka import aiokafka_options
+    from streams.io.kafka import aiokafka_options
 
     admin = AIOKafkaAdminClient(**aiokafka_options(settings))
     await admin.start()
@@ -327,7 +327,7 @@ async def _read_keyed(settings: Any, topic: str, prefixes: tuple[bytes, ...], ti
     import orjson
     from aiokafka import AIOKafkaConsumer
 
-    from streams.kafka import aiokafka_options, assign_all_partitions
+    from streams.io.kafka import aiokafka_options, assign_all_partitions
 
     consumer = AIOKafkaConsumer(**aiokafka_options(settings), enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=32 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
@@ -414,7 +414,7 @@ def _throughput(settings: Any, workers: list[Any], stream: _Stream, restart: boo
     module docstring (phases 2 and 6)."""
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
     from streams.tools.bench.pipeline import _produce_all
     from streams.tools.worker_process import WorkerFailed, WorkerProcess
 
@@ -551,7 +551,7 @@ def _events_total(settings: Any, workers: list[Any]) -> int:
     """The events the workers applied since they started, by their heartbeats."""
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
 
     client = sync_redis(settings)
     try:
@@ -565,7 +565,7 @@ def _wait_final(settings: Any, workers: list[Any], timeout_s: float = 60.0) -> N
     """2 s, then until every worker is ready (a successor too) and none has lists waiting for Redis."""
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
 
     time.sleep(2.0)
     client = sync_redis(settings)
@@ -586,7 +586,7 @@ def _wait_final(settings: Any, workers: list[Any], timeout_s: float = 60.0) -> N
 def _hit_rate(settings: Any, stream: _Stream) -> dict[str, Any]:
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
 
     users = sorted({user for user, _ in stream.holdout})
     client = sync_redis(settings)
@@ -616,7 +616,7 @@ def _hit_rate(settings: Any, stream: _Stream) -> dict[str, Any]:
 def _popular_check(settings: Any, stream: _Stream, retry_s: float = 5.0) -> dict[str, Any]:
     import orjson
 
-    from streams.cache import sync_redis
+    from streams.io.redis import sync_redis
 
     tags = sorted(stream.tag_popular)
     keys = [settings.popular_key, *(settings.tag_popular_key(t) for t in tags)]

@@ -9,7 +9,7 @@ import redis
 from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, NoPermissionError
 
-from streams.cache import RecsWriter, _command_args, encode_list, encode_lists
+from streams.io.redis import RecsWriter, _command_args, encode_list, encode_lists
 from streams.settings import Settings
 
 
@@ -251,7 +251,7 @@ def test_cluster_writer_raises_an_error_reply_that_is_not_a_redirect_without_wri
 def test_set_replies_are_all_read_when_the_first_read_ends_between_cr_and_lf(ask_at):
     from redis._parsers import _AsyncRESP2Parser
 
-    from streams.cache import _read_set_replies
+    from streams.io.redis import _read_set_replies
 
     ask = b"-ASK 3999 127.0.0.1:6380\r\n"  # 26 bytes: the 5-byte-per-reply first read ends inside some reply
     replies = [b"+OK\r\n"] * 9
