@@ -52,7 +52,7 @@ def worker_bytes(n_users: int, n_items: int, k: int) -> int:
 
     from streams.pipeline import Pipeline, RawMessage
     from streams.settings import Settings
-    from streams.state import MemoryStateStore
+    from streams.state.store import MemoryStateStore
 
     def build():
         pipe = Pipeline(Settings(n_factors=k), MemoryStateStore())

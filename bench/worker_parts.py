@@ -89,7 +89,7 @@ def bench_metrics(module_path: str | None) -> None:
 
 
 def bench_state() -> None:
-    from streams.state import ItemState, encode_item, encode_items, encode_user, encode_users
+    from streams.state.codecs import ItemState, encode_item, encode_items, encode_user, encode_users
 
     rng = np.random.default_rng(0)
     n = 5000

@@ -71,7 +71,7 @@ import orjson
 
 from models import BPRMF, Popularity
 from streams.errors import StreamrecError
-from streams.state import ItemState, StateCorrupt, decode_item, encode_items
+from streams.state.codecs import ItemState, StateCorrupt, decode_item, encode_items
 
 __all__ = ["ItemExchange", "ItemUpdate", "ItemUpdateCorrupt", "item_partition", "encode_update", "decode_update",
            "FENCE_KEY_PREFIX", "Fence", "fence_key", "encode_fence", "parse_fence"]

@@ -6,7 +6,7 @@ lists to Redis and the checkpoints to the changelog tables. Everything here is
 unit-tested without a broker.
 
 >>> from streams.settings import Settings
->>> from streams.state import MemoryStateStore
+>>> from streams.state.store import MemoryStateStore
 >>> pipe = Pipeline(Settings(n_factors=8), MemoryStateStore())
 >>> msg = RawMessage(b"u1", b'{"event_id":"e1","user_id":"u1","item_id":"i1","kind":"view","ts":1000}', "t", 0, 0)
 >>> bad = RawMessage(b"u1", b"not json", "t", 0, 1)
@@ -32,7 +32,8 @@ from streams.events import Event, InvalidEvent, decode_batch, decode_event, is_b
 from streams.exchange import ItemExchange
 from streams.metrics import KIND_CODES, EngagementWindows, HealthCounters
 from streams.settings import Settings
-from streams.state import StateCorrupt, StateStore, decode_user, encode_users
+from streams.state.codecs import StateCorrupt, decode_user, encode_users
+from streams.state.store import StateStore
 
 __all__ = ["Pipeline", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
 

@@ -35,7 +35,7 @@ from streams.item_log import ItemLog, ItemSync, MemoryItemLog
 from streams.metrics import percentiles_ms
 from streams.pipeline import BatchOutcome, DeadLetter, MessageLike, Pipeline
 from streams.settings import Settings
-from streams.state import StateStore
+from streams.state.store import StateStore
 
 __all__ = ["RecommenderService", "Sender", "Acker", "Intake"]
 

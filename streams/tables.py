@@ -42,7 +42,7 @@ MARKER_KEY = b"\xffstreamrec.checkpoint"
 
 
 class TableStateStore:
-    """:class:`streams.state.StateStore` over the Faust user table.
+    """:class:`streams.state.store.StateStore` over the Faust user table.
 
     Faust writes one changelog message per table assignment through its per-message
     producer path; a checkpoint writes tens of thousands. So :meth:`put_users` sets the

@@ -11,7 +11,7 @@ from streams.errors import StreamrecError
 from streams.events import InvalidEvent
 from streams.exchange import ItemUpdateCorrupt
 from streams.settings import Settings, SettingsError
-from streams.state import StateCorrupt
+from streams.state.codecs import StateCorrupt
 from streams.tools.dev import DevServicesError
 from streams.tools.worker_process import WorkerFailed
 

@@ -14,7 +14,8 @@ from streams.item_log import ItemSync, MemoryItemLog
 from streams.pipeline import Pipeline, RawMessage
 from streams.service import RecommenderService
 from streams.settings import Settings
-from streams.state import MemoryStateStore, encode_user
+from streams.state.codecs import encode_user
+from streams.state.store import MemoryStateStore
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
 SETTINGS = Settings(n_factors=8, top_n=10, worker_id="test")

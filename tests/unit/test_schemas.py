@@ -287,7 +287,7 @@ async def test_records_emitted_by_the_service_validate(metrics_validator: jsonsc
     from streams.pipeline import RawMessage
     from streams.service import RecommenderService
     from streams.settings import Settings
-    from streams.state import MemoryStateStore
+    from streams.state.store import MemoryStateStore
 
     class FakeWriter:
         async def write_lists(self, users: Any, items: Any, scores: Any, **_kwargs: Any) -> None:

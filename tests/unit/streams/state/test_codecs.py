@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.state import (
+from streams.state.codecs import (
     ItemState,
     StateCorrupt,
     decode_item,

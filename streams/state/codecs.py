@@ -1,9 +1,9 @@
-"""Byte codecs of the per-user and per-item state kept in Kafka, and the user store interface.
+"""Byte codecs of the per-user and per-item state kept in Kafka.
 
 The worker checkpoints every user it changes into a changelog-backed Faust table (see
 :mod:`streams.tables`) and the items of its partitions into the item-state topic (see
-:mod:`streams.exchange`); a restarted worker reads them back instead of starting from zero. The layout is versioned, compact and
-language-neutral (little-endian float32 plus a JSON tail), and never pickle.
+:mod:`streams.exchange`); a restarted worker reads them back instead of starting from zero. The layout is
+versioned, compact and language-neutral (little-endian float32 plus a JSON tail), and never pickle.
 
 >>> import numpy as np
 >>> blob = encode_user(np.array([0.5, -1.0], dtype=np.float32), ["i1", "i2"])
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
@@ -24,8 +24,6 @@ import orjson
 from streams.errors import StreamrecError
 
 __all__ = [
-    "StateStore",
-    "MemoryStateStore",
     "ItemState",
     "StateCorrupt",
     "encode_user",
@@ -187,31 +185,3 @@ def _split(blob: bytes, expected: bytes) -> tuple[np.ndarray, Any]:
         return vector, orjson.loads(blob[end:])
     except orjson.JSONDecodeError as exc:
         raise StateCorrupt(f"state value's JSON tail is not JSON: {exc}") from None
-
-
-class StateStore(Protocol):
-    """Where the pipeline checkpoints user state (a Faust table in the worker)."""
-
-    def get_user(self, user_id: str) -> bytes | None: ...
-
-    def put_users(self, blobs: Mapping[str, bytes]) -> None: ...
-
-    async def flush(self) -> None:
-        """Make everything put so far durable (the worker acknowledges offsets after it)."""
-        ...
-
-
-class MemoryStateStore:
-    """A dict-backed :class:`StateStore` for tests and offline runs."""
-
-    def __init__(self) -> None:
-        self.users: dict[str, bytes] = {}
-
-    def get_user(self, user_id: str) -> bytes | None:
-        return self.users.get(user_id)
-
-    def put_users(self, blobs: Mapping[str, bytes]) -> None:
-        self.users.update(blobs)
-
-    async def flush(self) -> None:
-        pass  # memory is as durable as it gets here

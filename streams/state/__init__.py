@@ -1,0 +1,2 @@
+"""The worker's durable state: the byte codecs of user and item state (:mod:`.codecs`) and the
+interface of the user store, with an in-memory one (:mod:`.store`)."""
