@@ -5,7 +5,7 @@
     python bench/hotpath.py --profile        # also print the top of a cProfile of the replay
 
 A ``streams.tools.synthetic.SyntheticWorld`` stream (only numpy) is replayed the way
-``streams.pipeline`` does it, per batch:
+``streams.worker.learner`` does it, per batch:
 
 1. ``BPRMF.learn_batch(users, items, weights, item_tags=tags)`` and
    ``Popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)``;

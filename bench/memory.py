@@ -4,7 +4,7 @@
 
 Memory is measured with tracemalloc (numpy reports its buffers to it) as the slope
 between two sizes, so fixed costs cancel out. "model" is models.BPRMF (factors, biases,
-id maps); "worker" is streams.pipeline.Pipeline with its in-memory state store, i.e.
+id maps); "worker" is streams.worker.learner.Pipeline with its in-memory state store, i.e.
 what a worker holds per user and item: factors, id maps, the engaged-items history
 (one item per user here), the popularity counts, the user checkpoint copies and the item
 exchange's bookkeeping (delta sums, item numbers).
@@ -50,9 +50,9 @@ def model_bytes(n_users: int, n_items: int, k: int) -> int:
 def worker_bytes(n_users: int, n_items: int, k: int) -> int:
     import orjson
 
-    from streams.pipeline import Pipeline, RawMessage
     from streams.settings import Settings
     from streams.state.store import MemoryStateStore
+    from streams.worker.learner import Pipeline, RawMessage
 
     def build():
         pipe = Pipeline(Settings(n_factors=k), MemoryStateStore())

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _processes(value: str) -> int:
-    from streams.supervisor import parse_processes
+    from streams.worker.supervisor import parse_processes
 
     try:
         return parse_processes(value)
@@ -127,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(args: argparse.Namespace) -> int:
     if args.processes != 1:
         return _supervise(args)
-    from streams.app import app, settings
     from streams.io.kafka import ensure_topics
+    from streams.worker.app import app, settings
 
     level = args.loglevel or settings.log_level
     # Create the topics with the configured partitions before Faust subscribes: a consumer
@@ -151,13 +151,13 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    """``streamrec worker --processes N``: N worker processes under one supervisor (streams.supervisor)."""
-    from streams.supervisor import Supervisor, worker_command
+    """``streamrec worker --processes N``: N worker processes under one supervisor (streams.worker.supervisor)."""
+    from streams.worker.supervisor import Supervisor, worker_command
 
     settings = Settings.from_env()  # a bad setting stops here (exit 2), before any worker starts
-    logging.getLogger("streams.supervisor").setLevel(logging.INFO)
+    logging.getLogger("streams.worker.supervisor").setLevel(logging.INFO)
     if args.processes > settings.partitions:
-        logging.getLogger("streams.supervisor").warning(
+        logging.getLogger("streams.worker.supervisor").warning(
             "%d worker processes for %d partitions (STREAMREC_PARTITIONS): %d will stay idle",
             args.processes, settings.partitions, args.processes - settings.partitions)
     supervisor = Supervisor(

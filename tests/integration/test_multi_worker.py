@@ -1,7 +1,7 @@
 """Several workers, one recommender: the item model, the catalog and popularity are the group's.
 
 Real workers (child processes) on a real broker and Redis. Each worker owns the users of its
-events partitions; what any worker learns about items reaches the others (streams.exchange).
+events partitions; what any worker learns about items reaches the others (streams.worker.exchange).
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ from models.datasets import DatasetError
 from models.river_adapter import RiverNotInstalledError
 from streams.errors import StreamrecError
 from streams.events import InvalidEvent
-from streams.exchange import ItemUpdateCorrupt
 from streams.settings import Settings, SettingsError
 from streams.state.codecs import StateCorrupt
 from streams.tools.dev import DevServicesError
 from streams.tools.worker_process import WorkerFailed
+from streams.worker.exchange import ItemUpdateCorrupt
 
 
 @pytest.mark.parametrize("error", [SettingsError, InvalidEvent, StateCorrupt, ItemUpdateCorrupt, DevServicesError,

@@ -30,8 +30,8 @@ from streams.events import (
     InvalidEvent,
     validate_event,
 )
-from streams.metrics import EngagementWindows, HealthCounters
 from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
+from streams.worker.metrics import EngagementWindows, HealthCounters
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "streams" / "schemas"
@@ -284,10 +284,10 @@ def test_metrics_schema_rejects_drift(metrics_validator: jsonschema.protocols.Va
 
 async def test_records_emitted_by_the_service_validate(metrics_validator: jsonschema.protocols.Validator) -> None:
     """What RecommenderService really sends: window records and health records with its extra fields."""
-    from streams.pipeline import RawMessage
-    from streams.service import RecommenderService
     from streams.settings import Settings
     from streams.state.store import MemoryStateStore
+    from streams.worker.learner import RawMessage
+    from streams.worker.service import RecommenderService
 
     class FakeWriter:
         async def write_lists(self, users: Any, items: Any, scores: Any, **_kwargs: Any) -> None:

@@ -1,9 +1,9 @@
 """The glue between Faust and the pipeline: one object per worker, fed in bulk by the consumer.
 
 The consumer hands every fetched list of event records to :meth:`RecommenderService.offer`
-(see :class:`streams.app._Consumer`); :meth:`RecommenderService.run` takes whatever has
+(see :class:`streams.worker.app._Consumer`); :meth:`RecommenderService.run` takes whatever has
 arrived (up to ``batch_max_events``) and handles it as one batch: decode and learn
-(:class:`~streams.pipeline.Pipeline`), dead letters out, the lists of every affected user
+(:class:`~streams.worker.learner.Pipeline`), dead letters out, the lists of every affected user
 refreshed in Redis (retrying with backoff while Redis is down, never crashing). Batches
 grow by themselves under load (more arrives while one is processed) and stay small, so
 fresh, when traffic is light.
@@ -31,11 +31,11 @@ import redis
 
 from streams.events import MAX_BATCH_EVENTS, is_batch, kafka_partition
 from streams.io.redis import RecsWriter
-from streams.item_log import ItemLog, ItemSync, MemoryItemLog
-from streams.metrics import percentiles_ms
-from streams.pipeline import BatchOutcome, DeadLetter, MessageLike, Pipeline
 from streams.settings import Settings
 from streams.state.store import StateStore
+from streams.worker.item_log import ItemLog, ItemSync, MemoryItemLog
+from streams.worker.learner import BatchOutcome, DeadLetter, MessageLike, Pipeline
+from streams.worker.metrics import percentiles_ms
 
 __all__ = ["RecommenderService", "Sender", "Acker", "Intake"]
 
@@ -210,7 +210,7 @@ class RecommenderService:
 
         Records at or below the partition's fence were applied before (by this worker
         before a crash, or by the partition's previous owner): they are acknowledged,
-        not applied again (see :mod:`streams.fences`).
+        not applied again (see :mod:`streams.worker.fences`).
         """
         await self._fences_ready.wait()
         fence = self.fences.get(tp.partition)

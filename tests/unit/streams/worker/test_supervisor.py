@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from streams.supervisor import Supervisor, default_processes, parse_processes
 from streams.tools.cli import build_parser
+from streams.worker.supervisor import Supervisor, default_processes, parse_processes
 
 SUPERVISE = """
 import json, logging, sys
-from streams.supervisor import Supervisor
+from streams.worker.supervisor import Supervisor
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 sys.exit(Supervisor(**json.loads(sys.argv[1])).run())
 """

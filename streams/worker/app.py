@@ -1,4 +1,4 @@
-"""The Faust application: ``faust -A streams.app worker`` or ``streamrec worker``.
+"""The Faust application: ``faust -A streams.worker.app worker`` or ``streamrec worker``.
 
 Settings come from the environment (:class:`streams.settings.Settings`). Importing this
 module builds the app, its topics and tables, and registers the agents.
@@ -199,4 +199,4 @@ def create_app(settings: Settings) -> faust.App:
 settings = Settings.from_env()
 app = create_app(settings)
 
-import streams.agents  # noqa: E402,F401  (registers topics, tables, agents and timers on ``app``)
+import streams.worker.agents  # noqa: E402,F401  (registers topics, tables, agents and timers on ``app``)

@@ -10,13 +10,13 @@ import pytest
 import redis
 
 from streams.events import encode_event
-from streams.item_log import ItemSync, MemoryItemLog
-from streams.pipeline import Pipeline, RawMessage
-from streams.service import RecommenderService
 from streams.settings import Settings
 from streams.state.codecs import encode_user
 from streams.state.store import MemoryStateStore
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
+from streams.worker.item_log import ItemSync, MemoryItemLog
+from streams.worker.learner import Pipeline, RawMessage
+from streams.worker.service import RecommenderService
 
 SETTINGS = Settings(n_factors=8, top_n=10, worker_id="test")
 
@@ -319,7 +319,7 @@ def test_events_too_far_in_the_future_are_dead_lettered_and_late_ones_kept():
 def test_counts_sent_with_a_fence_are_exactly_those_of_the_events_it_covers(monkeypatch):
     """A checkpoint is written in slices with batches in between; its counts must not include them
     (a crash would replay those batches, above the fence, and count them twice)."""
-    import streams.service as service_module
+    import streams.worker.service as service_module
 
     monkeypatch.setattr(service_module, "_CHECKPOINT_SLICE", 1)
     service, sent = fenced_service(checkpoint_interval_s=0)

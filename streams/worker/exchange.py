@@ -38,7 +38,7 @@ records past its own ``o``: one latent space, negatives' updates included, whoev
 wrote what.
 
 This module is the bookkeeping, free of Kafka (the worker's I/O is in
-:mod:`streams.item_log`):
+:mod:`streams.worker.item_log`):
 
 >>> from models import BPRMF, Popularity
 >>> def replica(origin):
@@ -385,7 +385,7 @@ class ItemExchange:
 
         After a crash, the partition's next owner applies again the events its previous owner had
         learned past its last checkpoint; those up to this offset already reached every replica
-        through the log, so they must move only their users (:class:`~streams.pipeline.Pipeline`)."""
+        through the log, so they must move only their users (:class:`~streams.worker.learner.Pipeline`)."""
         return self._published.get(partition, -1)
 
     @property

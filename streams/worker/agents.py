@@ -1,7 +1,7 @@
 """The Faust side of the worker: the event subscription, the processing task, the timer.
 
-Records of the events topic reach :class:`~streams.service.RecommenderService` in bulk
-(``app.bulk_handlers``, see :class:`streams.app._Consumer`), not through Faust's
+Records of the events topic reach :class:`~streams.worker.service.RecommenderService` in bulk
+(``app.bulk_handlers``, see :class:`streams.worker.app._Consumer`), not through Faust's
 per-message stream: the ``learn`` agent only declares the subscription, so that Faust's
 group membership, partition assignment and table co-partitioning work as usual.
 """
@@ -12,15 +12,15 @@ import asyncio
 import logging
 from typing import Any, Sequence
 
-from streams.app import app, settings
 from streams.events import kafka_partition
-from streams.fences import read_fences
 from streams.io.kafka import METRICS_BATCH_BYTES, BatchSender, Record
 from streams.io.redis import RecsWriter, async_redis
-from streams.item_log import KafkaItemLog
-from streams.service import RecommenderService
-from streams.tables import TableStateStore
-from streams.topics import dlq_topic, events_topic, metrics_topic
+from streams.worker.app import app, settings
+from streams.worker.fences import read_fences
+from streams.worker.item_log import KafkaItemLog
+from streams.worker.service import RecommenderService
+from streams.worker.tables import TableStateStore
+from streams.worker.topics import dlq_topic, events_topic, metrics_topic
 
 __all__ = ["learn", "process_events", "tick", "service", "sender"]
 

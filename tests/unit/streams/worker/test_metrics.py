@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from streams.events import Event
-from streams.metrics import EngagementWindows, HealthCounters, percentiles_ms
+from streams.worker.metrics import EngagementWindows, HealthCounters, percentiles_ms
 
 
 def ev(n: int, user: str, item: str, kind: str, ts: int, creator: str = "c1", tags=("a",)) -> Event:

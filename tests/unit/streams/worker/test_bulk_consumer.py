@@ -1,4 +1,4 @@
-"""The bulk hand-over loop of ``streams.app._Consumer``, driven by scripted fetches (no broker).
+"""The bulk hand-over loop of ``streams.worker.app._Consumer``, driven by scripted fetches (no broker).
 
 What it must never do: lose records. A fetch that returns while the flow is stopped (a
 rebalance raced it) is not handed over, so the position goes back to the committed offsets;
@@ -12,7 +12,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from streams.app import _Consumer
+from streams.worker.app import _Consumer
 
 
 class TP(NamedTuple):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from models import BPRMF, Popularity
-from streams.exchange import (
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
+from streams.worker.exchange import (
     ItemExchange,
     ItemUpdate,
     decode_update,
@@ -15,7 +16,6 @@ from streams.exchange import (
     fence_key,
     item_partition,
 )
-from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
 K = 8
 PARTITIONS = 3

@@ -4,7 +4,7 @@
 Kafka's default partitioner (murmur2), exactly like the events topic (key = user_id),
 so each worker owns, and recovers, the users of its partitions. The item side of the
 model is not a table: every worker keeps a full replica, kept in step by the item
-exchange (:mod:`streams.exchange`, :mod:`streams.item_log`).
+exchange (:mod:`streams.worker.exchange`, :mod:`streams.worker.item_log`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 import faust
 
-from streams.app import app, settings
 from streams.events import kafka_partition
 from streams.io.kafka import BatchSender
+from streams.worker.app import app, settings
 
 __all__ = ["user_state", "TableStateStore", "MARKER_KEY"]
 

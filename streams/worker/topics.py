@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.app import app, settings
+from streams.worker.app import app, settings
 
 __all__ = ["events_topic", "dlq_topic", "metrics_topic"]
 

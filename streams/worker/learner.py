@@ -1,6 +1,6 @@
 """The processing core, free of Faust: decode a batch, learn from it, say what to refresh.
 
-The Faust agent (:mod:`streams.agents`) stays thin: it hands each batch of raw Kafka
+The Faust agent (:mod:`streams.worker.agents`) stays thin: it hands each batch of raw Kafka
 messages to :meth:`Pipeline.process`, routes the dead letters, writes the refreshed
 lists to Redis and the checkpoints to the changelog tables. Everything here is
 unit-tested without a broker.
@@ -29,11 +29,11 @@ import orjson
 
 from models import BPRMF, Popularity, event_weights
 from streams.events import Event, InvalidEvent, decode_batch, decode_event, is_batch, kafka_partition, validate_event
-from streams.exchange import ItemExchange
-from streams.metrics import KIND_CODES, EngagementWindows, HealthCounters
 from streams.settings import Settings
 from streams.state.codecs import StateCorrupt, decode_user, encode_users
 from streams.state.store import StateStore
+from streams.worker.exchange import ItemExchange
+from streams.worker.metrics import KIND_CODES, EngagementWindows, HealthCounters
 
 __all__ = ["Pipeline", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
 
@@ -176,7 +176,7 @@ class Pipeline:
         self.health = HealthCounters(worker_id=settings.effective_worker_id, started_ms=_now_ms())
         self.seen_event_ids = EventIdWindow()
         self.run_id = format(_now_ms(), "x") + secrets.token_hex(2)  # unique per worker incarnation
-        #: The item side of the model, shared with the other workers (see :mod:`streams.exchange`).
+        #: The item side of the model, shared with the other workers (see :mod:`streams.worker.exchange`).
         self.exchange = ItemExchange(self.model, self.popularity, self.item_meta, partitions=settings.item_partitions,
                                      origin=f"{settings.effective_worker_id}/{self.run_id}")
         self.batches = 0
@@ -296,7 +296,7 @@ class Pipeline:
                covers: dict[int, int]) -> None:
         """Learn ``events``, then count them; those of ``moves_items`` False only move their users (their item
         side reached the item log before: a crashed owner learned them after its last checkpoint, see
-        :meth:`~streams.exchange.ItemExchange.items_published`)."""
+        :meth:`~streams.worker.exchange.ItemExchange.items_published`)."""
         # One pass to columns (an Event is a tuple: zip(*events) transposes in C).
         columns = _Columns(*zip(*events))
         with self.health.cpu("learn"):
@@ -387,7 +387,7 @@ class Pipeline:
     def checkpoint(self, users: Sequence[str]) -> None:
         """Hand the current state of ``users`` to the store (``store.flush()`` makes it durable).
 
-        Items are not checkpointed here: the item exchange snapshots them (:mod:`streams.item_log`)."""
+        Items are not checkpointed here: the item exchange snapshots them (:mod:`streams.worker.item_log`)."""
         if users:
             with self.health.cpu("checkpoint"):
                 vectors = self.model.user_vectors(users)

@@ -1,6 +1,6 @@
 """The worker's side of the item exchange: publish deltas, follow the log, write snapshots.
 
-:class:`ItemSync` drives an :class:`~streams.exchange.ItemExchange` (the bookkeeping)
+:class:`ItemSync` drives an :class:`~streams.worker.exchange.ItemExchange` (the bookkeeping)
 over an :class:`ItemLog`: :class:`KafkaItemLog` in the worker (the topics
 ``<app_id>-item-updates`` and ``<app_id>-item-state``), :class:`MemoryItemLog` in unit
 tests, where several workers share one in-memory log.
@@ -21,9 +21,9 @@ import time
 from contextlib import nullcontext
 from typing import Any, Awaitable, Callable, ContextManager, Protocol, Sequence
 
-from streams.exchange import Fence, ItemExchange, encode_fence, fence_key
 from streams.io.kafka import BatchSender, aiokafka_options, assign_all_partitions
 from streams.settings import Settings
+from streams.worker.exchange import Fence, ItemExchange, encode_fence, fence_key
 
 __all__ = ["ItemLog", "KafkaItemLog", "MemoryItemLog", "ItemSync"]
 
