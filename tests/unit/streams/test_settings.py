@@ -8,7 +8,7 @@ import pytest
 
 from streams.settings import Settings, SettingsError, describe_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_and_environment_overrides():

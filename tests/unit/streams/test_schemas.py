@@ -33,7 +33,7 @@ from streams.events import (
 from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from streams.worker.metrics import EngagementWindows, HealthCounters
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = ROOT / "streams" / "schemas"
 
 # Reasons decided before or after the JSON value is looked at: no schema can see them.
