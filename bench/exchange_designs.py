@@ -206,7 +206,7 @@ class Learner:
         self, s: Stream, rows: np.ndarray,
         on_new: Callable[[list[str]], None], on_meta: Callable[[str, str | None, tuple[str, ...]], None],
     ) -> None:  # fmt: skip
-        """Learn the events ``rows`` as :meth:`streams.worker.learner.Pipeline._learn` does."""
+        """Learn the events ``rows`` as :meth:`streams.worker.learner.Learner._learn` does."""
         if not len(rows):
             return
         r = rows.tolist()

@@ -12,7 +12,7 @@ __all__ = ["StateStore", "MemoryStateStore"]
 
 
 class StateStore(Protocol):
-    """Where the pipeline checkpoints user state (a Faust table in the worker)."""
+    """Where the learner checkpoints user state (a Faust table in the worker)."""
 
     def get_user(self, user_id: str) -> bytes | None: ...
 

@@ -385,7 +385,7 @@ class ItemExchange:
 
         After a crash, the partition's next owner applies again the events its previous owner had
         learned past its last checkpoint; those up to this offset already reached every replica
-        through the log, so they must move only their users (:class:`~streams.worker.learner.Pipeline`)."""
+        through the log, so they must move only their users (:class:`~streams.worker.learner.Learner`)."""
         return self._published.get(partition, -1)
 
     @property

@@ -1,16 +1,15 @@
 """The processing core, free of Faust: decode a batch, learn from it, say what to refresh.
 
-The Faust agent (:mod:`streams.worker.agents`) stays thin: it hands each batch of raw Kafka
-messages to :meth:`Pipeline.process`, routes the dead letters, writes the refreshed
-lists to Redis and the checkpoints to the changelog tables. Everything here is
-unit-tested without a broker.
+The service (:mod:`streams.worker.service`) hands each batch of raw Kafka messages to
+:meth:`Learner.process`, routes the dead letters, writes the refreshed lists to Redis and
+the checkpoints to the changelog tables. Everything here is unit-tested without a broker.
 
 >>> from streams.settings import Settings
 >>> from streams.state.store import MemoryStateStore
->>> pipe = Pipeline(Settings(n_factors=8), MemoryStateStore())
+>>> learner = Learner(Settings(n_factors=8), MemoryStateStore())
 >>> msg = RawMessage(b"u1", b'{"event_id":"e1","user_id":"u1","item_id":"i1","kind":"view","ts":1000}', "t", 0, 0)
 >>> bad = RawMessage(b"u1", b"not json", "t", 0, 1)
->>> outcome = pipe.process([msg, bad])
+>>> outcome = learner.process([msg, bad])
 >>> len(outcome.events), [d.reason for d in outcome.dead_letters], sorted(outcome.dirty_users)
 (1, ['not_json'], ['u1'])
 """
@@ -35,7 +34,7 @@ from streams.state.store import StateStore
 from streams.worker.exchange import ItemExchange
 from streams.worker.metrics import KIND_CODES, EngagementWindows, HealthCounters
 
-__all__ = ["Pipeline", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
+__all__ = ["Learner", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class RawMessage:
 
 
 class MessageLike(Protocol):
-    """What :meth:`Pipeline.process` reads of a message: a :class:`RawMessage` or an aiokafka record."""
+    """What :meth:`Learner.process` reads of a message: a :class:`RawMessage` or an aiokafka record."""
 
     key: bytes | None
     value: bytes | None
@@ -152,7 +151,7 @@ class EventIdWindow:
             ids.popitem(last=False)
 
 
-class Pipeline:
+class Learner:
     """Learning, history and aggregation state of one worker."""
 
     def __init__(self, settings: Settings, store: StateStore) -> None:

@@ -1,9 +1,9 @@
-"""The glue between Faust and the pipeline: one object per worker, fed in bulk by the consumer.
+"""The glue between Faust and the learner: one object per worker, fed in bulk by the consumer.
 
 The consumer hands every fetched list of event records to :meth:`RecommenderService.offer`
 (see :class:`streams.worker.app._Consumer`); :meth:`RecommenderService.run` takes whatever has
 arrived (up to ``batch_max_events``) and handles it as one batch: decode and learn
-(:class:`~streams.worker.learner.Pipeline`), dead letters out, the lists of every affected user
+(:class:`~streams.worker.learner.Learner`), dead letters out, the lists of every affected user
 refreshed in Redis (retrying with backoff while Redis is down, never crashing). Batches
 grow by themselves under load (more arrives while one is processed) and stay small, so
 fresh, when traffic is light.
@@ -34,7 +34,7 @@ from streams.io.redis import RecsWriter
 from streams.settings import Settings
 from streams.state.store import StateStore
 from streams.worker.item_log import ItemLog, ItemSync, MemoryItemLog
-from streams.worker.learner import BatchOutcome, DeadLetter, MessageLike, Pipeline
+from streams.worker.learner import BatchOutcome, DeadLetter, Learner, MessageLike
 from streams.worker.metrics import percentiles_ms
 
 __all__ = ["RecommenderService", "Sender", "Acker", "Intake"]
@@ -164,12 +164,12 @@ class RecommenderService:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.pipeline = Pipeline(settings, store)
+        self.learner = Learner(settings, store)
         #: The item side of the model, shared with the other workers through ``item_log`` (a private
         #: in-memory log if None: a worker alone, as in unit tests).
-        self.items = ItemSync(settings, self.pipeline.exchange,
+        self.items = ItemSync(settings, self.learner.exchange,
                               item_log if item_log is not None else MemoryItemLog(settings.item_partitions),
-                              self.pipeline.health.cpu)
+                              self.learner.health.cpu)
         self.owned: set[int] = set()  # events partitions assigned to this worker
         self.writer = writer
         self.send_dead_letters = send_dead_letters
@@ -217,7 +217,7 @@ class RecommenderService:
         if fence is not None and records[0].offset <= fence:
             fresh = [r for r in records if r.offset > fence]
             skipped = len(records) - len(fresh)
-            self.pipeline.health.replayed_skipped += skipped
+            self.learner.health.replayed_skipped += skipped
             if self.ack is not None:
                 self.ack(tp, records[0].offset, records[skipped - 1].offset)
             records = fresh
@@ -231,7 +231,7 @@ class RecommenderService:
         partitions = {tp.partition for tp in assigned}
         self.owned = partitions
         self.items.assigned(partitions)
-        self._popular_stale = self.pipeline.exchange.collect_changed = self.writes_popular_lists
+        self._popular_stale = self.learner.exchange.collect_changed = self.writes_popular_lists
         missing = {p for p in partitions if p not in self.fences}
         try:
             if missing and self.read_fences is not None:
@@ -259,7 +259,7 @@ class RecommenderService:
                 if chunks and not self._closed:
                     messages = [record for _, records in chunks for record in records]
                     self._offered_ms = self.intake.taken_offered_ms
-                    self.pipeline.health.latency("queue", (time.time() * 1000.0 - self._offered_ms) / 1000.0)
+                    self.learner.health.latency("queue", (time.time() * 1000.0 - self._offered_ms) / 1000.0)
                     await self._timed_handle(messages, [(tp, rs[0].offset, rs[-1].offset) for tp, rs in chunks])
                     self._offered_ms = None
 
@@ -283,12 +283,12 @@ class RecommenderService:
                             "their next owner", dropped, taken)
             await self.checkpoint()
             partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
-            forgotten = self.pipeline.forget_partitions(partitions)
+            forgotten = self.learner.forget_partitions(partitions)
             n = self.settings.partitions
             self.pending_users = {u for u in self.pending_users if kafka_partition(u.encode(), n) not in partitions}
             self.owned -= partitions
             self.items.revoked(partitions)
-            self.pipeline.exchange.collect_changed = self.writes_popular_lists
+            self.learner.exchange.collect_changed = self.writes_popular_lists
             for tp in revoked:
                 self.positions.pop(tp, None)
                 self.fences.pop(tp.partition, None)
@@ -312,7 +312,7 @@ class RecommenderService:
             outcome = await self._handle(messages, ranges)
             return outcome
         finally:
-            self.pipeline.health.batch_done(len(messages), time.perf_counter() - started)
+            self.learner.health.batch_done(len(messages), time.perf_counter() - started)
             # Sized by CPU time, not wall time: a worker sharing its core with others keeps batches as
             # large (as efficient) as one alone; smoothed: one slow batch does not halve the next.
             cpu = time.thread_time() - cpu_started
@@ -323,8 +323,8 @@ class RecommenderService:
     async def _handle(self, messages: Sequence[MessageLike], ranges: Sequence[tuple[Any, int, int]]) -> BatchOutcome:
         started = time.perf_counter()
         try:
-            outcome = self.pipeline.process(messages)
-            health = self.pipeline.health
+            outcome = self.learner.process(messages)
+            health = self.learner.health
             health.latency("learn", time.perf_counter() - started)
             if self._offered_ms is not None and outcome.ts_ms is not None:  # event time to the worker's hands
                 health.broker_ms.append(self._offered_ms - outcome.ts_ms)
@@ -332,7 +332,7 @@ class RecommenderService:
             logger.exception("batch of %d messages failed; dead-lettering it", len(messages))
             outcome = BatchOutcome(dead_letters=[DeadLetter(m, "internal_error", repr(exc)) for m in messages])
             for _ in messages:
-                self.pipeline.health.dead_lettered("internal_error")
+                self.learner.health.dead_lettered("internal_error")
         if outcome.dead_letters:
             await self.send_dead_letters([(d.key, d.copy_value(), d.headers()) for d in outcome.dead_letters])
         for tp, first, last in ranges:
@@ -377,7 +377,7 @@ class RecommenderService:
         """Snapshot what changed, the window counts and the offsets behind them; what comes later
         goes to the next checkpoint (the counts sent with a fence must be exactly those of the
         events it covers, even though later batches run between the slices of this one)."""
-        windows = self.pipeline.windows
+        windows = self.learner.windows
         records = [*windows.close_due(_now_ms()), *windows.flush_partials()]
         started = _Checkpoint(sorted(self.dirty_users), self.unacked, records)
         self.dirty_users, self.unacked = set(), {}
@@ -390,7 +390,7 @@ class RecommenderService:
         users = cp.users[cp.next_user :]
         if budget is not None:
             users = users[:budget]
-        self.pipeline.checkpoint(users)
+        self.learner.checkpoint(users)
         cp.next_user += len(users)
         if cp.next_user < len(cp.users):
             return
@@ -418,7 +418,7 @@ class RecommenderService:
         async with self._refresh_lock:
             # Popular and trending lists are the whole group's and change slowly: one worker rewrites them,
             # once a second, when its events or the other workers' changed some counts.
-            exchange = self.pipeline.exchange
+            exchange = self.learner.exchange
             trending_due = (
                 self.writes_popular_lists
                 and time.monotonic() - self.trending_written >= _TRENDING_INTERVAL_S
@@ -434,35 +434,35 @@ class RecommenderService:
             if trending_due:
                 self.pending_tags = set()
                 self._popular_stale = False
-            pipeline = self.pipeline
+            learner = self.learner
             started = time.perf_counter()
-            known, items, scores = pipeline.recommendation_lists(sorted(users))
+            known, items, scores = learner.recommendation_lists(sorted(users))
             ranked = time.perf_counter()
             try:
                 await self.writer.write_lists(
                     known, items, scores,
-                    popular=pipeline.popular() if trending_due else None,
-                    model_version=pipeline.model_version,
+                    popular=learner.popular() if trending_due else None,
+                    model_version=learner.model_version,
                     updated_ms=_now_ms(),
-                    popular_by_tag=pipeline.popular_by_tag(tags) if trending_due else None,
+                    popular_by_tag=learner.popular_by_tag(tags) if trending_due else None,
                 )  # fmt: skip
             except (redis.RedisError, OSError) as exc:
                 self.pending_users |= users  # written by a later refresh, with the factors of then
                 self.pending_tags |= tags
                 self._popular_stale |= trending_due
                 self.pending_ts[:0] = stamps
-                pipeline.health.redis_errors += 1
+                learner.health.redis_errors += 1
                 self.redis_backoff_s = min(max(self.redis_backoff_s * 2, 0.1), 5.0)
                 self.redis_retry_at = time.monotonic() + self.redis_backoff_s
                 logger.warning("Redis write failed (%s); %d users pending, retry in %.1f s",
                                exc, len(self.pending_users), self.redis_backoff_s)
                 return False
             written_ms = _now_ms()
-            pipeline.health.latency("topn", ranked - started)
-            pipeline.health.latency("redis", time.perf_counter() - ranked)
+            learner.health.latency("topn", ranked - started)
+            learner.health.latency("redis", time.perf_counter() - ranked)
             if trending_due:
                 self.trending_written = time.monotonic()
-            health = pipeline.health
+            health = learner.health
             health.users_refreshed += len(known)
             health.freshness_samples.extend(written_ms - ts for ts in stamps)
             self.redis_backoff_s = 0.0
@@ -478,8 +478,8 @@ class RecommenderService:
         now = _now_ms()
         if self.ready_ms is None and recovered and self.items.ready.is_set():
             _settle_garbage_collector()
-            if self.pipeline.health.gc not in gc.callbacks:
-                gc.callbacks.append(self.pipeline.health.gc)
+            if self.learner.health.gc not in gc.callbacks:
+                gc.callbacks.append(self.learner.health.gc)
             self.ready_ms = now
             logger.info("streamrec worker %s ready in %.2f s", self.worker_id, (now - self.started_ms) / 1000)
         await self.refresh()
@@ -504,18 +504,18 @@ class RecommenderService:
             )
 
     async def emit_health(self, now: int) -> None:
-        pipeline = self.pipeline
-        exchange = pipeline.exchange
+        learner = self.learner
+        exchange = learner.exchange
         staleness = exchange.take_staleness()
         stale_p50, stale_p99 = percentiles_ms([np.asarray(staleness, np.float64)] if staleness else [])
-        record = pipeline.health.record(
+        record = learner.health.record(
             now,
-            late_events=pipeline.windows.late_events,
+            late_events=learner.windows.late_events,
             consumer_lag=self.consumer_lag(),
             pending_users=len(self.pending_users),
-            model_users=pipeline.model.n_users,
-            model_items=pipeline.model.n_items,
-            events_total=pipeline.events_total,
+            model_users=learner.model.n_users,
+            model_items=learner.model.n_items,
+            events_total=learner.events_total,
             item_staleness_p50_ms=stale_p50,
             item_staleness_p99_ms=stale_p99,
             item_staleness_max_ms=max(staleness) if staleness else None,
@@ -548,8 +548,8 @@ class RecommenderService:
             self._closed = True
             await self.items.stop()
         await self.emit_health(_now_ms())
-        if self.pipeline.health.gc in gc.callbacks:
-            gc.callbacks.remove(self.pipeline.health.gc)
+        if self.learner.health.gc in gc.callbacks:
+            gc.callbacks.remove(self.learner.health.gc)
 
     def consumer_lag(self) -> int | None:
         """Messages behind the partitions' high watermarks, if the consumer knows them."""
@@ -571,10 +571,10 @@ class RecommenderService:
             "ready_ms": self.ready_ms,
             "first_batch_ms": self.first_batch_ms,
             "heartbeat_ms": now,
-            "events_total": self.pipeline.events_total,
+            "events_total": self.learner.events_total,
             "pending_users": len(self.pending_users),
             "partitions": sorted(self.owned),
-            "model_items": self.pipeline.model.n_items,
+            "model_items": self.learner.model.n_items,
         }
 
 

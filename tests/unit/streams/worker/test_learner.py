@@ -15,7 +15,7 @@ from streams.state.codecs import encode_user
 from streams.state.store import MemoryStateStore
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from streams.worker.item_log import ItemSync, MemoryItemLog
-from streams.worker.learner import Pipeline, RawMessage
+from streams.worker.learner import Learner, RawMessage
 from streams.worker.service import RecommenderService
 
 SETTINGS = Settings(n_factors=8, top_n=10, worker_id="test")
@@ -35,21 +35,21 @@ def world_events(n=3000, seed=1):
 
 
 def test_duplicates_are_applied_once():
-    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    learner = Learner(SETTINGS, MemoryStateStore())
     batch = messages(world_events(50))
-    assert len(pipe.process(batch).events) == 50
-    again = pipe.process(batch)
-    assert again.events == [] and again.duplicates == 50 and pipe.events_total == 50
+    assert len(learner.process(batch).events) == 50
+    again = learner.process(batch)
+    assert again.events == [] and again.duplicates == 50 and learner.events_total == 50
 
 
 def test_lists_exclude_history_and_fallback_is_popular():
-    pipe = Pipeline(SETTINGS, MemoryStateStore())
-    out = pipe.process(messages(world_events()))
-    recs = pipe.recommendations(sorted(out.dirty_users))
+    learner = Learner(SETTINGS, MemoryStateStore())
+    out = learner.process(messages(world_events()))
+    recs = learner.recommendations(sorted(out.dirty_users))
     for user, items in recs.items():
         assert len(items) == 10
-        assert not {i for i, _ in items} & set(pipe.history[user])
-    popular = pipe.popular()
+        assert not {i for i, _ in items} & set(learner.history[user])
+    popular = learner.popular()
     assert len(popular) == 10 and [s for _, s in popular] == sorted((s for _, s in popular), reverse=True)
 
 
@@ -57,7 +57,7 @@ def test_checkpoint_and_item_snapshot_restore_the_same_model_in_a_new_worker():
     store, log = MemoryStateStore(), MemoryItemLog(SETTINGS.partitions)
 
     async def run():
-        first = Pipeline(SETTINGS, store)
+        first = Learner(SETTINGS, store)
         first_items = ItemSync(SETTINGS, first.exchange, log)
         await first_items.start()
         first_items.assigned(set(range(SETTINGS.partitions)))
@@ -70,7 +70,7 @@ def test_checkpoint_and_item_snapshot_restore_the_same_model_in_a_new_worker():
         users = sorted(out.dirty_users)[:5]
         expected = first.recommendations(users)
 
-        second = Pipeline(SETTINGS, store)  # a restarted worker: nothing in memory, state in Kafka
+        second = Learner(SETTINGS, store)  # a restarted worker: nothing in memory, state in Kafka
         second_items = ItemSync(SETTINGS, second.exchange, log)
         await second_items.start()
         assert second.model.n_items == first.model.n_items and second_items.restored_items == first.model.n_items
@@ -125,7 +125,7 @@ def test_service_keeps_learning_while_redis_is_down_and_catches_up():
         await service.on_partitions_assigned({TP0})  # partition 0's owner writes the popular lists
         writer.down = True
         await service.handle(messages(events[:100]))
-        assert service.pending_users and service.pipeline.events_total == 100
+        assert service.pending_users and service.learner.events_total == 100
         service.redis_retry_at = 0  # skip the backoff wait
         writer.down = False
         await service.handle(messages(events[100:], 100))
@@ -138,7 +138,7 @@ def test_service_keeps_learning_while_redis_is_down_and_catches_up():
             assert recs and all(tag in world.item_tags(item) for item, _ in recs)
 
     asyncio.run(run())
-    assert service.pipeline.health.redis_errors == 1
+    assert service.learner.health.redis_errors == 1
 
 
 def test_service_dead_letters_bad_input_and_whole_batch_on_internal_error(monkeypatch):
@@ -152,7 +152,7 @@ def test_service_dead_letters_bad_input_and_whole_batch_on_internal_error(monkey
     def broken(_messages):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(service.pipeline, "process", broken)
+    monkeypatch.setattr(service.learner, "process", broken)
     batch = messages(world_events(3), 100)
     asyncio.run(service.handle(batch))
     reasons = [h["streamrec.reason"] for _, _, h in sent["dlq"][1:]]
@@ -168,7 +168,7 @@ def batch_message(events, partition, offset=0):
 def test_batch_messages_apply_good_events_and_dead_letter_bad_ones_alone():
     from streams.events import kafka_partition
 
-    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    learner = Learner(SETTINGS, MemoryStateStore())
     events = world_events(400)
     partition = kafka_partition(events[0]["user_id"].encode(), SETTINGS.partitions)
     mine = [e for e in events if kafka_partition(e["user_id"].encode(), SETTINGS.partitions) == partition]
@@ -180,33 +180,33 @@ def test_batch_messages_apply_good_events_and_dead_letter_bad_ones_alone():
     items = orjson.loads(message.value)
     items[3:3] = [{**mine[0], "kind": "poke"}, other]
     message.value = orjson.dumps(items)
-    out = pipe.process([message])
+    out = learner.process([message])
     assert len(out.events) == 20
     assert [(d.reason, d.batch_index) for d in out.dead_letters] == [("bad_kind", 3), ("wrong_partition", 4)]
     assert orjson.loads(out.dead_letters[1].copy_value()) == other
     headers = dict(out.dead_letters[0].headers())
     assert headers["streamrec.source.batch_index"] == b"3" and headers["streamrec.reason"] == b"bad_kind"
     # the same batch again: every event is a duplicate, nothing learned twice
-    again = pipe.process([message])
-    assert again.events == [] and again.duplicates == 20 and pipe.events_total == 20
+    again = learner.process([message])
+    assert again.events == [] and again.duplicates == 20 and learner.events_total == 20
 
 
 def test_a_batch_message_that_is_not_a_json_array_is_dead_lettered_whole():
     from streams.events import BATCH_HEADER
 
-    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    learner = Learner(SETTINGS, MemoryStateStore())
     cases = {b"[1, 2": "not_json", b'{"a": 1}': "not_object", b"[]": "empty", b"": "empty"}
-    out = pipe.process([RawMessage(None, value, "t", 0, n, headers=[BATCH_HEADER]) for n, value in enumerate(cases)])
+    out = learner.process([RawMessage(None, value, "t", 0, n, headers=[BATCH_HEADER]) for n, value in enumerate(cases)])
     assert [d.reason for d in out.dead_letters] == list(cases.values())
     assert all(d.batch_index is None and d.copy_value() == d.message.value for d in out.dead_letters)
 
 
 def test_an_array_without_the_batch_header_is_still_not_an_event():
-    pipe = Pipeline(SETTINGS, MemoryStateStore())
+    learner = Learner(SETTINGS, MemoryStateStore())
     (event,) = world_events(1)
     import orjson
 
-    out = pipe.process([RawMessage(event["user_id"].encode(), orjson.dumps([event]), "t", 0, 0)])
+    out = learner.process([RawMessage(event["user_id"].encode(), orjson.dumps([event]), "t", 0, 0)])
     assert [d.reason for d in out.dead_letters] == ["not_object"] and not out.events
 
 
@@ -281,38 +281,38 @@ def test_a_checkpoint_sends_window_counts_and_fence_in_one_batch_and_replays_are
     assert batch[-1]["type"] == "fence" and batch[-1]["offsets"] == {"0": 99}
     views = sum(r["views"] for r in batch if r["type"] == "item")
     assert views == sum(e["kind"] == "view" for e in events[50:])  # exactly the applied events
-    assert service.pipeline.health.replayed_skipped == 50
+    assert service.learner.health.replayed_skipped == 50
 
 
 def test_revoked_partitions_users_are_read_again_from_the_store():
     from streams.events import kafka_partition
 
     store = MemoryStateStore()
-    pipe = Pipeline(Settings(n_factors=8, partitions=4), store)
-    out = pipe.process(messages(world_events(300)))
+    learner = Learner(Settings(n_factors=8, partitions=4), store)
+    out = learner.process(messages(world_events(300)))
     users = sorted(out.dirty_users)
     gone = {kafka_partition(users[0].encode(), 4)}
     store.users[users[0]] = encode_user(np.zeros(8, np.float32), ["elsewhere"])  # its next owner's state
-    forgotten = pipe.forget_partitions(gone)
-    assert forgotten == sum(kafka_partition(u.encode(), 4) in gone for u in users) and users[0] not in pipe.history
-    pipe._hydrate([users[0]])
-    assert list(pipe.history[users[0]]) == ["elsewhere"]
-    assert not pipe.model.user_vectors([users[0]]).any()
+    forgotten = learner.forget_partitions(gone)
+    assert forgotten == sum(kafka_partition(u.encode(), 4) in gone for u in users) and users[0] not in learner.history
+    learner._hydrate([users[0]])
+    assert list(learner.history[users[0]]) == ["elsewhere"]
+    assert not learner.model.user_vectors([users[0]]).any()
 
 
 def test_events_too_far_in_the_future_are_dead_lettered_and_late_ones_kept():
     import time
 
-    pipe = Pipeline(Settings(n_factors=8, max_clock_skew_s=60), MemoryStateStore())
+    learner = Learner(Settings(n_factors=8, max_clock_skew_s=60), MemoryStateStore())
     now = int(time.time() * 1000)
     base = {"user_id": "u1", "item_id": "i1", "kind": "view"}
     plan = {"soon": now + 30_000, "future": now + 3_600_000, "last-week": now - 7 * 86_400_000}
-    out = pipe.process([RawMessage(b"u1", orjson.dumps({**base, "event_id": e, "ts": ts}), "t", 0, n)
+    out = learner.process([RawMessage(b"u1", orjson.dumps({**base, "event_id": e, "ts": ts}), "t", 0, n)
                         for n, (e, ts) in enumerate(plan.items())])
     assert [e.event_id for e in out.events] == ["soon", "last-week"]
     assert [(d.reason, d.message.offset) for d in out.dead_letters] == [("future_ts", 1)]
     # the late event counts in its own (old) window
-    starts = {r["window_start_ms"] for r in pipe.windows.close_all()}
+    starts = {r["window_start_ms"] for r in learner.windows.close_all()}
     assert len(starts) == 2
 
 
@@ -371,7 +371,7 @@ def test_a_batch_taken_before_a_rebalance_is_left_to_the_partitions_next_owner()
         await asyncio.wait_for(blocked, 5)
 
     asyncio.run(scenario())
-    assert service.pipeline.events_total == 0
+    assert service.learner.events_total == 0
     assert all(r["type"] == "fence" for batch in sent for r in batch)  # nothing counted
 
 
@@ -389,7 +389,7 @@ def test_nothing_is_processed_after_the_last_checkpoint_of_a_shutdown():
         await asyncio.gather(loop, return_exceptions=True)
 
     asyncio.run(scenario())
-    assert service.pipeline.events_total == 20  # the 30 later ones are their next owner's
+    assert service.learner.events_total == 20  # the 30 later ones are their next owner's
     counted = sum(r["views"] + r["likes"] + r["shares"] for batch in sent for r in batch if r["type"] == "item")
     assert counted == 20
 
@@ -400,7 +400,7 @@ def test_a_batch_failing_midway_counts_nothing_and_its_dead_letters_replay_in_fu
     service, sent = make_service(FakeWriter())
     events = world_events(40)
     batch = messages(events, 100)
-    windows = service.pipeline.windows
+    windows = service.learner.windows
 
     def broken(*args, **kwargs):
         raise RuntimeError("bug while counting")
@@ -409,9 +409,9 @@ def test_a_batch_failing_midway_counts_nothing_and_its_dead_letters_replay_in_fu
         patch.setattr(windows, "add_columns", broken)
         asyncio.run(service.handle(batch))
     assert [h["streamrec.reason"] for _, _, h in sent["dlq"]] == [b"internal_error"] * len(batch)
-    pipe = service.pipeline
-    assert pipe.events_total == 0 and pipe.history == {} and pipe.health.events_processed == 0
-    assert not any(e["event_id"] in pipe.seen_event_ids for e in events)
+    learner = service.learner
+    assert learner.events_total == 0 and learner.history == {} and learner.health.events_processed == 0
+    assert not any(e["event_id"] in learner.seen_event_ids for e in events)
     replay = [RawMessage(key, value, "t.events.dlq", 0, n) for n, (key, value, _) in enumerate(sent["dlq"])]
     out = asyncio.run(service.handle(replay))
     assert len(out.events) == len(events) and out.duplicates == 0 and not out.dead_letters
@@ -421,15 +421,15 @@ def test_a_batch_failing_midway_counts_nothing_and_its_dead_letters_replay_in_fu
 
 def test_a_corrupt_user_state_is_quarantined_and_the_user_starts_afresh():
     store = MemoryStateStore()
-    pipe = Pipeline(SETTINGS, store)
+    learner = Learner(SETTINGS, store)
     events = world_events(200)
     victim = events[0]["user_id"]
     store.users[victim] = b"SRU1\x08\x00truncated"
-    out = pipe.process(messages(events))
+    out = learner.process(messages(events))
     assert len(out.events) == len(events) and not out.dead_letters  # nothing poisoned
-    assert pipe.health.state_quarantined == 1
-    assert set(pipe.history[victim]) == {e["item_id"] for e in events if e["user_id"] == victim}
-    assert pipe.recommendations([victim])[victim]
+    assert learner.health.state_quarantined == 1
+    assert set(learner.history[victim]) == {e["item_id"] for e in events if e["user_id"] == victim}
+    assert learner.recommendations([victim])[victim]
 
 
 def test_lists_waiting_for_redis_are_dropped_for_revoked_partitions():
@@ -502,12 +502,12 @@ def test_events_a_crashed_worker_published_are_learned_again_by_their_users_only
     batch = messages(events)
 
     async def run():
-        crashed = Pipeline(SETTINGS, MemoryStateStore())
+        crashed = Learner(SETTINGS, MemoryStateStore())
         crashed_items = ItemSync(SETTINGS, crashed.exchange, log)
         await crashed_items.start()
         crashed.process(batch)
         await crashed_items.publish(force=True)
-        successor = Pipeline(SETTINGS, MemoryStateStore())
+        successor = Learner(SETTINGS, MemoryStateStore())
         successor_items = ItemSync(SETTINGS, successor.exchange, log)
         await successor_items.start()  # reads the crashed worker's records
         items = sorted({e["item_id"] for e in events})
@@ -535,17 +535,17 @@ def test_a_successor_restoring_from_snapshots_still_knows_which_events_were_publ
     batch = messages(events)
 
     async def run():
-        crashed = Pipeline(SETTINGS, MemoryStateStore())
+        crashed = Learner(SETTINGS, MemoryStateStore())
         crashed_items = ItemSync(SETTINGS, crashed.exchange, log)
         await crashed_items.start()
         crashed.process(batch)
         await crashed_items.publish(force=True)
-        writer = Pipeline(SETTINGS, MemoryStateStore())  # another worker, which snapshots the items
+        writer = Learner(SETTINGS, MemoryStateStore())  # another worker, which snapshots the items
         writer_items = ItemSync(SETTINGS, writer.exchange, log)
         await writer_items.start()
         writer_items.assigned({0})
         await writer_items.snapshot_step(None)
-        successor = Pipeline(SETTINGS, MemoryStateStore())
+        successor = Learner(SETTINGS, MemoryStateStore())
         successor_items = ItemSync(SETTINGS, successor.exchange, log)
         await successor_items.start()  # the snapshot, and nothing of the log after its fence
         assert successor_items.restored_items == crashed.model.n_items
