@@ -1,7 +1,7 @@
 """Byte codecs of the per-user and per-item state kept in Kafka.
 
 The worker checkpoints every user it changes into a changelog-backed Faust table (see
-:mod:`streams.worker.tables`) and the items of its partitions into the item-state topic (see
+:mod:`streams.state.table_store`) and the items of its partitions into the item-state topic (see
 :mod:`streams.worker.exchange`); a restarted worker reads them back instead of starting from zero. The layout is
 versioned, compact and language-neutral (little-endian float32 plus a JSON tail), and never pickle.
 

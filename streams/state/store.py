@@ -1,6 +1,6 @@
 """Where the worker checkpoints user state: the :class:`StateStore` interface and an in-memory store.
 
-The worker's store is :class:`streams.worker.tables.TableStateStore` (a changelog-backed Faust
+The worker's store is :class:`streams.state.table_store.TableStateStore` (a changelog-backed Faust
 table); :class:`MemoryStateStore` stands in for it in unit tests and offline runs.
 """
 

@@ -128,7 +128,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.processes != 1:
         return _supervise(args)
     from streams.io.kafka import ensure_topics
-    from streams.worker.app import app, settings
+    from streams.worker.wiring import app, settings
 
     level = args.loglevel or settings.log_level
     # Create the topics with the configured partitions before Faust subscribes: a consumer

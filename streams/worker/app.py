@@ -1,19 +1,14 @@
-"""The Faust application: ``faust -A streams.worker.app worker`` or ``streamrec worker``.
+"""The Faust app of a worker: :func:`create_app` and the bulk consumer behind it.
 
-Settings come from the environment (:class:`streams.settings.Settings`). Importing this
-module builds the app, its topics and tables, and registers the agents.
+Nothing here is built at import: :func:`create_app` makes an app from settings, and the
+topics, tables and agents are declared on it by :mod:`streams.worker.topics`,
+:mod:`streams.worker.tables` and :mod:`streams.worker.agents`. The worker's one app is
+:mod:`streams.worker.wiring` (``faust -A streams.worker.wiring worker`` or ``streamrec worker``).
 """
 
 from __future__ import annotations
 
-import os
-
-# A worker process is one core's worth of work (run one per core): numpy's BLAS must not spread a
-# matrix product over every core, where its spinning threads cost more CPU than they save.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-import asyncio  # noqa: E402
+import asyncio
 from typing import Any, Protocol
 
 import faust
@@ -24,18 +19,17 @@ from faust.types import TP
 from streams.io.kafka import faust_credentials
 from streams.settings import Settings
 
-__all__ = ["app", "settings", "create_app", "StreamrecApp", "BulkHandler"]
+__all__ = ["create_app", "StreamrecApp", "BulkHandler"]
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust hard-codes a 1.5 s fetch wait; brokers that hold a fetch that long (Tansu does)
-    then add up to 1.5 s to every event's freshness. Use ``STREAMREC_FETCH_MAX_WAIT_MS``."""
-
-    fetch_max_wait_ms = 100
+    then add up to 1.5 s to every event's freshness. Use the app's ``fetch_max_wait_ms``
+    (``STREAMREC_FETCH_MAX_WAIT_MS``)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by aiokafka when it starts
+        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms  # read by aiokafka when it starts
         return consumer
 
 
@@ -155,23 +149,27 @@ class StreamrecApp(faust.App):
 
     ``bulk_handlers`` maps a topic name to the :class:`BulkHandler` that receives its
     records in bulk (the topic still needs an agent, which declares the subscription).
+    ``fetch_max_wait_ms``: the longest a fetch of the consumer waits at the broker.
     """
 
     bulk_handlers: dict[str, BulkHandler]
+    fetch_max_wait_ms: int
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_ms: int = 100, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bulk_handlers = {}
+        self.fetch_max_wait_ms = fetch_max_wait_ms
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
 
 
-def create_app(settings: Settings) -> faust.App:
-    """A Faust app configured from ``settings`` (web server off or on localhost only)."""
-    _ConsumerThread.fetch_max_wait_ms = settings.fetch_max_wait_ms
+def create_app(settings: Settings) -> StreamrecApp:
+    """A Faust app configured from ``settings`` (web server off or on localhost only), with
+    nothing declared on it yet."""
     return StreamrecApp(
         settings.app_id,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store="memory://",  # tables live in memory and are rebuilt from their Kafka changelogs
@@ -195,8 +193,3 @@ def create_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
 
-
-settings = Settings.from_env()
-app = create_app(settings)
-
-import streams.worker.agents  # noqa: E402,F401  (registers topics, tables, agents and timers on ``app``)

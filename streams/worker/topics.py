@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from streams.worker.app import app, settings
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["events_topic", "dlq_topic", "metrics_topic"]
+import faust
 
-events_topic = app.topic(
-    settings.events_topic,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-)
-dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
-metrics_topic = app.topic(settings.metrics_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+from streams.settings import Settings
+
+__all__ = ["Topics", "declare_topics"]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The worker's topics, declared on one app."""
+
+    events: Any
+    dlq: Any
+    metrics: Any
+
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    """Declare the events, dead-letter and metrics topics of ``settings`` on ``app``."""
+    events = app.topic(
+        settings.events_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    metrics = app.topic(settings.metrics_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+    return Topics(events=events, dlq=dlq, metrics=metrics)
