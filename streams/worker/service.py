@@ -8,9 +8,9 @@ refreshed in Redis (retrying with backoff while Redis is down, never crashing). 
 grow by themselves under load (more arrives while one is processed) and stay small, so
 fresh, when traffic is light.
 
-Every ``checkpoint_interval_s`` the state of the users and items changed since the last
-checkpoint is written to the changelogs (a slice between two batches at a time); only
-once that write is acknowledged are the events' offsets acknowledged to Faust for its
+Every ``checkpoint_interval_s`` the state of the users changed since the last checkpoint is
+written to the changelogs (a slice between two batches at a time, :mod:`streams.worker.checkpoint`);
+only once that write is acknowledged are the events' offsets acknowledged to Faust for its
 next commit. A crash therefore replays events whose state was not written, never the
 other way round.
 """
@@ -21,7 +21,6 @@ import asyncio
 import gc
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,30 +31,20 @@ from streams.events import kafka_partition
 from streams.io.redis import RecsWriter
 from streams.settings import Settings
 from streams.state.store import StateStore
+from streams.worker.checkpoint import CHECKPOINT_SLICE, Acker, Checkpointer
 from streams.worker.intake import Intake
 from streams.worker.item_log import ItemLog, ItemSync, MemoryItemLog
 from streams.worker.learner import BatchOutcome, DeadLetter, Learner, MessageLike
 from streams.worker.metrics import percentiles_ms
 
-__all__ = ["RecommenderService", "Sender", "Acker"]
+__all__ = ["RecommenderService", "Sender"]
 
 logger = logging.getLogger(__name__)
 
 _TRENDING_INTERVAL_S = 1.0
-_CHECKPOINT_SLICE = 4000  # users + items encoded between two batches
-
-
-@dataclass
-class _Checkpoint:
-    users: list[str]
-    offsets: dict[Any, tuple[int, int]]  # tp -> offsets whose effects this checkpoint makes durable
-    records: list[dict[str, Any]]  # the window counts of exactly those events
-    next_user: int = 0
 
 #: ``async send(records)``: (key, value, headers) records to one topic.
 Sender = Callable[[Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]] | None]]], Awaitable[Any]]
-#: ``ack(tp, first_offset, last_offset)``: those offsets' effects are durable.
-Acker = Callable[[Any, int, int], None]
 
 
 class RecommenderService:
@@ -90,6 +79,8 @@ class RecommenderService:
         self.read_fences = read_fences
         self._fences_ready = asyncio.Event()  # set once the fences of the assigned partitions are known
         self.worker_id = settings.effective_worker_id
+        #: Checkpoints, and the fences they wrote: events partition -> last offset whose effects are durable.
+        self.checkpointer = Checkpointer(settings, self.learner, store, self.emit, worker_id=self.worker_id, ack=ack)
         self.started_ms = _now_ms()
         self.ready_ms: int | None = None
         self.first_batch_ms: int | None = None  # when the first batch of events was taken (benchmarks)
@@ -99,17 +90,12 @@ class RecommenderService:
         self.pending_users: set[str] = set()
         self.pending_tags: set[str] = set()
         self.pending_ts: list[np.ndarray] = []
-        self.unacked: dict[Any, tuple[int, int]] = {}  # tp -> offsets processed, not yet checkpointed
-        self.dirty_users: set[str] = set()
-        self.last_checkpoint = time.monotonic()
-        self._checkpoint: _Checkpoint | None = None  # the one being written, slice by slice
         self.positions: dict[Any, int] = {}  # topic-partition -> next offset to read
         self.redis_retry_at = 0.0
         self.redis_backoff_s = 0.0
         self.trending_written = -_TRENDING_INTERVAL_S  # the first refresh writes them
         self._popular_stale = False  # own events since the popular list was last written
         self.last_health_ms = self.started_ms
-        self.fences: dict[int, int] = {}  # events partition -> last offset whose effects are durable
         self._taken: list[tuple[Any, list[Any]]] = []  # taken from the intake, waiting for the batch lock
         self._closed = False  # shut down: the last checkpoint is written
         self._batch_lock = asyncio.Lock()
@@ -124,7 +110,7 @@ class RecommenderService:
         not applied again (see :mod:`streams.worker.fences`).
         """
         await self._fences_ready.wait()
-        fence = self.fences.get(tp.partition)
+        fence = self.checkpointer.fences.get(tp.partition)
         if fence is not None and records[0].offset <= fence:
             fresh = [r for r in records if r.offset > fence]
             skipped = len(records) - len(fresh)
@@ -143,10 +129,11 @@ class RecommenderService:
         self.owned = partitions
         self.items.assigned(partitions)
         self._popular_stale = self.learner.exchange.collect_changed = self.writes_popular_lists
-        missing = {p for p in partitions if p not in self.fences}
+        fences = self.checkpointer.fences
+        missing = {p for p in partitions if p not in fences}
         try:
             if missing and self.read_fences is not None:
-                self.fences.update(await self.read_fences(missing))
+                fences.update(await self.read_fences(missing))
         finally:
             self._fences_ready.set()
 
@@ -202,7 +189,7 @@ class RecommenderService:
             self.learner.exchange.collect_changed = self.writes_popular_lists
             for tp in revoked:
                 self.positions.pop(tp, None)
-                self.fences.pop(tp.partition, None)
+                self.checkpointer.fences.pop(tp.partition, None)
             if forgotten:
                 logger.info("rebalance: forgot %d users of partitions %s", forgotten, sorted(partitions))
 
@@ -246,13 +233,10 @@ class RecommenderService:
                 self.learner.health.dead_lettered("internal_error")
         if outcome.dead_letters:
             await self.send_dead_letters([(d.key, d.copy_value(), d.headers()) for d in outcome.dead_letters])
-        for tp, first, last in ranges:
+        for tp, _, last in ranges:
             self.positions[tp] = last + 1
-            if tp in self.unacked:
-                first = self.unacked[tp][0]
-            self.unacked[tp] = (first, last)
+        self.checkpointer.processed(ranges, outcome.dirty_users)
         if outcome.events:
-            self.dirty_users.update(outcome.dirty_users)
             self.pending_users.update(outcome.dirty_users)
             if self.writes_popular_lists:
                 self._popular_stale = True
@@ -261,68 +245,13 @@ class RecommenderService:
             self.pending_ts.append(outcome.ts_ms)
             await self.refresh()
         await self.items.publish()
-        await self._checkpoint_step()
-        await self.items.snapshot_step(_CHECKPOINT_SLICE)
+        await self.checkpointer.step()
+        await self.items.snapshot_step(CHECKPOINT_SLICE)
         return outcome
 
     async def checkpoint(self) -> None:
         """Checkpoint everything changed so far, now (shutdown, rebalance)."""
-        if self._checkpoint is not None:
-            await self._advance_checkpoint(None)  # the running one first: its offsets come first
-        self._checkpoint = self._start_checkpoint()
-        await self._advance_checkpoint(None)
-
-    async def _checkpoint_step(self) -> None:
-        """Advance the running checkpoint by one slice; start one every ``checkpoint_interval_s``.
-
-        Encoding the state of tens of thousands of users takes a while; done in slices
-        between batches it never holds a batch (and its users' freshness) back for long.
-        """
-        if self._checkpoint is None:
-            if time.monotonic() - self.last_checkpoint < self.settings.checkpoint_interval_s:
-                return
-            self._checkpoint = self._start_checkpoint()
-        await self._advance_checkpoint(_CHECKPOINT_SLICE)
-
-    def _start_checkpoint(self) -> _Checkpoint:
-        """Snapshot what changed, the window counts and the offsets behind them; what comes later
-        goes to the next checkpoint (the counts sent with a fence must be exactly those of the
-        events it covers, even though later batches run between the slices of this one)."""
-        windows = self.learner.windows
-        records = [*windows.close_due(_now_ms()), *windows.flush_partials()]
-        started = _Checkpoint(sorted(self.dirty_users), self.unacked, records)
-        self.dirty_users, self.unacked = set(), {}
-        self.last_checkpoint = time.monotonic()
-        return started
-
-    async def _advance_checkpoint(self, budget: int | None) -> None:
-        cp = self._checkpoint
-        assert cp is not None
-        users = cp.users[cp.next_user :]
-        if budget is not None:
-            users = users[:budget]
-        self.learner.checkpoint(users)
-        cp.next_user += len(users)
-        if cp.next_user < len(cp.users):
-            return
-        self._checkpoint = None
-        await self.store.flush()  # the broker has every state record of this checkpoint
-        for tp, (_, last) in cp.offsets.items():
-            self.fences[tp.partition] = max(last, self.fences.get(tp.partition, -1))
-        await self.emit([*cp.records, self._fence_record()])  # one record batch: counted and fenced together
-        if self.ack is not None:
-            for tp, (first, last) in cp.offsets.items():
-                self.ack(tp, first, last)
-
-    def _fence_record(self) -> dict[str, Any]:
-        """The offsets up to which every effect is durable, per events partition of this worker."""
-        return {
-            "type": "fence",
-            "worker_id": self.worker_id,
-            "topic": self.settings.events_topic,
-            "offsets": {str(p): offset for p, offset in sorted(self.fences.items())},
-            "ts_ms": _now_ms(),
-        }
+        await self.checkpointer.now()
 
     async def refresh(self) -> bool:
         """Write the lists of all pending users to Redis; False (and retry later) if Redis is down."""
@@ -395,11 +324,11 @@ class RecommenderService:
             logger.info("streamrec worker %s ready in %.2f s", self.worker_id, (now - self.started_ms) / 1000)
         await self.refresh()
         await self.items.publish()
-        if time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_interval_s:
+        if self.checkpointer.due:
             async with self._batch_lock:
-                await self._checkpoint_step()
+                await self.checkpointer.step()
         async with self._batch_lock:
-            await self.items.snapshot_step(_CHECKPOINT_SLICE)
+            await self.items.snapshot_step(CHECKPOINT_SLICE)
         if now - self.last_health_ms >= self.settings.metrics_window_s * 1000:
             await self.emit_health(now)
         try:
