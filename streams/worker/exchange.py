@@ -64,14 +64,17 @@ import logging
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import orjson
 
-from models import BPRMF, Popularity
+from models import Popularity
 from streams.errors import StreamrecError
 from streams.state.codecs import ItemState, StateCorrupt, decode_item, encode_items
+
+if TYPE_CHECKING:
+    from models.base import WorkerModel
 
 __all__ = ["ItemExchange", "ItemUpdate", "ItemUpdateCorrupt", "item_partition", "encode_update", "decode_update",
            "FENCE_KEY_PREFIX", "Fence", "fence_key", "encode_fence", "parse_fence"]
@@ -267,7 +270,7 @@ class ItemExchange:
 
     def __init__(
         self,
-        model: BPRMF,
+        model: WorkerModel,
         popularity: Popularity,
         item_meta: dict[str, Meta],
         *,

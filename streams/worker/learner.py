@@ -4,7 +4,7 @@ The service (:mod:`streams.worker.service`) hands each batch of raw Kafka messag
 :meth:`Learner.process`, routes the dead letters, writes the refreshed lists to Redis and
 the checkpoints to the changelog tables. Everything here is unit-tested without a broker.
 
->>> from streams.settings import Settings
+>>> from streams.settings import Settings, load_model_class
 >>> from streams.state.store import MemoryStateStore
 >>> learner = Learner(Settings(n_factors=8), MemoryStateStore())
 >>> msg = RawMessage(b"u1", b'{"event_id":"e1","user_id":"u1","item_id":"i1","kind":"view","ts":1000}', "t", 0, 0)
@@ -21,18 +21,21 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import orjson
 
-from models import BPRMF, Popularity, event_weights
+from models import Popularity, event_weights
 from streams.events import Event, InvalidEvent, decode_batch, decode_event, is_batch, kafka_partition, validate_event
-from streams.settings import Settings
+from streams.settings import Settings, load_model_class
 from streams.state.codecs import StateCorrupt, decode_user, encode_users
 from streams.state.store import StateStore
 from streams.worker.exchange import ItemExchange
 from streams.worker.metrics import KIND_CODES, EngagementWindows, HealthCounters
+
+if TYPE_CHECKING:
+    from models.base import WorkerModel
 
 __all__ = ["Learner", "RawMessage", "MessageLike", "DeadLetter", "BatchOutcome", "EventIdWindow"]
 
@@ -157,7 +160,8 @@ class Learner:
     def __init__(self, settings: Settings, store: StateStore) -> None:
         self.settings = settings
         self.store = store
-        self.model = BPRMF(
+        #: The model ``settings.model`` names (default :class:`models.BPRMF`).
+        self.model: WorkerModel = load_model_class(settings.model)(
             n_factors=settings.n_factors,
             learning_rate=settings.learning_rate,
             regularization=settings.regularization,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings, SettingsError, describe_settings
+from streams.settings import Settings, SettingsError, describe_settings, load_model_class
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -89,3 +89,22 @@ def test_kafka_sasl_and_ssl_options_come_from_the_environment():
     assert "pw-from-env" not in repr(s)  # secrets stay out of logs
     plain = aiokafka_options(Settings.from_env({}))
     assert plain["security_protocol"] == "PLAINTEXT" and "ssl_context" not in plain and faust_credentials(Settings()) is None
+
+
+def test_the_model_setting_defaults_to_bprmf():
+    from models import BPRMF
+
+    assert Settings().model == "models.bpr:BPRMF" and load_model_class(Settings.from_env({}).model) is BPRMF
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("models.bpr.BPRMF", "must be module:Class"),
+    ("models.nowhere:BPRMF", "cannot import models.nowhere"),
+    ("models.bpr:Nothing", "has no class Nothing"),
+    ("models.base:event_weights", "has no class event_weights"),
+    ("models.popularity:Popularity", "lacks methods the worker calls: add_items"),
+])
+def test_the_model_setting_names_an_importable_class_with_the_workers_methods(spec, says):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"STREAMREC_MODEL": spec})
+    assert "STREAMREC_MODEL" in str(info.value) and says in str(info.value)

@@ -13,7 +13,8 @@ from streams.state.codecs import encode_user
 from streams.state.store import MemoryStateStore
 from streams.worker.item_log import ItemSync, MemoryItemLog
 from streams.worker.learner import Learner, RawMessage
-from tests.unit.streams.worker.support import SETTINGS, messages, world_events
+from streams.worker.service import RecommenderService
+from tests.unit.streams.worker.support import SETTINGS, CountingBPRMF, messages, world_events
 
 
 def test_duplicates_are_applied_once():
@@ -227,3 +228,21 @@ def test_a_successor_restoring_from_snapshots_still_knows_which_events_were_publ
             await sync.stop()
 
     asyncio.run(run())
+
+
+def test_the_model_setting_plugs_a_model_class_into_the_learner():
+    settings = Settings.from_env({"STREAMREC_MODEL": "tests.unit.streams.worker.support:CountingBPRMF",
+                                  "STREAMREC_N_FACTORS": "8", "STREAMREC_TOP_N": "10", "STREAMREC_WORKER_ID": "test"})
+    learner = Learner(settings, MemoryStateStore())
+    assert type(learner.model) is CountingBPRMF
+    assert learner.model.built_with == {
+        "n_factors": 8, "learning_rate": settings.learning_rate, "regularization": settings.regularization,
+        "n_negatives": settings.n_negatives, "init_std": settings.init_std, "seed": settings.seed,
+        "track_item_deltas": True,
+    }
+    out = learner.process(messages(world_events(300)))
+    assert learner.model.batches_learned == 1 and len(out.events) == 300
+    lists = learner.recommendations(sorted(out.dirty_users))
+    assert lists and all(len(items) == 10 for items in lists.values())
+    service = RecommenderService(settings, MemoryStateStore(), None, None, None)
+    assert type(service.learner.model) is CountingBPRMF
