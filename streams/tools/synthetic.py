@@ -1,5 +1,8 @@
 """Seeded synthetic short-video traffic for demos, tests and benchmarks.
 
+One file: the world's traffic and the malformed payloads are the two halves of test traffic, what
+the event contract accepts and what it must reject, restating the same limits.
+
 A :class:`SyntheticWorld` holds creators, items, users and communities (topic
 tags) and emits events in the streamrec event contract::
 

@@ -1,5 +1,8 @@
 """One item model across workers: additive item deltas, exchanged through a Kafka topic.
 
+One file: the record format (item numbers, first proposals, as-of offsets) and the bookkeeping
+that writes and applies it are one design, explained once below.
+
 Every worker keeps a full replica of the item side of the model (factors, bias,
 popularity, creator and tags), because it ranks every item for its users. What a worker
 learns about items, it publishes every ``STREAMREC_ITEM_EXCHANGE_INTERVAL_S`` as

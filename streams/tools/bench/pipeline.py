@@ -1,5 +1,8 @@
 """``streamrec bench pipeline``: end-to-end throughput, freshness and memory in one run.
 
+One file: the phases of one end-to-end run, whose producer, freshness probe and service start-up
+``bench freshness`` and ``bench scale`` reuse rather than copy.
+
     streamrec bench pipeline                         # 1M events, 100k users, 100k items (minutes)
     streamrec bench pipeline --events 30000 --users 5000 --items 3000 --json
 

@@ -1,5 +1,8 @@
 """``streamrec bench scale``: what 1, 2, 4 ... workers sharing one item model give, run after run.
 
+One file: its phases share one run's state (the stream, the workers, their CPU samples) and are
+read top to bottom against this docstring, which defines every number it reports.
+
     streamrec bench scale --workers 1 2 4                       # 150k events per run (minutes)
     streamrec bench scale --workers 1 2 --events 20000 --holdout 4000 --users 3000 --items 1000 --json
     streamrec bench scale --workers 1 2 4 --restart             # W >= 2 again, one worker killed mid-run
