@@ -2,7 +2,7 @@
 
     python bench/worker_parts.py                 # ~30 s; starts its own redis-server on a free port
     python bench/worker_parts.py --no-redis      # metrics and state codecs only
-    git show 615feda:streams/worker/metrics.py > /tmp/dict_metrics.py
+    git show 615feda:streams/metrics.py > /tmp/dict_metrics.py
     python bench/worker_parts.py --metrics-module /tmp/dict_metrics.py   # windows of per-event dicts and sets
 
 1. ``EngagementWindows``: 200k synthetic events (100k users, 20k items) in batches of 5,000,
@@ -196,7 +196,7 @@ def bench_redis(server: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics-module", help="path of another revision's streams/worker/metrics.py to time")
+    parser.add_argument("--metrics-module", help="path of another revision's metrics module (streams/worker/metrics.py, earlier streams/metrics.py) to time")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--redis-server", default="redis-server")
     args = parser.parse_args()
