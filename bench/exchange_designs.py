@@ -7,13 +7,13 @@
     python bench/exchange_designs.py --seeds 1 --seed 7   # one world, seed 7
 
 A seeded simulation in virtual time, without Kafka or Redis. Every row learns the same
-events of one :class:`streams.synthetic.SyntheticWorld` (20,000 users x 5,000 items):
+events of one :class:`streams.tools.synthetic.SyntheticWorld` (20,000 users x 5,000 items):
 150,000 training events, then the next 30,000 held back. Users are split into 12
 partitions as Kafka's default partitioner does (:func:`streams.events.kafka_partition`);
 learner ``w`` of ``W`` owns the partitions ``p % W == w``.
 
 **Virtual time.** A tick is 500 events of the stream (25 ms at 20,000 events/s). In each
-tick every learner learns its share of the tick's events the way :mod:`streams.pipeline`
+tick every learner learns its share of the tick's events the way :mod:`streams.worker.learner`
 does: new items first (``BPRMF.add_items`` with the events' tags), then
 ``BPRMF.learn_batch`` and ``Popularity.learn_batch`` with the weights of
 :func:`models.event_weights` (view 1 / like 3 / share 5) and ``item_tags=``. BPRMF has
@@ -22,13 +22,13 @@ as workers have. The exchange interval ``s`` and the hop latency ``d`` are in ti
 message sent at the end of a tick is applied ``d`` ticks later (``d`` ticks are learned
 without it), before the next tick learns.
 
-**Design A, additive deltas** (shipped: :mod:`streams.exchange`). Each learner has a real
-:class:`streams.exchange.ItemExchange`; every ``s`` ticks its ``take_records`` go into an
+**Design A, additive deltas** (shipped: :mod:`streams.worker.exchange`). Each learner has a real
+:class:`streams.worker.exchange.ItemExchange`; every ``s`` ticks its ``take_records`` go into an
 in-memory log per item partition, which every learner reads ``d`` ticks later in log
 order with ``ItemExchange.apply`` (its own records too: they confirm its proposals).
 
 **Design B, item owners** (simulated here with the ``BPRMF`` / ``Popularity`` methods).
-Item partition ``p`` (:func:`streams.exchange.item_partition`) belongs to the learner of
+Item partition ``p`` (:func:`streams.worker.exchange.item_partition`) belongs to the learner of
 events partition ``p``, whose replica holds the authoritative rows: its own updates to
 them apply there at once. Every ``s`` ticks each learner sends the deltas it learned for
 other owners' items (the same deltas as in A, with starting-point proposals for the items
@@ -39,7 +39,7 @@ its items changed since its previous broadcast to every other learner (second ho
 they sent them until a later broadcast includes them. The owners broadcast ``d`` ticks
 after the learners send, in the tick the deltas arrive: B's best phase (a remote change
 is at most ``s + 2d - 1`` ticks old when applied; in A ``s + d - 1``). Messages use A's
-record format (:func:`streams.exchange.encode_update`), so bytes compare like for like.
+record format (:func:`streams.worker.exchange.encode_update`), so bytes compare like for like.
 
 **Rows.** ``reference``: one learner, every event. For W in {2, 4}: A and B at
 ``(s, d)`` = (10, 1) ticks (0.25 s, 25 ms) and (40, 2) (1 s, 50 ms), and the diagnostic
@@ -105,8 +105,8 @@ import orjson
 
 from models import BPRMF, Popularity, event_weights
 from streams.events import kafka_partition
-from streams.exchange import ItemExchange, ItemUpdate, decode_update, encode_update, item_partition
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
+from streams.worker.exchange import ItemExchange, ItemUpdate, decode_update, encode_update, item_partition
 
 KIND_WEIGHTS = {"view": 1.0, "like": 3.0, "share": 5.0}
 POPULAR_HALF_LIFE_S = 3600.0  # the worker's default (popular_half_life_s)
@@ -206,7 +206,7 @@ class Learner:
         self, s: Stream, rows: np.ndarray,
         on_new: Callable[[list[str]], None], on_meta: Callable[[str, str | None, tuple[str, ...]], None],
     ) -> None:  # fmt: skip
-        """Learn the events ``rows`` as :meth:`streams.pipeline.Pipeline._learn` does."""
+        """Learn the events ``rows`` as :meth:`streams.worker.learner.Learner._learn` does."""
         if not len(rows):
             return
         r = rows.tolist()

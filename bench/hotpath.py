@@ -4,8 +4,8 @@
     python bench/hotpath.py --quick          # 20k x 20k, 50k events
     python bench/hotpath.py --profile        # also print the top of a cProfile of the replay
 
-A ``streams.synthetic.SyntheticWorld`` stream (only numpy) is replayed the way
-``streams.pipeline`` does it, per batch:
+A ``streams.tools.synthetic.SyntheticWorld`` stream (only numpy) is replayed the way
+``streams.worker.learner`` does it, per batch:
 
 1. ``BPRMF.learn_batch(users, items, weights, item_tags=tags)`` and
    ``Popularity.learn_batch(users, items, weights, ts_ms=ts, item_tags=tags)``;
@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import BPRMF, Popularity, event_weights  # noqa: E402
-from streams.synthetic import SyntheticWorld, WorldConfig  # noqa: E402
+from streams.tools.synthetic import SyntheticWorld, WorldConfig  # noqa: E402
 
 TOP_N = 50
 

@@ -4,7 +4,7 @@
 
 Memory is measured with tracemalloc (numpy reports its buffers to it) as the slope
 between two sizes, so fixed costs cancel out. "model" is models.BPRMF (factors, biases,
-id maps); "worker" is streams.pipeline.Pipeline with its in-memory state store, i.e.
+id maps); "worker" is streams.worker.learner.Learner with its in-memory state store, i.e.
 what a worker holds per user and item: factors, id maps, the engaged-items history
 (one item per user here), the popularity counts, the user checkpoint copies and the item
 exchange's bookkeeping (delta sums, item numbers).
@@ -50,12 +50,12 @@ def model_bytes(n_users: int, n_items: int, k: int) -> int:
 def worker_bytes(n_users: int, n_items: int, k: int) -> int:
     import orjson
 
-    from streams.pipeline import Pipeline, RawMessage
     from streams.settings import Settings
-    from streams.state import MemoryStateStore
+    from streams.state.store import MemoryStateStore
+    from streams.worker.learner import Learner, RawMessage
 
     def build():
-        pipe = Pipeline(Settings(n_factors=k), MemoryStateStore())
+        learner = Learner(Settings(n_factors=k), MemoryStateStore())
         n = max(n_users, n_items)
         messages = [
             RawMessage(f"u{m % n_users:07d}".encode(), orjson.dumps({
@@ -66,14 +66,14 @@ def worker_bytes(n_users: int, n_items: int, k: int) -> int:
         ]
         offset = 0
         for lo in range(0, n, 2000):
-            outcome = pipe.process(messages[lo:lo + 2000])
-            pipe.checkpoint(sorted(outcome.dirty_users))
-            for partition, _, value in pipe.exchange.take_records(0):  # read back, as from the item log
-                pipe.exchange.apply(partition, offset, value, 0)
+            outcome = learner.process(messages[lo:lo + 2000])
+            learner.checkpoint(sorted(outcome.dirty_users))
+            for partition, _, value in learner.exchange.take_records(0):  # read back, as from the item log
+                learner.exchange.apply(partition, offset, value, 0)
                 offset += 1
         del messages
-        pipe.seen_event_ids = type(pipe.seen_event_ids)(0)  # the dedup window is a fixed cost, not per entity
-        return pipe
+        learner.seen_event_ids = type(learner.seen_event_ids)(0)  # the dedup window is a fixed cost, not per entity
+        return learner
 
     return _allocated(build)
 
@@ -95,7 +95,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, k = {args.factors}")
     print("| state | bytes per user | bytes per item |")
     print("| --- | ---: | ---: |")
-    for name, measure in (("model (BPRMF)", model_bytes), ("worker (pipeline + checkpoints)", worker_bytes)):
+    for name, measure in (("model (BPRMF)", model_bytes), ("worker (learner + checkpoints)", worker_bytes)):
         users = args.users if name.startswith("model") else args.users // 4
         items = args.items if name.startswith("model") else args.items // 4
         per_user, per_item = per_entity(measure, users, items, args.factors)

@@ -19,7 +19,7 @@ Two kinds of factors:
    bias ``0.3 z`` (+ noise), so popular items are long and biased up. Users mix 1-3
    communities (Dirichlet) plus noise, with log-normal norms. Exclusions: 50 random items
    per user. At 10k, 100k and 1M items.
-2. *Learned*: ``models.BPRMF`` (k = 64) trained on a ``streams.synthetic.SyntheticWorld``
+2. *Learned*: ``models.BPRMF`` (k = 64) trained on a ``streams.tools.synthetic.SyntheticWorld``
    stream in batches of 2,000 events; exclusions are each user's history (every item it
    touched). Smaller catalog (20k items, 1M events; quick: 5k items, 200k events).
 
@@ -57,7 +57,7 @@ from _machine import cpu_model  # bench/ is on sys.path when run as a script
 from ivf_index import IVFIndex
 
 from models import BPRMF, event_weights
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 
 N_TOP = 50
 FACTORS = 64

@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streams.events import KINDS, Event  # noqa: E402
-from streams.synthetic import SyntheticWorld, WorldConfig  # noqa: E402
+from streams.tools.synthetic import SyntheticWorld, WorldConfig  # noqa: E402
 
 
 def median_us(fn: Callable[[], Any], n: int, repeats: int = 7) -> float:
@@ -54,7 +54,7 @@ def bench_metrics(module_path: str | None) -> None:
         sys.modules[spec.name] = metrics
         spec.loader.exec_module(metrics)
     else:
-        import streams.metrics as metrics
+        import streams.worker.metrics as metrics
     world = SyntheticWorld(WorldConfig(users=100_000, items=20_000, seed=1))
     events = [Event(d["event_id"], d["user_id"], d["item_id"], d["kind"], d["ts"], d.get("watch_ms"),
                     d.get("creator_id"), tuple(d.get("tags", ()))) for d in
@@ -89,7 +89,7 @@ def bench_metrics(module_path: str | None) -> None:
 
 
 def bench_state() -> None:
-    from streams.state import ItemState, encode_item, encode_items, encode_user, encode_users
+    from streams.state.codecs import ItemState, encode_item, encode_items, encode_user, encode_users
 
     rng = np.random.default_rng(0)
     n = 5000
@@ -114,7 +114,7 @@ LUA = b"for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', 
 async def redis_methods(port: int) -> None:
     import redis.asyncio as aioredis
 
-    from streams.cache import RecsWriter, async_redis, encode_list, encode_lists
+    from streams.io.redis import RecsWriter, async_redis, encode_list, encode_lists
     from streams.settings import Settings
 
     settings = Settings.from_env({}, redis_url=f"redis://127.0.0.1:{port}/0", redis_prefix="bench")
@@ -196,7 +196,7 @@ def bench_redis(server: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics-module", help="path of another revision's streams/metrics.py to time")
+    parser.add_argument("--metrics-module", help="path of another revision's metrics module (streams/worker/metrics.py, earlier streams/metrics.py) to time")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--redis-server", default="redis-server")
     args = parser.parse_args()

@@ -32,7 +32,6 @@ import redis.asyncio.cluster
 import redis.cluster
 from aiokafka import AIOKafkaProducer
 
-from streams.cache import REDIS_ERRORS, async_redis, sync_redis
 from streams.events import (
     BATCH_HEADER,
     MAX_BATCH_BYTES,
@@ -42,7 +41,8 @@ from streams.events import (
     join_batch,
     kafka_partition,
 )
-from streams.kafka import aiokafka_options, ensure_topics
+from streams.io.kafka import aiokafka_options, ensure_topics
+from streams.io.redis import REDIS_ERRORS, async_redis, sync_redis
 from streams.settings import Settings
 
 __all__ = ["EventProducer", "SyncEventProducer", "RecsReader", "AsyncRecsReader", "Recommendations", "RecSource"]

@@ -14,6 +14,7 @@ environment and never appear in ``repr``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any, Literal, Mapping, get_args, get_type_hints
 
 from streams.errors import StreamrecError
 
-__all__ = ["Settings", "SettingsError", "ENV_PREFIX", "describe_settings"]
+__all__ = ["Settings", "SettingsError", "ENV_PREFIX", "describe_settings", "load_model_class", "WORKER_MODEL_METHODS"]
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -89,6 +90,10 @@ class Settings:
     max_history: int = _setting(5000, "Items remembered per user (most recent) to exclude from their list.")
 
     # --- Learning (online SGD, BPR matrix factorisation) ----------------------------------
+    model: str = _setting(
+        "models.bpr:BPRMF", "The worker's model class, as module:Class: built with the learning settings below, it "
+        "must have the methods the worker calls (models.base.WorkerModel)."
+    )
     n_factors: int = _setting(32, "Latent factors per user and per item.")
     learning_rate: float = _setting(0.075, "SGD learning rate (item step; users take half of it).")
     regularization: float = _setting(0.01, "L2 regularisation.")
@@ -253,6 +258,44 @@ class Settings:
             raise SettingsError("STREAMREC_REDIS_URL must start with redis://, rediss:// or unix://")
         if self.redis_cluster and not self.redis_url.startswith(("redis://", "rediss://")):
             raise SettingsError("STREAMREC_REDIS_CLUSTER needs a redis:// or rediss:// STREAMREC_REDIS_URL (a node's address)")
+        load_model_class(self.model)
+
+
+#: What the worker calls on its model (the methods of ``models.base.WorkerModel``).
+WORKER_MODEL_METHODS = (
+    "add_items", "learn_batch", "has_user", "user_vectors", "set_user_vectors", "top_n_matrix", "item_index",
+    "item_ids_at", "item_vectors", "set_item_vectors", "item_tags", "set_item_tags", "take_item_deltas",
+    "peek_item_deltas", "add_item_deltas",
+)
+
+
+def load_model_class(spec: str) -> type[Any]:
+    """The class ``spec`` (``module:Class``, as ``STREAMREC_MODEL``) names.
+
+    Raises :class:`SettingsError` if it cannot be imported or lacks a method the worker calls.
+
+    >>> load_model_class("models.bpr:BPRMF").__name__
+    'BPRMF'
+    >>> load_model_class("models.popularity:Popularity")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    streams.settings.SettingsError: STREAMREC_MODEL=models.popularity:Popularity lacks methods the worker calls: add_items, ...
+    """
+    module_name, colon, class_name = spec.partition(":")
+    if not (module_name and colon and class_name):
+        raise SettingsError(f"STREAMREC_MODEL must be module:Class (an import path), got {spec!r}")
+    try:
+        found: Any = importlib.import_module(module_name)
+    except Exception as exc:  # a missing module, or an error while importing it
+        raise SettingsError(f"STREAMREC_MODEL={spec}: cannot import {module_name} ({exc!r})") from None
+    for name in class_name.split("."):
+        found = getattr(found, name, None)
+    if not isinstance(found, type):
+        raise SettingsError(f"STREAMREC_MODEL={spec}: {module_name} has no class {class_name}")
+    missing = [method for method in WORKER_MODEL_METHODS if not callable(getattr(found, method, None))]
+    if missing:
+        raise SettingsError(f"STREAMREC_MODEL={spec} lacks methods the worker calls: {', '.join(missing)}")
+    return found
 
 
 def _parse(name: str, hint: Any, raw: str) -> Any:

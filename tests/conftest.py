@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from streams.dev import free_port
 from streams.settings import Settings
+from streams.tools.dev import free_port
 
 TEST_BROKER_ENV = "STREAMREC_TEST_BROKER"
 
@@ -33,7 +33,7 @@ class Services:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    from streams.dev import DevServices
+    from streams.tools.dev import DevServices
 
     external = os.environ.get(TEST_BROKER_ENV, "").strip()
     state_dir = tmp_path_factory.mktemp("services")
@@ -47,10 +47,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real Redis Cluster of 3 primaries on free loopback ports (``streams.dev.start_redis_cluster``),
+    """A real Redis Cluster of 3 primaries on free loopback ports (``streams.tools.dev.start_redis_cluster``),
     for the whole session; point settings at it with ``make_settings(redis_url=redis_cluster.url,
     redis_cluster=True)``. ``redis_cluster.ports`` are its nodes' ports."""
-    from streams.dev import start_redis_cluster
+    from streams.tools.dev import start_redis_cluster
 
     cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
@@ -87,7 +87,7 @@ def make_settings(services: Services) -> Callable[..., Settings]:
 @pytest.fixture
 def start_worker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[Settings], Any]]:
     """Start ``streamrec worker`` processes; all are stopped after the test (log shown on failure)."""
-    from streams.worker_process import WorkerProcess
+    from streams.tools.worker_process import WorkerProcess
 
     workers: list[WorkerProcess] = []
 

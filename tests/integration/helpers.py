@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from streams.client import EventProducer, Recommendations, RecsReader
-from streams.kafka import aiokafka_options, assign_all_partitions
+from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
 T = TypeVar("T")

@@ -23,9 +23,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.kafka import aiokafka_options, assign_all_partitions
+from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
-from streams.state import decode_user
+from streams.state.codecs import decode_user
 
 WINDOW_TYPES = ("item", "creator", "tag")
 COLUMNS = {"view": 0, "like": 1, "share": 2}

@@ -8,14 +8,14 @@ import sys
 import orjson
 import pytest
 
-from streams.bench_pipeline import RESULT_KEYS
+from streams.tools.bench.pipeline import RESULT_KEYS
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_pipeline_tiny_run_reports_every_number(services, tmp_path) -> None:
     cmd = [
-        sys.executable, "-m", "streams.cli", "bench", "pipeline",
+        sys.executable, "-m", "streams.tools.cli", "bench", "pipeline",
         "--events", "3000", "--users", "500", "--items", "300",
         "--freshness-seconds", "3", "--sample-every", "10",
         "--recall-events", "3000", "--recall-users", "100",

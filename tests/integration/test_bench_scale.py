@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.bench_scale import RESULT_KEYS, ScaleOptions, _table, run_scale
+from streams.tools.bench.scale import RESULT_KEYS, ScaleOptions, _table, run_scale
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.cache import RecsWriter, async_redis
 from streams.client import RecsReader
-from streams.dev import DevServices
+from streams.io.redis import RecsWriter, async_redis
 from streams.settings import Settings
+from streams.tools.dev import DevServices
 from tests.integration.helpers import read_recs, wait_for
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 def streamrec(settings: Settings, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, **settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], input=stdin, env=env,
+    return subprocess.run([sys.executable, "-m", "streams.tools.cli", *args], input=stdin, env=env,
                           capture_output=True, timeout=timeout)
 
 

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from streams.client import RecsReader
-from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
+from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import produce, produce_raw
 from tests.integration.oracle import Expected, assert_oracle, health_records, wait_for_oracle
 

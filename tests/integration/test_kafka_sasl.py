@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from streams.client import EventProducer
 from streams.settings import Settings
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, read_recs, wait_for
 from tests.integration.oracle import Expected, assert_oracle, wait_for_oracle
 

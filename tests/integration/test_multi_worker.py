@@ -1,7 +1,7 @@
 """Several workers, one recommender: the item model, the catalog and popularity are the group's.
 
 Real workers (child processes) on a real broker and Redis. Each worker owns the users of its
-events partitions; what any worker learns about items reaches the others (streams.exchange).
+events partitions; what any worker learns about items reaches the others (streams.worker.exchange).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from models import Popularity, event_weights
-from streams.cache import sync_redis
 from streams.events import kafka_partition
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.io.redis import sync_redis
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, read_recs, wait_for
 from tests.integration.oracle import Expected, wait_for_oracle
 from tests.integration.test_faults import Producer

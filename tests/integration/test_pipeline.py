@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streams.client import RecsReader
-from streams.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
+from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from tests.integration.helpers import consume, metric_records, produce, produce_raw, read_recs, wait_for
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_every_kind_of_invalid_input_is_dead_lettered_and_the_worker_keeps_going
 def test_restarted_worker_resumes_with_its_learned_state(services, make_settings, start_worker):
     # On Tansu too: it reports a partition's end as the base offset of its last record batch + 1;
     # each checkpoint ends every changelog partition with a one-record batch, so that end comes
-    # out right (streams.tables.MARKER_KEY).
+    # out right (streams.state.table_store.MARKER_KEY).
     settings = make_settings()
     world = SyntheticWorld(WorldConfig(users=300, items=400, creators=60, communities=8, seed=11))
     worker = start_worker(settings, "first")

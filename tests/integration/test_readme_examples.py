@@ -27,9 +27,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.cache import sync_redis
+from streams.io.redis import sync_redis
 from streams.settings import Settings
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -123,7 +123,7 @@ def bin_dir(tmp_path: Path) -> Path:
     shim_dir = tmp_path / "bin"
     shim_dir.mkdir()
     shim = shim_dir / "streamrec"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m streams.cli "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m streams.tools.cli "$@"\n')
     shim.chmod(0o755)
     return shim_dir
 

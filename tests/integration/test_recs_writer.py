@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import redis
 
-from streams.cache import RecsWriter, async_redis, encode_list
-from streams.dev import free_port
+from streams.io.redis import RecsWriter, async_redis, encode_list
+from streams.tools.dev import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -95,8 +95,8 @@ def test_lists_over_tls_with_a_verified_server_certificate(tmp_path):
     import subprocess
 
     from streams.client import RecsReader
-    from streams.dev import find_redis_server, start_redis
     from streams.settings import Settings
+    from streams.tools.dev import find_redis_server, start_redis
 
     openssl = shutil.which("openssl")
     if openssl is None:

@@ -1,6 +1,6 @@
 """Redis Cluster: the packed writer routes by slot, readers use MGET per slot, against a real 3-node cluster.
 
-The cluster is the session fixture ``redis_cluster`` (3 primaries started by ``streams.dev.start_redis_cluster``);
+The cluster is the session fixture ``redis_cluster`` (3 primaries started by ``streams.tools.dev.start_redis_cluster``);
 tests that stop their cluster start one of their own.
 """
 
@@ -16,9 +16,9 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from streams.cache import RecsWriter, async_redis, encode_list
 from streams.client import AsyncRecsReader, RecsReader
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.io.redis import RecsWriter, async_redis, encode_list
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -193,7 +193,7 @@ def test_list_whose_slot_moved_to_another_node_between_two_writes_is_written_on_
             _finish_migration(slot, source, target, redis_cluster.ports)  # the list moves with its slot
             assert client.get_node_from_key(key).port == source  # the writer's slot map is now out of date
             caplog.clear()
-            with caplog.at_level(logging.INFO, logger="streams.cache"):
+            with caplog.at_level(logging.INFO, logger="streams.io.redis"):
                 await writer.write_lists(users, items[::-1], scores, popular=None, model_version="m2", updated_ms=2)
             assert any("redirected" in r.getMessage() for r in caplog.records)  # the old owner answered MOVED
             assert client.get_node_from_key(key).port == target  # the slot map was read again
@@ -226,7 +226,7 @@ def test_list_of_a_slot_being_migrated_is_written_on_the_importing_node_when_the
                                      updated_ms=1)  # reads the slot map; users[0] has no list yet
             _start_migration(slot, source, target)  # the old owner does not have the key: it answers ASK
             try:
-                with caplog.at_level(logging.INFO, logger="streams.cache"):
+                with caplog.at_level(logging.INFO, logger="streams.io.redis"):
                     await writer.write_lists(users, items, scores, popular=None, model_version="m1", updated_ms=1)
                 assert any("redirected" in r.getMessage() for r in caplog.records)
             finally:
@@ -242,8 +242,8 @@ def test_list_of_a_slot_being_migrated_is_written_on_the_importing_node_when_the
 
 
 def test_readers_answer_unavailable_and_the_writer_raises_a_redis_error_when_the_cluster_is_down(tmp_path):
-    from streams.dev import start_redis_cluster
     from streams.settings import Settings
+    from streams.tools.dev import start_redis_cluster
 
     cluster = start_redis_cluster(tmp_path)
     try:

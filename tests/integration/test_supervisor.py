@@ -14,9 +14,9 @@ import orjson
 import pytest
 import redis
 
-from streams.cache import sync_redis
+from streams.io.redis import sync_redis
 from streams.settings import Settings
-from streams.synthetic import SyntheticWorld, WorldConfig
+from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, wait_for
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def test_two_worker_processes_split_the_partitions_and_stop_together_on_sigterm(
     log_path = tmp_path / "supervisor.log"
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:  # Faust's <app_id>-data lands in tmp_path
-        supervisor = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--processes", "2"],
+        supervisor = subprocess.Popen([sys.executable, "-m", "streams.tools.cli", "worker", "--processes", "2"],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       cwd=tmp_path)
     child_pids: dict[str, int] = {}

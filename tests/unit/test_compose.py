@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from streams.cli import build_parser
 from streams.settings import ENV_PREFIX, Settings
+from streams.tools.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -413,7 +413,7 @@ def test_dockerfile_entrypoint_is_the_console_script() -> None:
     final = dict(_final_stage())
     entrypoint = json.loads(final["ENTRYPOINT"])  # exec form
     assert len(entrypoint) == 1 and entrypoint[0] in scripts
-    assert scripts[entrypoint[0]] == "streams.cli:main"
+    assert scripts[entrypoint[0]] == "streams.tools.cli:main"
     cmd = json.loads(final["CMD"])
     assert cmd == ["worker"]
     build_parser().parse_args(cmd)

@@ -7,13 +7,13 @@ import pytest
 from models import InvalidInputError, ModelError, UnknownIdError
 from models.datasets import DatasetError
 from models.river_adapter import RiverNotInstalledError
-from streams.dev import DevServicesError
 from streams.errors import StreamrecError
 from streams.events import InvalidEvent
-from streams.exchange import ItemUpdateCorrupt
 from streams.settings import Settings, SettingsError
-from streams.state import StateCorrupt
-from streams.worker_process import WorkerFailed
+from streams.state.codecs import StateCorrupt
+from streams.tools.dev import DevServicesError
+from streams.tools.worker_process import WorkerFailed
+from streams.worker.exchange import ItemUpdateCorrupt
 
 
 @pytest.mark.parametrize("error", [SettingsError, InvalidEvent, StateCorrupt, ItemUpdateCorrupt, DevServicesError,

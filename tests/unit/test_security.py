@@ -37,7 +37,7 @@ def test_no_code_executing_deserialisation_anywhere() -> None:
 
 def test_every_faust_topic_and_table_uses_raw_bytes() -> None:
     """Faust could decode with pickle if asked; every topic and table of ours takes raw bytes."""
-    text = "".join((ROOT / "streams" / name).read_text() for name in ("topics.py", "tables.py"))
+    text = "".join((ROOT / "streams" / "worker" / name).read_text() for name in ("topics.py", "tables.py"))
     assert "pickle" not in text
     assert text.count('value_serializer="raw"') + text.count("value_type=bytes") >= 5
 
