@@ -56,7 +56,7 @@ class Recommender(Protocol):
 class WorkerModel(Protocol):
     """What the streaming worker calls on its factor model: implement it to plug in another model.
 
-    :class:`~streams.pipeline.Pipeline` and :class:`~streams.exchange.ItemExchange` call
+    :class:`~streams.worker.learner.Learner` and :class:`~streams.worker.exchange.ItemExchange` call
     exactly these members (the health records and the item-log restore read the two
     counts). Ids are strings. A model numbers its items 0, 1, 2, ... in the order it
     creates them and never renumbers them: the *index*. Every worker holds a full

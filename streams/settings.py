@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 import socket
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Literal, Mapping, get_args, get_type_hints
 
 from streams.errors import StreamrecError
 
-__all__ = ["Settings", "SettingsError", "ENV_PREFIX", "describe_settings", "load_model_class", "WORKER_MODEL_METHODS"]
+__all__ = ["Settings", "SettingsError", "ENV_PREFIX", "describe_settings", "load_model_class", "worker_model_methods"]
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -261,12 +262,16 @@ class Settings:
         load_model_class(self.model)
 
 
-#: What the worker calls on its model (the methods of ``models.base.WorkerModel``).
-WORKER_MODEL_METHODS = (
-    "add_items", "learn_batch", "has_user", "user_vectors", "set_user_vectors", "top_n_matrix", "item_index",
-    "item_ids_at", "item_vectors", "set_item_vectors", "item_tags", "set_item_tags", "take_item_deltas",
-    "peek_item_deltas", "add_item_deltas",
-)
+def worker_model_methods() -> tuple[str, ...]:
+    """The methods the worker calls on its model: those of :class:`models.base.WorkerModel`.
+
+    >>> "top_n_matrix" in worker_model_methods()
+    True
+    """
+    from models.base import WorkerModel
+
+    return tuple(sorted(name for name, member in vars(WorkerModel).items()
+                        if not name.startswith("_") and inspect.isfunction(member)))
 
 
 def load_model_class(spec: str) -> type[Any]:
@@ -279,7 +284,7 @@ def load_model_class(spec: str) -> type[Any]:
     >>> load_model_class("models.popularity:Popularity")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    streams.settings.SettingsError: STREAMREC_MODEL=models.popularity:Popularity lacks methods the worker calls: add_items, ...
+    streams.settings.SettingsError: STREAMREC_MODEL=models.popularity:Popularity lacks methods the worker calls: add_item_deltas, ...
     """
     module_name, colon, class_name = spec.partition(":")
     if not (module_name and colon and class_name):
@@ -292,7 +297,7 @@ def load_model_class(spec: str) -> type[Any]:
         found = getattr(found, name, None)
     if not isinstance(found, type):
         raise SettingsError(f"STREAMREC_MODEL={spec}: {module_name} has no class {class_name}")
-    missing = [method for method in WORKER_MODEL_METHODS if not callable(getattr(found, method, None))]
+    missing = [method for method in worker_model_methods() if not callable(getattr(found, method, None))]
     if missing:
         raise SettingsError(f"STREAMREC_MODEL={spec} lacks methods the worker calls: {', '.join(missing)}")
     return found

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_freshness_tiny_run_reports_the_curve_with_every_probe_found(services, tmp_path) -> None:
     cmd = [
-        sys.executable, "-m", "streams.cli", "bench", "freshness",
+        sys.executable, "-m", "streams.tools.cli", "bench", "freshness",
         "--users", "500", "--items", "300", "--warmup", "3000", "--settle-s", "0",
         "--rates", "200,400", "--hold-s", "3", "--sample-every", "10", "--slo-ms", "60000",
         "--bootstrap", services.broker_url, "--redis-url", services.redis_url, "--json",

@@ -205,7 +205,8 @@ def test_bad_inputs_raise_model_error(make: Callable[[], Recommender]) -> None:
 # ----------------------------------------------------------- WorkerModel
 ROOT = Path(__file__).resolve().parents[3]
 #: The streams modules that hold the worker's model: the pipeline, the item exchange, and two readers of its counts.
-WORKER_SOURCES = ("streams/pipeline.py", "streams/exchange.py", "streams/service.py", "streams/item_log.py")
+WORKER_SOURCES = ("streams/worker/learner.py", "streams/worker/exchange.py", "streams/worker/service.py",
+                  "streams/worker/item_log.py", "streams/worker/checkpoint.py")
 
 
 def worker_model_members() -> set[str]:

@@ -23,8 +23,8 @@ from models.datasets import (
 )
 from models.evaluate import PrequentialResult, ScoresAllItems, prequential
 from models.river_adapter import RiverKind, RiverMF, river_available
-from streams import eval_cli
-from streams.cli import main as cli_main
+from streams.tools import eval as eval_cli
+from streams.tools.cli import main as cli_main
 from tests.unit.planted import planted_stream
 
 REQUIRED_KEYS = {"model", "events", "evaluated", "hr_at_10", "ndcg_at_10", "recall_at_20", "learn_events_per_s",
