@@ -3,6 +3,7 @@
     streamrec eval --data ml-100k/u.data --format movielens
     streamrec eval --data events.jsonl --format jsonl --model bpr popularity --json
     streamrec eval --data ratings.dat --format movielens --batch-size 2000 --limit 200000
+    streamrec eval --scenario binge --json
 
 Every model goes through the same test-then-learn loop (:func:`models.evaluate.prequential`)
 over the events in time order. Models, each with its library defaults (no per-dataset tuning):
@@ -17,8 +18,12 @@ over the events in time order. Models, each with its library defaults (no per-da
 
 Default: bpr, popularity, recent-popularity and river-biasedmf (skipped with a note when River
 is not installed; naming a River model without River is an error). Results go to stdout as a
-table, or as one JSON object per model per line with ``--json``; notes and progress go to
-stderr. A missing or malformed dataset exits with status 2 and a one-line message.
+table (then HR@10 split by the user's history length and by the item's age), or as one JSON
+object per model per line with ``--json``; notes and progress go to stderr. A missing or
+malformed dataset exits with status 2 and a one-line message.
+
+``--scenario binge`` runs :mod:`streams.tools.binge` instead (no dataset): how fast lists follow
+a user's binge of one community, for new users and for established users switching.
 """
 
 from __future__ import annotations
@@ -63,9 +68,9 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``streamrec eval``."""
-    parser.add_argument("--data", required=True, metavar="PATH",
+    parser.add_argument("--data", metavar="PATH",
                         help="dataset file (for movielens also a directory holding u.data, ratings.dat or ratings.csv)")
-    parser.add_argument("--format", required=True, choices=_FORMATS,
+    parser.add_argument("--format", choices=_FORMATS,
                         help="movielens ratings (rating >= 4.5 share, >= 3.5 like, else view) or our events")
     parser.add_argument("--model", nargs="+", action="extend", choices=list(MODELS), metavar="NAME",
                         help=f"models to evaluate: {', '.join(MODELS)} (default: {' '.join(DEFAULT_MODELS)})")
@@ -78,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learn every event with weight 1 instead of by kind (view 1, like 3, share 5)")
     parser.add_argument("--with-tags", action="store_true",
                         help="pass item tags to the models (movielens: genres from u.item; csv/jsonl: the tags field)")
+    parser.add_argument("--scenario", choices=["binge"], default=None,
+                        help="instead of a dataset: the binge scenario on the synthetic world (streams.tools.binge)")
+    parser.add_argument("--binge-users", type=_positive_int, default=200, metavar="N",
+                        help="binge scenario: users per group (new, switching); default 200")
+    parser.add_argument("--seed", type=int, default=0, help="binge scenario: the world's and the draws' seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +138,11 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     """Run ``streamrec eval``; ``args`` parsed already (from ``streamrec``) or a list of arguments."""
     if not isinstance(args, argparse.Namespace):
         args = build_parser().parse_args(args)
+    if args.scenario == "binge":
+        return _binge(args)
+    if not args.data or not args.format:
+        _note("--data and --format are required (or --scenario binge)")
+        return 2
     from models.datasets import DatasetError, load_events
     from models.evaluate import prequential
     from models.river_adapter import river_available
@@ -163,6 +178,31 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     return 0
 
 
+def _binge(args: argparse.Namespace) -> int:
+    from streams.tools.binge import BINGE_STEPS, BingeOptions, run_binge
+
+    _note(f"binge scenario: {args.binge_users} new and {args.binge_users} switching users, seed {args.seed}")
+    result = run_binge(BingeOptions(users=args.binge_users, seed=args.seed))
+    if args.json:
+        print(json.dumps(result), flush=True)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="binge: the binged community's share of the top-10, and the binge's next item in it",
+                  caption="new: users never seen before; switching: established users, a community new to them")
+    table.add_column("group")
+    table.add_column("users", justify="right")
+    for k in BINGE_STEPS:
+        table.add_column(f"after {k}: share / next", justify="right")
+    for group in ("new", "switching"):
+        cells = [f"{s:.0%} / {h:.0%}" if s is not None and h is not None else "-"
+                 for s, h in zip(result[group]["share"], result[group]["next_hit"])]
+        table.add_row(group, f"{result['users_per_group'][group]:,}", *cells)
+    Console().print(table)
+    return 0
+
+
 def _print_table(results: Sequence[PrequentialResult], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -178,6 +218,18 @@ def _print_table(results: Sequence[PrequentialResult], args: argparse.Namespace)
                       f"{r.hr_at_10:.4f}", f"{r.ndcg_at_10:.4f}", f"{r.recall_at_20:.4f}",
                       f"{r.learn_events_per_s:,.0f}", f"{r.seconds:.1f}")
     Console().print(table)
+    for split, title in (("history", "HR@10 by the event's number among the user's items"),
+                         ("item_age", "HR@10 by the item's age (time since its first event)")):
+        buckets = list(results[0].segments[split]) if results else []
+        table = Table(title=title, caption="tests in each bucket in brackets; first events are not in the headline")
+        table.add_column("model")
+        for bucket in buckets:
+            table.add_column(bucket, justify="right")
+        for r in results:
+            cells = r.segments[split]
+            table.add_row(r.model, *(f"{c['hr_at_10']:.4f} ({c['evaluated']:,})" if c["hr_at_10"] is not None
+                                     else f"- ({c['evaluated']:,})" for c in cells.values()))
+        Console().print(table)
 
 
 if __name__ == "__main__":

@@ -406,6 +406,7 @@ def test_cli_batch_size_and_table(ratings: Path, capsys: pytest.CaptureFixture[s
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "popularity" in out and "HR@10" in out and "batch size 50" in out
+    assert "by the event's number among the user's items" in out and "2-5" in out and "by the item's age" in out
 
 
 def test_cli_default_models_skip_river_when_absent(ratings: Path, capsys: pytest.CaptureFixture[str],
