@@ -513,11 +513,7 @@ class BPRMF:
 
     def item_tags(self, item: str) -> tuple[str, ...]:
         """The tags of ``item`` (``()`` if it has none or is unknown)."""
-        x = self._items.get(item)
-        if x is None or x >= len(self._tags.item_tags):
-            return ()
-        names = self._tags.vocab._ids
-        return tuple(names[t] for t in self._tags.item_tags[x])
+        return self._tags.names(self._items.get(item))
 
     def tag_vector(self, tags: Iterable[str]) -> tuple[np.ndarray, float]:
         """The prior of an item with ``tags``: factor vector ``(k,)`` and bias.

@@ -292,11 +292,7 @@ class Popularity:
 
     def item_tags(self, item: str) -> tuple[str, ...]:
         """The tags of ``item`` (``()`` if it has none or is unknown)."""
-        x = self._items.get(item)
-        if x is None or x >= len(self._tags.item_tags):
-            return ()
-        names = self._tags.vocab._ids
-        return tuple(names[t] for t in self._tags.item_tags[x])
+        return self._tags.names(self._items.get(item))
 
     def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None:
         """Set (replace) the tags of ``items``; unknown items are added with a count of 0.

@@ -68,6 +68,13 @@ class TagIndex:
             t[: len(self.tagged)] = self.tagged
             self.tagged = t
 
+    def names(self, item: int | None) -> tuple[str, ...]:
+        """The tags of item index ``item`` (``()`` for ``None``, an index past the end or an untagged item)."""
+        if item is None or item >= len(self.item_tags):
+            return ()
+        vocab = self.vocab._ids
+        return tuple(vocab[t] for t in self.item_tags[item])
+
     def set(self, item: int, tags: tuple[str, ...]) -> None:
         """Replace the tags of ``item`` (``()`` untags it)."""
         self.grow(item + 1)
