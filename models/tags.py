@@ -22,7 +22,7 @@ The functions take the index and the model's item factors ``V`` and biases ``b``
 (array([2., 0.], dtype=float32), 2.0)
 >>> set_tags(index, V, b, np.array([2]), [("rock", "pop")], fresh=2)  # item 2 is new: it starts at the prior
 >>> V[2].tolist(), float(b[2]), index.names(2)
-([2.0, 0.0], 2.0, ['rock', 'pop'])
+([2.0, 0.0], 2.0, ('rock', 'pop'))
 """
 
 from __future__ import annotations
@@ -67,13 +67,6 @@ class TagIndex:
             t = np.zeros(max(n_items, 2 * len(self.tagged), 16), bool)
             t[: len(self.tagged)] = self.tagged
             self.tagged = t
-
-    def names(self, item: int | None) -> tuple[str, ...]:
-        """The tags of item index ``item`` (``()`` for ``None``, an index past the end or an untagged item)."""
-        if item is None or item >= len(self.item_tags):
-            return ()
-        vocab = self.vocab._ids
-        return tuple(vocab[t] for t in self.item_tags[item])
 
     def set(self, item: int, tags: tuple[str, ...]) -> None:
         """Replace the tags of ``item`` (``()`` untags it)."""
@@ -142,10 +135,12 @@ class TagIndex:
                 out.append(np.array(self.members[t][-limit:], dtype=np.int64))
         return out
 
-    def names(self, item: int) -> list[str]:
-        """Tags of ``item`` (``[]`` if none)."""
+    def names(self, item: int | None) -> tuple[str, ...]:
+        """The tags of item index ``item`` (``()`` for ``None``, an index past the end or an untagged item)."""
+        if item is None or item >= len(self.item_tags):
+            return ()
         ids = self.vocab._ids
-        return [ids[t] for t in self.item_tags[item]] if item < len(self.item_tags) else []
+        return tuple(ids[t] for t in self.item_tags[item])
 
     def to_arrays(self, n_items: int) -> tuple[list[str], np.ndarray, np.ndarray]:
         self.grow(n_items)
