@@ -41,9 +41,9 @@ def test_bpr_tags_validation_and_first_tags_win() -> None:
     m = BPRMF(n_factors=4)
     m.learn_batch(["a", "b"], ["x", "y"], item_tags=[["t1"], None])
     m.learn_batch(["a", "b"], ["x", "y"], item_tags=[["t2"], ("t1", "t1")])  # x keeps t1; y takes t1
-    assert m._tags.names(m._items.get("x")) == ["t1"] and m._tags.names(m._items.get("y")) == ["t1"]
+    assert m.item_tags("x") == ("t1",) and m.item_tags("y") == ("t1",)
     m.learn_one("c", "z", tags=["t2"])
-    assert m._tags.names(m._items.get("z")) == ["t2"]
+    assert m.item_tags("z") == ("t2",)
     m.set_item_tags(["x"], [[]])  # untag
     assert m._tags.names(m._items.get("x")) == []
     with pytest.raises(ModelError):
@@ -61,7 +61,7 @@ def test_tag_index_first_tags_win_and_round_trip() -> None:
     index.grow(4)
     V, b = np.zeros((4, 2), np.float32), np.zeros(4, np.float32)
     register_tags(index, V, b, np.array([0, 1, 0]), [("a", "b"), None, ("c",)], fresh=0, priors=False)
-    assert index.names(0) == ["a", "b"] and index.names(1) == [] and index.names(3) == []
+    assert index.names(0) == ("a", "b") and index.names(1) == () and index.names(3) == () and index.names(None) == ()
     index.set(2, ("b",))
     vocab, ptr, idx = index.to_arrays(4)
     copy = TagIndex.from_arrays(vocab, ptr, idx, 4)
