@@ -27,6 +27,7 @@ The committed OpenAPI document is regenerated with ``python -m streams.tools.ser
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -303,6 +304,7 @@ def create_app(
     )  # fmt: skip
     app.state.keys = ApiKeys.from_settings(settings)
     read, write = Depends(_require("read")), Depends(_require("write"))
+    sending = asyncio.Lock()
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -376,10 +378,13 @@ def create_app(
             results.append(EventResult(index=index, event_id=event_id, status="accepted"))
         producer: EventProducer = request.app.state.producer
         try:
-            for key, value in encoded:
-                await producer.send_encoded(key, value)
-            if encoded:
-                await producer.flush()
+            # One request's events sent and flushed at a time: a flush reports the delivery errors of every
+            # message sent since the last one, so a failure must not be answered to another request.
+            async with sending:
+                for key, value in encoded:
+                    await producer.send_encoded(key, value)
+                if encoded:
+                    await producer.flush()
         except (KafkaError, OSError) as exc:
             raise ApiError(503, "broker_unavailable", f"events not confirmed by the broker: {exc!r}") from None
         return EventsOut(accepted=len(encoded), rejected=len(items) - len(encoded), results=results)

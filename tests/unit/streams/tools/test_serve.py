@@ -5,6 +5,7 @@ never 500), the committed OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import redis
+from aiokafka.errors import KafkaTimeoutError
 
 from streams.client import AsyncRecsReader, EventProducer
 from streams.events import kafka_partition
@@ -212,6 +214,35 @@ async def test_broker_failure_is_503(serve, fakes):
         answer = await http.post("/v1/events", json=[event(1)])
         kafka.fail = False
     assert (answer.status_code, answer.json()["error"]) == (503, "broker_unavailable")
+
+
+async def test_a_delivery_failure_is_answered_to_the_request_whose_events_failed(serve, fakes, monkeypatch):
+    """Concurrent posts: the one whose events the broker refused gets 503, the other 202 (and its events are sent)."""
+    _, kafka = fakes
+    send = kafka.send
+
+    async def refuse_doomed(topic: str, value: bytes, **options: Any) -> asyncio.Future[Any]:
+        delivery = await send(topic, value, **options)
+        if b'"doomed"' in value:
+            delivery = asyncio.get_running_loop().create_future()
+            delivery.set_exception(KafkaTimeoutError())
+        return delivery
+
+    async def slow_flush() -> None:  # as aiokafka's: other requests run while it waits for the broker
+        await asyncio.sleep(0.02)
+
+    monkeypatch.setattr(kafka, "send", refuse_doomed)
+    monkeypatch.setattr(kafka, "flush", slow_flush)
+    kafka.slow = asyncio.Event()
+    async with serve() as http:
+        fine = asyncio.create_task(http.post("/v1/events", json=[event(2, user_id="fine"), event(3, user_id="fine")]))
+        await asyncio.sleep(0.02)
+        doomed = asyncio.create_task(http.post("/v1/events", json=[event(1, user_id="doomed")]))
+        await asyncio.sleep(0.02)
+        kafka.slow.set()
+        answers = await asyncio.gather(fine, doomed)
+    assert [a.status_code for a in answers] == [202, 503]
+    assert {e["event_id"] for _, e in sent_events(kafka) if e["user_id"] == "fine"} == {"e2", "e3"}
 
 
 @pytest.mark.parametrize("path", ["/v1/recommendations/u1?n=0", "/v1/recommendations/u1?n=x", "/v1/popular?n=1001",
