@@ -52,7 +52,7 @@ from streams.events import MAX_BATCH_EVENTS, MAX_ID, MAX_TAG, MAX_TAGS, InvalidE
 from streams.io.redis import REDIS_ERRORS
 from streams.settings import Settings
 
-__all__ = ["create_app", "openapi_document", "run", "main", "ApiKeys", "is_loopback"]
+__all__ = ["create_app", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,24 +245,49 @@ async def _read_list(request: Request, key: str, source: RecSource, n: int | Non
                    model_version=data.get("model_version"))
 
 
-async def _fresh_workers(reader: AsyncRecsReader, settings: Settings) -> list[str]:
-    """The ids of the workers whose heartbeat is under ``HEARTBEAT_FRESH_MS`` old."""
-    client: Any = reader.client
-    prefix = settings.worker_key("")
-    now_ms = int(time.time() * 1000)
-    fresh = []
-    async for key in client.scan_iter(match=prefix + "*", count=1000):
-        raw = await client.get(key)
-        if raw is None:
-            continue
-        try:
-            beat = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(beat, dict) and now_ms - int(beat.get("heartbeat_ms") or 0) <= HEARTBEAT_FRESH_MS:
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            fresh.append(name[len(prefix):])
-    return sorted(fresh)
+class Heartbeats:
+    """Which workers' heartbeats (``<prefix>:worker:<id>``) are under ``HEARTBEAT_FRESH_MS`` old.
+
+    Finding the workers takes a SCAN of the keyspace, which holds a key per user: it is done at most
+    every ``RESCAN_S`` seconds (or ``RESCAN_IDLE_S`` while none of the known workers is fresh); in between,
+    a readiness check reads the known workers' keys only.
+    """
+
+    RESCAN_S = 60.0
+    RESCAN_IDLE_S = 5.0
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.prefix = settings.worker_key("")
+        self.known: list[str] = []
+        self.scanned_at = float("-inf")
+
+    async def fresh(self, client: Any) -> list[str]:
+        since = self.clock() - self.scanned_at
+        fresh = [] if since >= self.RESCAN_S else await self._fresh(client, self.known)
+        if not fresh and since >= min(self.RESCAN_IDLE_S, self.RESCAN_S):
+            self.known = sorted({_text(key)[len(self.prefix):]
+                                 async for key in client.scan_iter(match=self.prefix + "*", count=1000)})
+            self.scanned_at = self.clock()
+            fresh = await self._fresh(client, self.known)
+        return fresh
+
+    async def _fresh(self, client: Any, workers: list[str]) -> list[str]:
+        now_ms = int(time.time() * 1000)
+        fresh = []
+        for worker in workers:
+            raw = await client.get(self.prefix + worker)
+            try:
+                beat = orjson.loads(raw) if raw is not None else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(beat, dict) and now_ms - int(beat.get("heartbeat_ms") or 0) <= HEARTBEAT_FRESH_MS:
+                fresh.append(worker)
+        return fresh
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def _event_schema() -> dict[str, Any]:
@@ -305,6 +330,7 @@ def create_app(
     app.state.keys = ApiKeys.from_settings(settings)
     read, write = Depends(_require("read")), Depends(_require("write"))
     sending = asyncio.Lock()
+    heartbeats = Heartbeats(settings)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -401,7 +427,7 @@ def create_app(
         reader: AsyncRecsReader = request.app.state.reader
         try:
             await reader.client.ping()
-            workers = await _fresh_workers(reader, settings)
+            workers = await heartbeats.fresh(reader.client)
         except REDIS_ERRORS as exc:
             return JSONResponse(ReadyOut(ready=False, failed="redis", detail=str(exc)).model_dump(), status_code=503)
         if not workers:

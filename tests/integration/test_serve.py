@@ -116,8 +116,8 @@ def test_events_posted_over_http_reach_the_topic_and_the_lists_come_back(make_se
         assert http.get("/v1/trending/t0", headers=writer).json()["source"] == "popular_tag"
         new = http.get("/v1/recommendations/newcomer", params={"tags": "nope,t1"}, headers=reader).json()
         assert new["source"] == "popular_tag" and new["items"]
-        ready = http.get("/readyz")
-        assert ready.status_code == 200 and settings.worker_id in ready.json()["workers"]
+        ready = wait_for(lambda: (answer := http.get("/readyz")).status_code == 200 and answer.json(), timeout=30)
+        assert settings.worker_id in ready["workers"]
         assert http.get("/v1/popular").status_code == 401
     # A graceful stop (the lifespan closes the producer and the reader); uvicorn then re-raises the SIGTERM
     assert server.stop() in (0, -signal.SIGTERM) and "Application shutdown complete" in server.log.read_text()

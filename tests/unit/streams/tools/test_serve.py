@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaTimeoutError
 from streams.client import AsyncRecsReader, EventProducer
 from streams.events import kafka_partition
 from streams.settings import Settings
-from streams.tools.serve import create_app, openapi_document
+from streams.tools.serve import Heartbeats, create_app, openapi_document
 from tests.unit.streams.test_client import FakeKafkaProducer
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -140,8 +140,9 @@ async def test_redis_down_is_503_with_a_reason_never_500(serve, fakes, path):
         assert body["error"] == "redis_unavailable" and "refused" in body["detail"]
 
 
-async def test_readyz_needs_redis_and_a_fresh_worker_heartbeat(serve, fakes):
+async def test_readyz_needs_redis_and_a_fresh_worker_heartbeat(serve, fakes, monkeypatch):
     fake_redis, _ = fakes
+    monkeypatch.setattr(Heartbeats, "RESCAN_IDLE_S", 0.0)  # look for workers again at every check
     async with serve() as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         none = await http.get("/readyz")
@@ -151,6 +152,33 @@ async def test_readyz_needs_redis_and_a_fresh_worker_heartbeat(serve, fakes):
         fake_redis.data["p:worker:w1"] = orjson.dumps({"heartbeat_ms": int(time.time() * 1000), "ready": True})
         ready = await http.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["workers"] == ["w1"]
+
+
+async def test_readyz_scans_for_workers_only_now_and_then(fakes, monkeypatch):
+    """The keyspace holds a key per user: a readiness check reads the known workers' keys, and scans for
+    workers at most every RESCAN_S seconds (RESCAN_IDLE_S while none of the known ones is fresh)."""
+    fake_redis, _ = fakes
+    scans = 0
+    scan_iter = fake_redis.scan_iter
+
+    def counted(match: str, count: int) -> AsyncIterator[bytes]:
+        nonlocal scans
+        scans += 1
+        return scan_iter(match, count)
+
+    monkeypatch.setattr(fake_redis, "scan_iter", counted)
+    clock = [1000.0]
+    heartbeats = Heartbeats(Settings(redis_prefix="p"), clock=lambda: clock[0])
+    assert await heartbeats.fresh(fake_redis) == [] and scans == 1
+    fake_redis.data["p:worker:w1"] = orjson.dumps({"heartbeat_ms": int(time.time() * 1000)})
+    assert await heartbeats.fresh(fake_redis) == [] and scans == 1  # none known, scanned under RESCAN_IDLE_S ago
+    clock[0] += Heartbeats.RESCAN_IDLE_S
+    assert await heartbeats.fresh(fake_redis) == ["w1"] and scans == 2
+    fake_redis.data["p:worker:w2"] = orjson.dumps({"heartbeat_ms": int(time.time() * 1000)})
+    clock[0] += Heartbeats.RESCAN_IDLE_S
+    assert await heartbeats.fresh(fake_redis) == ["w1"] and scans == 2  # w1 is fresh: no scan
+    clock[0] += Heartbeats.RESCAN_S
+    assert await heartbeats.fresh(fake_redis) == ["w1", "w2"] and scans == 3
 
 
 # --- posting events --------------------------------------------------------------------------------
