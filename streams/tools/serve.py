@@ -303,25 +303,32 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app; its lifespan starts the Redis reader and the event producer (the factories: for tests)."""
 
+    async def start_producer(app: FastAPI) -> EventProducer:
+        """The started producer; started now if it is not (the broker was away): raises if it cannot be."""
+        producer: EventProducer | None = app.state.producer
+        if producer is None:
+            producer = producer_factory(settings)
+            await producer.start()
+            app.state.producer = producer
+        return producer
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reader = reader_factory(settings)
-        producer = producer_factory(settings)
+        app.state.reader, app.state.producer = reader_factory(settings), None
         try:
-            await producer.start()
-        except BaseException:
-            await reader.close()
-            raise
-        app.state.reader, app.state.producer = reader, producer
+            await start_producer(app)
+        except (KafkaError, OSError) as exc:  # reads still work; posting events starts it again
+            logger.warning("broker unavailable, events will be refused until it is back: %r", exc)
         try:
             yield
         finally:
             try:
-                await producer.stop()
+                if app.state.producer is not None:
+                    await app.state.producer.stop()
             except Exception as exc:  # undelivered events at shutdown: said, not hidden
                 logger.error("events not delivered at shutdown: %r", exc)
             finally:
-                await reader.close()
+                await app.state.reader.close()
 
     app = FastAPI(
         title="streamrec", version=__version__, lifespan=lifespan,
@@ -402,14 +409,14 @@ def create_app(
                                            detail=exc.detail))
                 continue
             results.append(EventResult(index=index, event_id=event_id, status="accepted"))
-        producer: EventProducer = request.app.state.producer
         try:
             # One request's events sent and flushed at a time: a flush reports the delivery errors of every
             # message sent since the last one, so a failure must not be answered to another request.
             async with sending:
-                for key, value in encoded:
-                    await producer.send_encoded(key, value)
                 if encoded:
+                    producer = await start_producer(request.app)
+                    for key, value in encoded:
+                        await producer.send_encoded(key, value)
                     await producer.flush()
         except (KafkaError, OSError) as exc:
             raise ApiError(503, "broker_unavailable", f"events not confirmed by the broker: {exc!r}") from None

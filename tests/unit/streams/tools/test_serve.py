@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 import redis
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from streams.client import AsyncRecsReader, EventProducer
 from streams.events import kafka_partition
@@ -242,6 +242,28 @@ async def test_broker_failure_is_503(serve, fakes):
         answer = await http.post("/v1/events", json=[event(1)])
         kafka.fail = False
     assert (answer.status_code, answer.json()["error"]) == (503, "broker_unavailable")
+
+
+async def test_a_broker_away_at_start_refuses_events_but_serves_lists(serve, fakes, monkeypatch):
+    fake_redis, kafka = fakes
+    fake_redis.data["p:popular"] = a_list(["top1"], "popular")
+    started = kafka.start
+    away = [True]
+
+    async def start() -> None:
+        if away[0]:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        await started()
+
+    monkeypatch.setattr(kafka, "start", start)
+    async with serve() as http:
+        assert (await http.get("/v1/popular")).json()["items"] == ["top1"]
+        refused = await http.post("/v1/events", json=event(1))
+        assert (refused.status_code, refused.json()["error"]) == (503, "broker_unavailable")
+        assert "bootstrap" in refused.json()["detail"]
+        away[0] = False  # the broker is back: the next post starts the producer
+        assert (await http.post("/v1/events", json=event(2))).status_code == 202
+    assert [e["event_id"] for _, e in sent_events(kafka)] == ["e2"]
 
 
 async def test_a_delivery_failure_is_answered_to_the_request_whose_events_failed(serve, fakes, monkeypatch):
