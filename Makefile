@@ -16,7 +16,7 @@ KAFKA_DIR ?= .ci/work/kafka
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[embedded,dev,bench]'
+	$(PY) -m pip install --quiet -e '.[embedded,dev,bench,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -143,6 +143,21 @@ class Settings:
     web_port: int = _setting(6066, "Port of Faust's web server when enabled.")
     log_level: str = _setting("info", "Worker log level.")
 
+    # --- HTTP API (streamrec serve) -------------------------------------------------------
+    serve_host: str = _setting(
+        "127.0.0.1", "Address `streamrec serve` binds to (--host overrides); a non-loopback one needs API keys."
+    )
+    serve_port: int = _setting(8080, "Port of `streamrec serve` (--port overrides).")
+    api_keys_read: str = _setting(
+        "", "Bearer keys that may read lists over HTTP, comma-separated (secret: environment only). With no "
+        "key at all, only localhost is served.", secret=True
+    )
+    api_keys_write: str = _setting(
+        "", "Bearer keys that may post events over HTTP (and read), comma-separated (secret: environment only).",
+        secret=True,
+    )
+    serve_max_body_bytes: int = _setting(1048576, "Largest request body `streamrec serve` reads; larger ones get 413.")
+
     # --- derived names -------------------------------------------------------------------
     @property
     def events_topic(self) -> str:
@@ -239,7 +254,7 @@ class Settings:
             if allowed and getattr(self, f.name) not in allowed:
                 raise SettingsError(f"{self.env_name(f.name)} must be one of {', '.join(allowed)}")
         positive = ("partitions", "item_partitions", "replication_factor", "top_n", "rec_ttl_s", "n_factors", "batch_max_events",
-                    "max_message_bytes", "max_batch_bytes", "max_history")
+                    "max_message_bytes", "max_batch_bytes", "max_history", "serve_max_body_bytes")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
@@ -253,6 +268,8 @@ class Settings:
             raise SettingsError("STREAMREC_BATCH_BUDGET_MS must be > 0")
         if self.item_exchange_interval_s <= 0 or self.item_snapshot_interval_s <= 0:
             raise SettingsError("STREAMREC_ITEM_EXCHANGE_INTERVAL_S and STREAMREC_ITEM_SNAPSHOT_INTERVAL_S must be > 0")
+        if not 0 < self.serve_port < 65536:
+            raise SettingsError(f"STREAMREC_SERVE_PORT must be in 1..65535, got {self.serve_port}")
         if not self.bootstrap_servers:
             raise SettingsError("STREAMREC_BROKER_URL names no server")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -9,6 +9,7 @@
     streamrec dev up|down|status          the embedded broker and Redis
     streamrec demo [--events N]           everything at once, on the embedded services
     streamrec settings                    every setting with its variable and default
+    streamrec serve [--host H --port P]   the HTTP API (streams.tools.serve)
     streamrec eval --data PATH --format F prequential HR@10 / NDCG@10 / recall@20 of the models
     streamrec bench pipeline [--events N]  end-to-end throughput, freshness, recall and memory
     streamrec bench scale --workers 1 2 4  the same stream on 1, 2, 4 workers: rate, CPU, staleness, HR@50
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="plain progress lines instead of a live screen")
 
     sub.add_parser("settings", help="list every setting with its environment variable and default")
+
+    serve = sub.add_parser("serve", help="the HTTP API: recommendations, events, health (streams.tools.serve)")
+    serve.add_argument("--host", default=None, help="address to bind (default STREAMREC_SERVE_HOST, 127.0.0.1); "
+                       "a non-loopback one needs STREAMREC_API_KEYS_READ or STREAMREC_API_KEYS_WRITE")
+    serve.add_argument("--port", type=int, default=None, help="port (default STREAMREC_SERVE_PORT, 8080)")
+    serve.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
 
     from streams.tools.eval import add_arguments as add_eval_arguments  # light: models load when it runs
 
@@ -325,6 +332,12 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_main(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from streams.tools.serve import run
+
+    return run(args)
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.bench_command == "scale":
         from streams.tools.bench.scale import main as scale_main
@@ -349,6 +362,7 @@ _COMMANDS = {
     "settings": _settings,
     "eval": _eval,
     "bench": _bench,
+    "serve": _serve,
 }
 
 if __name__ == "__main__":

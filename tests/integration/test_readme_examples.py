@@ -54,6 +54,9 @@ SKIPPED: dict[str, str] = {
                                         "the events.jsonl example runs the same command",
     r"^docker compose\b": "no Docker engine here; tests/unit/test_compose.py checks docker-compose.yml",
     r"openssl rand": "writes the Redis password for docker compose into .env",
+    r"\bstreamrec serve\b": "a server that runs until stopped; tests/integration/test_serve.py runs the same app "
+                           "against the test's services",
+    r"^curl\b": "asks a running `streamrec serve`; tests/integration/test_serve.py makes the same requests",
 }
 BASH = shutil.which("bash") or "/bin/bash"
 # Long-running commands: started in the background, stopped when the block is done.

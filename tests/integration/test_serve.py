@@ -1,0 +1,123 @@
+"""``streamrec serve`` as people run it (a process, uvicorn) on the test's real broker, Redis and worker:
+events posted through the API reach the events topic keyed by user as EventProducer sends them, the
+worker learns them, and the lists it writes come back through the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import orjson
+import pytest
+
+from streams.events import is_batch, kafka_partition
+from streams.settings import Settings
+from streams.tools.dev import free_port
+from tests.integration.helpers import consume, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class Server:
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.tools.serve", "--port", str(self.port)],
+                env={**os.environ, **settings.to_env(), **env}, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def up(self) -> bool:
+        assert self.process.poll() is None, f"streamrec serve exited:\n{self.log.read_text(errors='replace')}"
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def start(settings: Settings, **env: str) -> Server:
+        server = Server(settings, tmp_path / f"serve-{len(servers)}.log", **env)
+        servers.append(server)
+        wait_for(server.up, timeout=60, interval=0.2)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_events_posted_over_http_reach_the_topic_and_the_lists_come_back(make_settings, start_worker, serve):
+    settings = make_settings()
+    server = serve(settings, STREAMREC_API_KEYS_WRITE="w-key", STREAMREC_API_KEYS_READ="r-key")
+    writer = {"Authorization": "Bearer w-key"}
+    reader = {"Authorization": "Bearer r-key"}
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        not_ready = http.get("/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["failed"] == "worker_heartbeat"
+        assert http.get("/v1/recommendations/u1", headers=reader).json()["source"] == "none"
+
+        worker = start_worker(settings)
+        now = int(time.time() * 1000)
+        events = [{"event_id": f"e{k}", "user_id": f"u{k % 4}", "item_id": f"i{k}",
+                   "kind": ("view", "like", "share")[k % 3], "ts": now - 60_000 + k, "tags": [f"t{k % 2}"]}
+                  for k in range(120)]
+        assert http.post("/v1/events", json=events[0], headers=reader).status_code == 403
+        answer = http.post("/v1/events", json=[*events, {"event_id": "bad", "user_id": "u1"}], headers=writer)
+        assert answer.status_code == 202, answer.text
+        body = answer.json()
+        assert (body["accepted"], body["rejected"]) == (120, 1)
+        assert body["results"][-1] == {"index": 120, "event_id": "bad", "status": "rejected",
+                                       "reason": "missing_field", "detail": "'item_id' is required"}
+
+        # On the events topic as EventProducer sends them: batch messages on the partition of each user_id key.
+        seen: dict[str, int] = {}
+
+        def all_there(records: list[Any]) -> bool:
+            for record in records:
+                values = orjson.loads(record.value) if is_batch(record.headers) else [orjson.loads(record.value)]
+                for value in values:
+                    assert record.partition == kafka_partition(value["user_id"].encode(), settings.partitions)
+                    seen[value["event_id"]] = record.partition
+            return len(seen) >= 120
+
+        consume(settings, settings.events_topic, all_there, timeout=60)
+        assert set(seen) == {e["event_id"] for e in events}
+
+        # The worker learns them; its lists come back through the API.
+        wait_for(lambda: int((worker.status() or {}).get("events_total") or 0) >= 120, timeout=90)
+        wait_for(lambda: http.get("/v1/recommendations/u1", headers=reader).json()["source"] == "personal",
+                 timeout=30, interval=0.3)
+        mine = http.get("/v1/recommendations/u1", params={"n": 5}, headers=reader).json()
+        assert len(mine["items"]) == 5 and mine["model_version"] and mine["age_ms"] is not None
+        assert wait_for(lambda: http.get("/v1/popular", headers=reader).json()["items"], timeout=30)
+        assert http.get("/v1/trending/t0", headers=writer).json()["source"] == "popular_tag"
+        new = http.get("/v1/recommendations/newcomer", params={"tags": "nope,t1"}, headers=reader).json()
+        assert new["source"] == "popular_tag" and new["items"]
+        ready = wait_for(lambda: (answer := http.get("/readyz")).status_code == 200 and answer.json(), timeout=30)
+        assert settings.worker_id in ready["workers"]
+        assert http.get("/v1/popular").status_code == 401
+    # A graceful stop (the lifespan closes the producer and the reader); uvicorn then re-raises the SIGTERM
+    assert server.stop() in (0, -signal.SIGTERM) and "Application shutdown complete" in server.log.read_text()
