@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The streamrec image: the `streamrec` command with the core dependencies only (no
-# `embedded` extra: Kafka and Redis run as their own services, see docker-compose.yml).
+# The streamrec image: the `streamrec` command with the core dependencies and the HTTP API
+# (`serve` extra; no `embedded` extra: Kafka and Redis run as their own services, see docker-compose.yml).
 #
 #   docker build -t streamrec .
 #   docker run --rm -e STREAMREC_BROKER_URL=kafka://broker:9092 -e STREAMREC_REDIS_URL=redis://redis:6379/0 \
@@ -22,7 +22,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY models/ models/
 COPY streams/ streams/
-RUN /opt/streamrec/bin/pip install . \
+RUN /opt/streamrec/bin/pip install '.[serve]' \
  && /opt/streamrec/bin/streamrec --help > /dev/null
 
 # --- runtime: the virtualenv only, run by an unprivileged user -----------------------------

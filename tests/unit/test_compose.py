@@ -432,7 +432,8 @@ def test_dockerfile_base_user_and_dependencies() -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0")
     installs = " ".join(a for ins, a in instructions if ins == "RUN" and "pip install" in a)
     assert "pip install" in installs
-    assert "embedded" not in installs and "[" not in installs, "core dependencies only"
+    extras = re.findall(r"\[([^\]]*)\]", installs)
+    assert extras == ["serve"], "core dependencies and the HTTP API only (the services run beside it)"
     assert "apt-get" not in " ".join(a for ins, a in instructions if ins == "RUN"), "wheels only: no build tools"
 
 
