@@ -309,7 +309,7 @@ async def _paced(producer: Any, events: Iterator[dict[str, Any]], rate: float | 
 
 def _recs(args: argparse.Namespace) -> int:
     from streams.client import RecsReader
-    from streams.tools.reach import REDIS_SETTING, quick_redis, redis_address, short_reason
+    from streams.tools.reach import quick_redis, redis_address, redis_setting_for, short_reason
 
     settings = Settings.from_env()
     logging.getLogger("streams.client").setLevel(logging.ERROR)  # "unavailable" is said once, below
@@ -317,8 +317,8 @@ def _recs(args: argparse.Namespace) -> int:
     reader = RecsReader(settings, client=None if settings.redis_cluster else quick_redis(settings))
     recs = reader.get(args.user_id, n=args.n, tags=args.tag)
     reader.close()
-    unavailable = ServiceUnavailable("Redis", redis_address(settings.redis_url), REDIS_SETTING,
-                                     short_reason(recs.error or "no answer"))
+    reason = short_reason(recs.error or "no answer")
+    unavailable = ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting_for(reason), reason)
     if args.json:
         print(orjson.dumps({"user_id": recs.user_id, "source": recs.source, "items": recs.items, "scores": recs.scores,
                             "updated_ms": recs.updated_ms, "model_version": recs.model_version,

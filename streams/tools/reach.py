@@ -17,13 +17,20 @@ from urllib.parse import urlsplit
 from streams.errors import ServiceUnavailable
 from streams.settings import Settings
 
-__all__ = ["check_kafka", "check_redis", "explain", "quick_redis", "short_reason", "kafka_address", "redis_address", "CONNECT_TIMEOUT_S"]
+__all__ = ["check_kafka", "check_redis", "explain", "quick_redis", "short_reason", "redis_setting_for", "kafka_address", "redis_address", "CONNECT_TIMEOUT_S"]
 
 #: How long a check waits for one server to accept a connection.
 CONNECT_TIMEOUT_S = 3.0
 
 BROKER_SETTING = "STREAMREC_BROKER_URL"
 REDIS_SETTING = "STREAMREC_REDIS_URL"
+
+
+def redis_setting_for(reason: str, setting: str = REDIS_SETTING) -> str:
+    """The setting to change: the password's when Redis refused the credentials, else ``setting``."""
+    if reason.startswith("authentication "):  # a short_reason of a refused AUTH
+        return "STREAMREC_REDIS_PASSWORD"
+    return setting
 
 
 def kafka_address(settings: Settings) -> str:
@@ -59,6 +66,11 @@ def _short_text(text: str) -> str:
     text = text.strip().splitlines()[0] if text.strip() else ""
     if text.startswith(("Timeout reading", "Timeout connecting", "Timeout writing")):  # redis-py
         return f"no answer in {CONNECT_TIMEOUT_S:g} s"
+    lowered = text.lower()
+    if "username-password" in lowered or "wrongpass" in lowered:
+        return "authentication failed: wrong user name or password"
+    if "authenticat" in lowered or "noauth" in lowered:  # "Authentication required.", "HELLO must be called ..."
+        return "authentication required: a password is needed"
     # redis-py: "Error 111 connecting to 127.0.0.1:1. Connection refused."
     match = re.match(r"Error -?\d+ connecting to \S+?\. (.*?)\.?$", text)
     if match:
@@ -154,7 +166,9 @@ def check_redis(settings: Settings, setting: str = REDIS_SETTING) -> None:
         finally:
             client.close()
     except REDIS_ERRORS as exc:
-        raise ServiceUnavailable("Redis", redis_address(settings.redis_url), setting, short_reason(exc)) from None
+        reason = short_reason(exc)
+        raise ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting_for(reason, setting),
+                                 reason) from None
 
 
 def explain(exc: BaseException, settings: Settings, *, kafka_setting: str = BROKER_SETTING,
@@ -168,5 +182,7 @@ def explain(exc: BaseException, settings: Settings, *, kafka_setting: str = BROK
     if isinstance(exc, KafkaError):
         return ServiceUnavailable("Kafka", kafka_address(settings), kafka_setting, short_reason(exc))
     if isinstance(exc, RedisError | RedisClusterException) and not isinstance(exc, ResponseError):
-        return ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting, short_reason(exc))
+        reason = short_reason(exc)
+        return ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting_for(reason, redis_setting),
+                                  reason)
     return None

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from streams.tools.dev import free_port
+from streams.tools.dev import DevServices, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,3 +32,17 @@ def test_produce_to_a_broker_that_is_up_is_not_stopped_by_the_check(make_setting
     done = subprocess.run([sys.executable, "-m", "streams.tools.cli", "produce", "--synthetic", "5"],
                           env={**os.environ, **settings.to_env()}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "produced 5 events" in done.stderr, done.stderr
+
+
+def test_recs_and_worker_without_the_redis_password_name_the_password_setting(make_settings, tmp_path):
+    with DevServices(state_dir=tmp_path, with_broker=False, redis_password="s3cret-pw") as redis:
+        address = f"127.0.0.1:{redis.redis_port}"
+        settings = make_settings(redis_url=f"redis://{address}/0")  # no STREAMREC_REDIS_PASSWORD
+        for command in (["recs", "u1"], ["worker"]):
+            done = subprocess.run([sys.executable, "-m", "streams.tools.cli", *command],
+                                  env={**os.environ, **settings.to_env()}, capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=60)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+            [line] = done.stderr.splitlines()
+            assert line == (f"streamrec {command[0]}: cannot reach Redis at {address} (STREAMREC_REDIS_PASSWORD): "
+                            "authentication required: a password is needed")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from streams.errors import ServiceUnavailable
-from streams.tools.reach import redis_address, short_reason
+from streams.tools.reach import redis_address, redis_setting_for, short_reason
 
 TIME_LIMIT_S = 20.0
 
@@ -134,6 +134,11 @@ def test_reasons_and_addresses_are_short():
     assert short_reason("KafkaConnectionError: Unable to bootstrap from [('h', 1)]") == "no broker answered"
     assert short_reason(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
     assert short_reason(TimeoutError()) == "no answer in 3 s"
+    assert short_reason("Timeout reading from socket") == "no answer in 3 s"
+    assert short_reason("WRONGPASS invalid username-password pair or user is disabled.") == (
+        "authentication failed: wrong user name or password")
+    assert redis_setting_for(short_reason("Authentication required.")) == "STREAMREC_REDIS_PASSWORD"
+    assert redis_setting_for("Connection refused") == "STREAMREC_REDIS_URL"
     assert redis_address("redis://user:secret@cache.example:6380/0") == "cache.example:6380"  # no credentials
     assert redis_address("rediss://cache.example") == "cache.example:6379"
     assert str(ServiceUnavailable("Kafka", "h:9092", "STREAMREC_BROKER_URL", "Connection refused")) == (
