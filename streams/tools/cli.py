@@ -317,20 +317,22 @@ def _recs(args: argparse.Namespace) -> int:
     reader = RecsReader(settings, client=None if settings.redis_cluster else quick_redis(settings))
     recs = reader.get(args.user_id, n=args.n, tags=args.tag)
     reader.close()
-    reason = short_reason(recs.error or "no answer")
-    unavailable = ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting_for(reason), reason)
+    unavailable = None
+    if recs.source == "unavailable":
+        reason = short_reason(recs.error or "no answer")
+        unavailable = ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting_for(reason), reason)
     if args.json:
         print(orjson.dumps({"user_id": recs.user_id, "source": recs.source, "items": recs.items, "scores": recs.scores,
                             "updated_ms": recs.updated_ms, "model_version": recs.model_version,
                             "error": recs.error}).decode())
-        if recs.source == "unavailable":
+        if unavailable is not None:
             raise unavailable
         return 0
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    if recs.source == "unavailable":
+    if unavailable is not None:
         raise unavailable
     age = f"{recs.age_ms / 1000:.1f} s ago" if recs.age_ms is not None else "never"
     table = Table(title=f"{args.user_id}: {recs.source} list, updated {age}, model {recs.model_version}")
@@ -362,9 +364,12 @@ def _dev(args: argparse.Namespace) -> int:
         redis_port = urlsplit(settings.redis_url).port or 6379
         try:
             info = dev.dev_up(args.dir, broker_port=broker_port, redis_port=redis_port)
-        except dev.DevServicesError as exc:  # the ports are the settings': say which to change
-            setting = "STREAMREC_BROKER_URL" if "broker" in str(exc).split(":", 1)[0] else "STREAMREC_REDIS_URL"
-            raise dev.DevServicesError(f"{str(exc).splitlines()[0]} ({setting})") from None
+        except dev.DevServicesError as exc:  # a busy port is the settings': say which to change
+            first = str(exc).splitlines()[0]
+            if "busy" not in first:
+                raise
+            setting = "STREAMREC_BROKER_URL" if "broker" in first.split(":", 1)[0] else "STREAMREC_REDIS_URL"
+            raise dev.DevServicesError(f"{first} ({setting})") from None
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
     elif args.action == "down":
         stopped = dev.dev_down(args.dir)
