@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from streams.errors import ServiceUnavailable, StreamrecError
 from streams.events import InvalidEvent
 from streams.settings import Settings, SettingsError, describe_settings
+from streams.tools.dev import DevServicesError
 
 __all__ = ["main", "build_parser"]
 
@@ -119,22 +121,77 @@ def _processes(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: Exit status of a bad setting (like a bad option: argparse exits 2 too).
+EXIT_BAD_SETTING = 2
+#: Exit status of a service (Kafka, Redis, the embedded services) that cannot be reached or started.
+EXIT_UNAVAILABLE = 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. What a person can act on is one line on stderr, ``streamrec <command>: ...``,
+    never a traceback: a bad setting exits 2, Kafka or Redis out of reach (or the embedded services
+    failing) exits 1."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = {"bench": f"bench {getattr(args, 'bench_command', '')}", "dev": f"dev {getattr(args, 'action', '')}"
+               }.get(args.command, args.command)  # fmt: skip
     try:
         return _COMMANDS[args.command](args)
     except SettingsError as exc:
-        print(f"streamrec: bad setting: {exc}", file=sys.stderr)
-        return 2
+        return _fail(command, f"bad setting: {exc}", EXIT_BAD_SETTING)
     except KeyboardInterrupt:
         return 130
+    except StreamrecError as exc:
+        if isinstance(exc, (ServiceUnavailable, DevServicesError)):
+            return _fail(command, str(exc), EXIT_UNAVAILABLE)
+        raise
+    except Exception as exc:
+        unavailable = _explain(args, exc)
+        if unavailable is None:
+            raise
+        return _fail(command, str(unavailable), EXIT_UNAVAILABLE)
+
+
+def _fail(command: str, message: str, status: int) -> int:
+    """One line on stderr: a message's first line (and the log it points to, as the embedded services' do)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()] or ["failed"]
+    logs = [line.strip("- ") for line in lines[1:] if line.startswith("--- ") and line.endswith(" ---")]
+    print(f"streamrec {command}: {lines[0]}" + (f" (log: {logs[0]})" if logs else ""), file=sys.stderr)
+    return status
+
+
+def _explain(args: argparse.Namespace, exc: Exception) -> ServiceUnavailable | None:
+    """A connection error of aiokafka or redis-py as a ServiceUnavailable naming the command's address."""
+    from streams.tools.reach import explain
+
+    try:
+        settings = Settings.from_env(**_service_overrides(args))
+    except SettingsError:
+        return None
+    return explain(exc, settings, kafka_setting="--bootstrap" if getattr(args, "bootstrap", None) else
+                   "STREAMREC_BROKER_URL", redis_setting="--redis-url" if getattr(args, "redis_url", None) else
+                   "STREAMREC_REDIS_URL")  # fmt: skip
+
+
+def _service_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``bench --bootstrap / --redis-url``: the addresses given on the command line instead of the settings."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "bootstrap", None):
+        overrides["broker_url"] = args.bootstrap if "://" in args.bootstrap else f"kafka://{args.bootstrap}"
+    if getattr(args, "redis_url", None):
+        overrides["redis_url"] = args.redis_url
+    return overrides
 
 
 def _worker(args: argparse.Namespace) -> int:
     if args.processes != 1:
         return _supervise(args)
     from streams.io.kafka import ensure_topics
+    from streams.tools.reach import check_kafka, check_redis
+
+    checked = Settings.from_env()
+    check_kafka(checked)  # a one-line error in seconds, not a Faust worker retrying or a traceback
+    check_redis(checked)
     from streams.worker.wiring import app, settings
 
     level = args.loglevel or settings.log_level
@@ -159,9 +216,12 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace) -> int:
     """``streamrec worker --processes N``: N worker processes under one supervisor (streams.worker.supervisor)."""
+    from streams.tools.reach import check_kafka, check_redis
     from streams.worker.supervisor import Supervisor, worker_command
 
     settings = Settings.from_env()  # a bad setting stops here (exit 2), before any worker starts
+    check_kafka(settings)  # and so do Kafka or Redis out of reach (exit 1)
+    check_redis(settings)
     logging.getLogger("streams.worker.supervisor").setLevel(logging.INFO)
     if args.processes > settings.partitions:
         logging.getLogger("streams.worker.supervisor").warning(
@@ -189,8 +249,10 @@ def _read_jsonl(path: str) -> Iterator[dict[str, Any]]:
 
 def _produce(args: argparse.Namespace) -> int:
     from streams.client import EventProducer
+    from streams.tools.reach import check_kafka
 
     settings = Settings.from_env()
+    check_kafka(settings)
 
     async def run() -> int:
         started = time.perf_counter()
@@ -254,22 +316,31 @@ async def _paced(producer: Any, events: Iterator[dict[str, Any]], rate: float | 
 
 def _recs(args: argparse.Namespace) -> int:
     from streams.client import RecsReader
+    from streams.tools.reach import quick_redis, redis_address, redis_setting_for, short_reason
 
-    reader = RecsReader(Settings.from_env())
+    settings = Settings.from_env()
+    logging.getLogger("streams.client").setLevel(logging.ERROR)  # "unavailable" is said once, below
+    # A cluster client reads the slot map as it is built: the reader builds it, and answers "unavailable".
+    reader = RecsReader(settings, client=None if settings.redis_cluster else quick_redis(settings))
     recs = reader.get(args.user_id, n=args.n, tags=args.tag)
     reader.close()
+    unavailable = None
+    if recs.source == "unavailable":
+        reason = short_reason(recs.error or "no answer")
+        unavailable = ServiceUnavailable("Redis", redis_address(settings.redis_url), redis_setting_for(reason), reason)
     if args.json:
         print(orjson.dumps({"user_id": recs.user_id, "source": recs.source, "items": recs.items, "scores": recs.scores,
                             "updated_ms": recs.updated_ms, "model_version": recs.model_version,
                             "error": recs.error}).decode())
-        return 0 if recs.source != "unavailable" else 1
+        if unavailable is not None:
+            raise unavailable
+        return 0
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    if recs.source == "unavailable":
-        console.print(f"[red]Redis unavailable[/]: {recs.error}")
-        return 1
+    if unavailable is not None:
+        raise unavailable
     age = f"{recs.age_ms / 1000:.1f} s ago" if recs.age_ms is not None else "never"
     table = Table(title=f"{args.user_id}: {recs.source} list, updated {age}, model {recs.model_version}")
     table.add_column("#", justify="right")
@@ -283,8 +354,11 @@ def _recs(args: argparse.Namespace) -> int:
 
 def _metrics(args: argparse.Namespace) -> int:
     from streams.tools.monitor import tail_metrics
+    from streams.tools.reach import check_kafka
 
-    return asyncio.run(tail_metrics(Settings.from_env(), as_json=args.json, from_beginning=args.from_beginning,
+    settings = Settings.from_env()
+    check_kafka(settings)
+    return asyncio.run(tail_metrics(settings, as_json=args.json, from_beginning=args.from_beginning,
                                     seconds=args.seconds))
 
 
@@ -295,7 +369,14 @@ def _dev(args: argparse.Namespace) -> int:
         settings = Settings.from_env()
         broker_port = urlsplit("//" + settings.bootstrap_servers[0]).port or 9092
         redis_port = urlsplit(settings.redis_url).port or 6379
-        info = dev.dev_up(args.dir, broker_port=broker_port, redis_port=redis_port)
+        try:
+            info = dev.dev_up(args.dir, broker_port=broker_port, redis_port=redis_port)
+        except dev.DevServicesError as exc:  # a busy port is the settings': say which to change
+            first = str(exc).splitlines()[0]
+            if "busy" not in first:
+                raise
+            setting = "STREAMREC_BROKER_URL" if "broker" in first.split(":", 1)[0] else "STREAMREC_REDIS_URL"
+            raise dev.DevServicesError(f"{first} ({setting})") from None
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
     elif args.action == "down":
         stopped = dev.dev_down(args.dir)
@@ -308,6 +389,7 @@ def _dev(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from streams.tools.demo import DemoOptions, run_demo
 
+    Settings.from_env()  # a bad setting is said before the embedded services start
     return run_demo(DemoOptions(events=args.events, rate=args.rate, users=args.users, items=args.items,
                                 seed=args.seed, plain=args.plain))
 
@@ -323,6 +405,7 @@ def _settings(args: argparse.Namespace) -> int:
     for row in describe_settings():
         table.add_row(*row)
     Console().print(table)
+    Settings.from_env()  # and a bad value in the environment is said (exit 2)
     return 0
 
 
@@ -339,6 +422,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from streams.tools.reach import check_kafka, check_redis
+
+    given = _service_overrides(args)  # services given on the command line must answer before anything starts
+    if given:
+        settings = Settings.from_env(**given)
+        if args.bootstrap:
+            check_kafka(settings, "--bootstrap")
+        if args.redis_url:
+            check_redis(settings, "--redis-url")
     if args.bench_command == "scale":
         from streams.tools.bench.scale import main as scale_main
 

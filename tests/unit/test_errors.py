@@ -7,7 +7,7 @@ import pytest
 from models import InvalidInputError, ModelError, UnknownIdError
 from models.datasets import DatasetError
 from models.river_adapter import RiverNotInstalledError
-from streams.errors import StreamrecError
+from streams.errors import ServiceUnavailable, StreamrecError
 from streams.events import InvalidEvent
 from streams.settings import Settings, SettingsError
 from streams.state.codecs import StateCorrupt
@@ -17,7 +17,7 @@ from streams.worker.exchange import ItemUpdateCorrupt
 
 
 @pytest.mark.parametrize("error", [SettingsError, InvalidEvent, StateCorrupt, ItemUpdateCorrupt, DevServicesError,
-                                   WorkerFailed])
+                                   WorkerFailed, ServiceUnavailable])
 def test_service_errors_are_streamrec_errors(error: type[Exception]) -> None:
     assert issubclass(error, StreamrecError)
 
