@@ -400,7 +400,7 @@ def start_redis(
 ) -> ServiceProcess:
     """Start a non-persistent redis-server on ``host:port``; return once PING is answered."""
     _check_port_free(host, port, "redis")
-    log_dir = Path(log_dir)
+    log_dir = Path(log_dir).resolve()  # redis-server runs in log_dir: a relative --dir would not exist there
     cmd = [
         str(find_redis_server()),
         "--port", str(port),
@@ -494,7 +494,7 @@ def start_redis_cluster(
 
     if nodes < 1:
         raise ValueError("a cluster needs at least one node")
-    state_dir = Path(state_dir)
+    state_dir = Path(state_dir).resolve()  # the nodes' --dir and config files must not depend on their cwd
     started: list[ServiceProcess] = []
     clients: list[redis.Redis] = []
     try:
