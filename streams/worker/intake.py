@@ -65,13 +65,17 @@ class Intake:
     async def take(self, max_events: int, within_s: float) -> list[tuple[Any, list[Any]]]:
         """At least one record, at most about ``max_events`` events.
 
-        Once something has arrived, waits up to ``within_s`` for more to gather.
+        Once something has arrived, waits up to ``within_s`` for more to gather. A rebalance may
+        :meth:`drop` everything meanwhile: then it waits for records again.
         """
-        while not self._chunks:
-            self._arrived.clear()
-            await self._arrived.wait()
-        if within_s > 0 and self._events < max_events:
-            await asyncio.sleep(within_s)
+        while True:
+            while not self._chunks:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if within_s > 0 and self._events < max_events:
+                await asyncio.sleep(within_s)
+            if self._chunks:
+                break
         taken: list[tuple[Any, list[Any]]] = []
         count = 0
         self.taken_offered_ms = self._chunks[0][3]
