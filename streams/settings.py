@@ -142,6 +142,14 @@ class Settings:
     web_host: str = _setting("127.0.0.1", "Address Faust's web server binds to when enabled.")
     web_port: int = _setting(6066, "Port of Faust's web server when enabled.")
     log_level: str = _setting("info", "Worker log level.")
+    metrics_host: str = _setting(
+        "127.0.0.1", "Address the worker's Prometheus endpoint (/metrics) binds to; 0.0.0.0 only inside a "
+        "private network (the compose file's)."
+    )
+    metrics_port: int = _setting(
+        9464, "Port of the worker's Prometheus endpoint; 0 turns it off. With --processes N, worker <id>-i binds "
+        "this port + i - 1; a port already taken is logged once and the worker runs on without it."
+    )
 
     # --- HTTP API (streamrec serve) -------------------------------------------------------
     serve_host: str = _setting(
@@ -268,6 +276,8 @@ class Settings:
             raise SettingsError("STREAMREC_BATCH_BUDGET_MS must be > 0")
         if self.item_exchange_interval_s <= 0 or self.item_snapshot_interval_s <= 0:
             raise SettingsError("STREAMREC_ITEM_EXCHANGE_INTERVAL_S and STREAMREC_ITEM_SNAPSHOT_INTERVAL_S must be > 0")
+        if not 0 <= self.metrics_port < 65536:
+            raise SettingsError(f"STREAMREC_METRICS_PORT must be in 0..65535 (0: off), got {self.metrics_port}")
         if not 0 < self.serve_port < 65536:
             raise SettingsError(f"STREAMREC_SERVE_PORT must be in 1..65535, got {self.serve_port}")
         if not self.bootstrap_servers:

@@ -77,6 +77,7 @@ def make_settings(services: Services) -> Callable[..., Settings]:
             session_timeout_s=6.0,
             rebalance_timeout_s=6.0,
             web_port=free_port(),  # the web server is off by default; a test checks nothing listens here
+            metrics_port=free_port(),  # each test's workers serve /metrics on a port of their own
         )
         values.update(overrides)
         return Settings.from_env({}, **values)

@@ -230,6 +230,7 @@ def _supervise(args: argparse.Namespace) -> int:
     supervisor = Supervisor(
         args.processes, settings.effective_worker_id, worker_command(args.loglevel),
         web_port=settings.web_port if settings.web_enabled else None, stop_timeout_s=args.stop_timeout,
+        metrics_port=settings.metrics_port or None,  # worker <id>-i serves /metrics on this port + i - 1
     )  # fmt: skip
     return supervisor.run()
 

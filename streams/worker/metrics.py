@@ -21,6 +21,7 @@ Records are plain dicts, sent as JSON to ``<prefix>.metrics`` (schema in the REA
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ import numpy as np
 
 from streams.events import Event
 
-__all__ = ["EngagementWindows", "HealthCounters", "percentiles_ms", "KIND_CODES"]
+__all__ = ["EngagementWindows", "HealthCounters", "HealthTotals", "BucketCounts", "percentiles_ms", "KIND_CODES",
+           "FRESHNESS_BUCKETS_S", "BATCH_BUCKETS_S"]
 
 #: Event kind -> the int8 code :meth:`EngagementWindows.add_columns` takes.
 KIND_CODES = {"view": 0, "like": 1, "share": 2}
@@ -322,6 +324,53 @@ def percentiles_ms(samples: Sequence[np.ndarray], qs: Sequence[float] = (50, 99)
     return [round(float(v), 1) for v in np.percentile(values, qs)]
 
 
+#: Upper bounds (seconds) of the freshness histogram: event ``ts`` to the Redis write of its user's list.
+FRESHNESS_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Upper bounds (seconds) of the histogram of batch processing times.
+BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BucketCounts:
+    """A histogram of millisecond samples over fixed upper bounds in seconds, filled in bulk with numpy
+    (one ``searchsorted`` per array, never a Python call per sample), read as Prometheus buckets.
+
+    >>> h = BucketCounts((0.01, 0.1))
+    >>> h.add_ms([np.array([5.0, 10.0, 50.0]), np.array([2_000.0])])
+    >>> h.buckets(), h.count, round(h.sum_s, 3)
+    ([(0.01, 2), (0.1, 3), (inf, 4)], 4, 2.065)
+    """
+
+    def __init__(self, bounds_s: Sequence[float]) -> None:
+        self.bounds_s = tuple(float(b) for b in bounds_s)
+        self._bounds_ms = np.asarray(self.bounds_s) * 1000.0
+        self.counts = np.zeros(len(self.bounds_s) + 1, np.int64)  # per bucket, the last one above every bound
+        self.sum_s = 0.0
+
+    def add_ms(self, samples: Sequence[np.ndarray]) -> None:
+        """Count every value (ms) of ``samples``; a value equal to a bound falls in that bound's bucket."""
+        if not samples:
+            return
+        values = np.concatenate([np.asarray(s, np.float64).ravel() for s in samples])
+        if values.size:
+            slots = np.searchsorted(self._bounds_ms, values, side="left")
+            self.counts += np.bincount(slots, minlength=self.counts.size)
+            self.sum_s += float(values.sum()) / 1000.0
+
+    def copy(self) -> "BucketCounts":
+        other = BucketCounts(self.bounds_s)
+        other.counts = self.counts.copy()
+        other.sum_s = self.sum_s
+        return other
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+    def buckets(self) -> list[tuple[float, int]]:
+        """(upper bound in seconds, samples at or below it), the last bound ``inf``: Prometheus' ``le`` buckets."""
+        return list(zip((*self.bounds_s, float("inf")), np.cumsum(self.counts).tolist()))
+
+
 class GcPauses:
     """Time the worker spends in Python's cyclic garbage collector (every thread waits meanwhile).
 
@@ -356,6 +405,25 @@ class GcPauses:
         self.count = 0
 
 
+#: HealthCounters' per-window counts that :meth:`HealthCounters.totals` also keeps since the start.
+_COUNTED = ("events_processed", "events_dead_lettered", "duplicates_skipped", "replayed_skipped", "users_refreshed",
+            "redis_errors", "state_quarantined", "batch_events")
+
+
+@dataclass(frozen=True)
+class HealthTotals:
+    """What a worker counted since it started (the windows' counts added up): Prometheus counters.
+
+    ``counts`` has the names of :data:`_COUNTED` plus ``batches``; ``freshness`` and ``batch_seconds``
+    are histograms in seconds.
+    """
+
+    counts: dict[str, int]
+    dead_letter_reasons: dict[str, int]
+    freshness: BucketCounts
+    batch_seconds: BucketCounts
+
+
 @dataclass
 class HealthCounters:
     """Pipeline health over one wall-clock window; :meth:`record` emits and resets it."""
@@ -378,6 +446,13 @@ class HealthCounters:
     broker_ms: list[np.ndarray] = field(default_factory=list)  # per event: from its ts to the worker's intake
     thread_cpu_s: float = field(default_factory=time.thread_time)  # the thread's CPU clock at the window's start
     gc: GcPauses = field(default_factory=GcPauses)  # counts only once registered in gc.callbacks (the worker does)
+    # Since the start: the counts of the windows already recorded (see totals()), and the lock that keeps a
+    # reader on another thread (the Prometheus endpoint) from seeing a window both recorded and not yet reset.
+    _done: dict[str, int] = field(default_factory=dict, repr=False)
+    _done_reasons: dict[str, int] = field(default_factory=dict, repr=False)
+    _done_freshness: BucketCounts = field(default_factory=lambda: BucketCounts(FRESHNESS_BUCKETS_S), repr=False)
+    _done_batch: BucketCounts = field(default_factory=lambda: BucketCounts(BATCH_BUCKETS_S), repr=False)
+    _totals_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def latency(self, stage: str, seconds: float) -> None:
         """One batch spent ``seconds`` (wall clock) in ``stage`` (queue, learn, topn, redis)."""
@@ -399,6 +474,33 @@ class HealthCounters:
     def dead_lettered(self, reason: str) -> None:
         self.events_dead_lettered += 1
         self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+
+    def totals(self) -> HealthTotals:
+        """Counts and histograms since the start: the recorded windows' plus the open one's.
+
+        Safe to call from another thread: it copies under a lock that :meth:`record` holds while it
+        adds a window to the totals and resets it; the counters on the hot path take no lock.
+
+        >>> h = HealthCounters("w", started_ms=0)
+        >>> h.events_processed, h.redis_errors = 5, 1
+        >>> _ = h.record(now_ms=1_000)
+        >>> h.events_processed = 2
+        >>> h.dead_lettered("not_json")
+        >>> t = h.totals()
+        >>> t.counts["events_processed"], t.counts["redis_errors"], t.dead_letter_reasons
+        (7, 1, {'not_json': 1})
+        """
+        with self._totals_lock:
+            counts = {name: self._done.get(name, 0) + getattr(self, name) for name in _COUNTED}
+            counts["batches"] = self._done.get("batches", 0) + len(self.batch_ms)
+            reasons = dict(self._done_reasons)
+            for reason, n in list(self.dead_letter_reasons.items()):
+                reasons[reason] = reasons.get(reason, 0) + n
+            freshness, open_freshness = self._done_freshness.copy(), list(self.freshness_samples)
+            batch, open_batch = self._done_batch.copy(), list(self.batch_ms)
+        freshness.add_ms(open_freshness)  # numpy work outside the lock: on copies
+        batch.add_ms([np.asarray(open_batch)] if open_batch else [])
+        return HealthTotals(counts, reasons, freshness, batch)
 
     def _latencies(self) -> dict[str, dict[str, float | None]]:
         """p50 / p99 ms of where an event's freshness goes: at the broker (its ts to the worker's intake,
@@ -450,16 +552,28 @@ class HealthCounters:
             "gc_collections": self.gc.count,
             **extra,
         }
+        with self._totals_lock:
+            self._add_to_totals()
+            self.events_processed = self.events_dead_lettered = self.duplicates_skipped = self.replayed_skipped = 0
+            self.users_refreshed = self.redis_errors = self.state_quarantined = 0
+            self.dead_letter_reasons = {}
+            self.freshness_samples = []
+            self.batch_ms = []
+            self.batch_events = 0
         self.started_ms = now_ms
-        self.events_processed = self.events_dead_lettered = self.duplicates_skipped = self.replayed_skipped = 0
-        self.users_refreshed = self.redis_errors = self.state_quarantined = 0
-        self.dead_letter_reasons = {}
-        self.freshness_samples = []
-        self.batch_ms = []
-        self.batch_events = 0
         self.stage_cpu_s = {}
         self.thread_cpu_s = thread_cpu
         self.stage_ms = {}
         self.broker_ms = []
         self.gc.reset()
         return record
+
+    def _add_to_totals(self) -> None:
+        done = self._done
+        for name in _COUNTED:
+            done[name] = done.get(name, 0) + getattr(self, name)
+        done["batches"] = done.get("batches", 0) + len(self.batch_ms)
+        for reason, n in self.dead_letter_reasons.items():
+            self._done_reasons[reason] = self._done_reasons.get(reason, 0) + n
+        self._done_freshness.add_ms(self.freshness_samples)
+        self._done_batch.add_ms([np.asarray(self.batch_ms)] if self.batch_ms else [])

@@ -96,6 +96,7 @@ class RecommenderService:
         self.trending_written = -_TRENDING_INTERVAL_S  # the first refresh writes them
         self._popular_stale = False  # own events since the popular list was last written
         self.last_health_ms = self.started_ms
+        self.last_health: dict[str, Any] | None = None  # the last health record emitted (read by /metrics)
         self._taken: list[tuple[Any, list[Any]]] = []  # taken from the intake, waiting for the batch lock
         self._closed = False  # shut down: the last checkpoint is written
         self._batch_lock = asyncio.Lock()
@@ -370,6 +371,7 @@ class RecommenderService:
             ready=self.ready_ms is not None,
         )
         self.last_health_ms = now
+        self.last_health = record
         logger.info(
             "%s events (%s/s) in %s batches of %s messages (p50 %s ms, p99 %s ms); %s lists written, "
             "freshness p50 %s ms p99 %s ms; lag %s; %s dead-lettered",

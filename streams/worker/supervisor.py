@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 WORKER_ID_ENV = "STREAMREC_WORKER_ID"
 WEB_PORT_ENV = "STREAMREC_WEB_PORT"
+METRICS_PORT_ENV = "STREAMREC_METRICS_PORT"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -122,7 +123,8 @@ class Supervisor:
     ``command`` defaults to :func:`worker_command`; tests pass a trivial one. ``env`` is
     added to ``os.environ`` for every child; each child also gets ``STREAMREC_WORKER_ID``
     ``<base_id>-<i>`` (i = 1..N) and, if ``web_port`` is given (Faust's web server is on),
-    ``STREAMREC_WEB_PORT`` ``web_port + i - 1`` so that the children do not fight over one port.
+    ``STREAMREC_WEB_PORT`` ``web_port + i - 1`` so that the children do not fight over one port; likewise
+    ``STREAMREC_METRICS_PORT`` ``metrics_port + i - 1`` for their Prometheus endpoints if ``metrics_port`` is given.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         web_port: int | None = None,
+        metrics_port: int | None = None,
         stop_timeout_s: float = 30.0,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -150,6 +153,7 @@ class Supervisor:
         self.command = list(command) if command is not None else worker_command()
         self.env = dict(env or {})
         self.web_port = web_port
+        self.metrics_port = metrics_port
         self.stop_timeout_s = stop_timeout_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -166,6 +170,8 @@ class Supervisor:
         env = {**os.environ, **self.env, WORKER_ID_ENV: child.worker_id}
         if self.web_port is not None:
             env[WEB_PORT_ENV] = str(self.web_port + child.index - 1)
+        if self.metrics_port is not None:
+            env[METRICS_PORT_ENV] = str(self.metrics_port + child.index - 1)
         return env
 
     def _spawn(self, child: _Child) -> bool:

@@ -29,6 +29,7 @@ from streams.worker.agents import register_agents  # noqa: E402
 from streams.worker.app import StreamrecApp, create_app  # noqa: E402
 from streams.worker.fences import read_fences  # noqa: E402
 from streams.worker.item_log import KafkaItemLog  # noqa: E402
+from streams.worker.prometheus import register_metrics_endpoint  # noqa: E402
 from streams.worker.service import RecommenderService  # noqa: E402
 from streams.worker.tables import Tables, declare_tables  # noqa: E402
 from streams.worker.topics import Topics, declare_topics  # noqa: E402
@@ -98,6 +99,7 @@ def wire(app: StreamrecApp, settings: Settings) -> Worker:
         KafkaItemLog(settings, sender),
     )
     register_agents(app, topics.events, service, closers=(sender.stop, metrics_sender.stop))
+    register_metrics_endpoint(app, service, settings)
     return Worker(topics, tables, service, sender, metrics_sender)
 
 

@@ -226,6 +226,13 @@ def test_child_environment_names_each_worker_and_spreads_web_ports():
     assert "STREAMREC_WEB_PORT" not in Supervisor(2, "h", ["true"]).child_env(supervisor.children[0])
 
 
+def test_child_environment_spreads_metrics_ports_from_the_configured_one(monkeypatch):
+    monkeypatch.delenv("STREAMREC_METRICS_PORT", raising=False)
+    supervisor = Supervisor(3, "host-42", ["true"], metrics_port=9464)
+    assert [supervisor.child_env(c)["STREAMREC_METRICS_PORT"] for c in supervisor.children] == ["9464", "9465", "9466"]
+    assert "STREAMREC_METRICS_PORT" not in Supervisor(2, "h", ["true"]).child_env(supervisor.children[0])
+
+
 def test_processes_option():
     assert parse_processes("3") == 3
     assert parse_processes("auto") == parse_processes("0") == default_processes() >= 1
