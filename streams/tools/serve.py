@@ -6,6 +6,7 @@
     POST /v1/events                                               one event or a JSON array of them (write key)
     GET  /healthz                                                 the process is up
     GET  /readyz                                                  Redis answers and a worker's heartbeat is fresh
+    GET  /metrics                                                 Prometheus metrics (read key; streams.tools.http_metrics)
     GET  /openapi.json, /docs                                     the API's description
 
 Reads go through :class:`~streams.client.AsyncRecsReader` (personal, else trending in the given
@@ -51,6 +52,7 @@ from streams.client import AsyncRecsReader, EventProducer, Recommendations, RecS
 from streams.events import MAX_BATCH_EVENTS, MAX_ID, MAX_TAG, MAX_TAGS, InvalidEvent, encode_event, validate_event
 from streams.io.redis import REDIS_ERRORS
 from streams.settings import Settings
+from streams.tools.http_metrics import install_metrics
 
 __all__ = ["create_app", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback"]
 
@@ -338,6 +340,7 @@ def create_app(
     read, write = Depends(_require("read")), Depends(_require("write"))
     sending = asyncio.Lock()
     heartbeats = Heartbeats(settings)
+    http_metrics = install_metrics(app, dependencies=[read], responses=_errors(401, 403))
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -420,6 +423,7 @@ def create_app(
                     await producer.flush()
         except (KafkaError, OSError) as exc:
             raise ApiError(503, "broker_unavailable", f"events not confirmed by the broker: {exc!r}") from None
+        http_metrics.count_events(len(encoded), (r.reason for r in results if r.status == "rejected"))
         return EventsOut(accepted=len(encoded), rejected=len(items) - len(encoded), results=results)
 
     @app.get("/healthz", response_model=HealthOut)
