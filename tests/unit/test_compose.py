@@ -31,7 +31,8 @@ SAMPLE_SECRET = "sample-secret-value"
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt}, ${NAME+alt}
 PLACEHOLDER = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
-SECRET_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?\?[^}]*)?\}")  # required, no default
+# ${VAR}, required ${VAR:?msg}, or an empty default ${VAR:-}: never a literal value or default.
+SECRET_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?\?[^}]*|:?-)?\}")
 
 
 def _substitute(value: str, environ: Mapping[str, str]) -> str:
