@@ -167,7 +167,7 @@ def test_the_stream_needs_a_read_key_when_keys_are_set(make_settings, servers):
         assert http.get("/v1/stream").status_code == 401
         assert http.get("/v1/stream", params={"key": "nope"}).status_code == 401
         for how in ({"params": {"key": "r-key"}}, {"headers": {"Authorization": "Bearer w-key"}},
-                    {"cookies": {"streamrec_key": "r-key"}}):
+                    {"headers": {"Cookie": "streamrec_key=r-key"}}):
             with http.stream("GET", "/v1/stream", **how) as answer:
                 assert answer.status_code == 200
                 assert answer.headers["content-type"].startswith("text/event-stream")
