@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EVENTS ?= 60000
 RATE ?= 2000
+DASHBOARD_PORT ?= 0
 PYTEST_ARGS ?=
 KAFKA_PORT ?= 19192
 KAFKA_DIR ?= .ci/work/kafka
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/streamrec demo --events $(EVENTS) --rate $(RATE)
+	$(VENV)/bin/streamrec demo --events $(EVENTS) --rate $(RATE) --dashboard-port $(DASHBOARD_PORT)
 
 # Unit tests, doctests and the integration suite on the embedded Tansu broker + redis-server.
 test: $(STAMP)

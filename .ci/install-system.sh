@@ -8,6 +8,8 @@ pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v java >/dev/null && command -v keytool >/dev/null || pkgs+=(openjdk-17-jre-headless)  # keytool: Kafka's TLS listener
 command -v mvn >/dev/null || pkgs+=(maven)
+command -v chromium >/dev/null || pkgs+=(chromium)  # the dashboard's browser test (headless)
+command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
 if (( ${#pkgs[@]} == 0 )); then echo "[install-system] all present, nothing to do" >&2; exit 0; fi
 
 echo "[install-system] installing: ${pkgs[*]}" >&2

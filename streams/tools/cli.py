@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--items", type=int, default=1_000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--plain", action="store_true", help="plain progress lines instead of a live screen")
+    demo.add_argument("--dashboard-port", type=int, default=0,
+                      help="port of the live dashboard on 127.0.0.1 (default: a free one)")
 
     sub.add_parser("settings", help="list every setting with its environment variable and default")
 
@@ -392,7 +394,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     Settings.from_env()  # a bad setting is said before the embedded services start
     return run_demo(DemoOptions(events=args.events, rate=args.rate, users=args.users, items=args.items,
-                                seed=args.seed, plain=args.plain))
+                                seed=args.seed, plain=args.plain, dashboard_port=args.dashboard_port))
 
 
 def _settings(args: argparse.Namespace) -> int:

@@ -5,13 +5,17 @@ short-video traffic (creators, communities, Zipf popularity, users with tastes, 
 view -> like -> share funnel, watch time, a sprinkle of malformed messages). A spotlight
 user starts binge-watching a community that is new to them; the screen shows their cached
 list moving toward it. It ends after ``--events`` events (or Ctrl-C) with a summary, and
-stops everything it started.
+stops everything it started. Meanwhile ``streamrec serve`` runs too, on 127.0.0.1: its live dashboard
+(``Dashboard: http://127.0.0.1:PORT/``, printed first) draws the same metrics topic in a browser.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from streams.client import AsyncRecsReader, EventProducer, Recommendations
 from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
-from streams.tools.dev import DevServices
+from streams.tools.dev import DevServices, free_port
 from streams.tools.monitor import MetricsBoard
 from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from streams.tools.worker_process import WorkerProcess
@@ -42,6 +46,7 @@ class DemoOptions:
     seed: int = 7
     plain: bool = False
     malformed_every: int = 500  # one malformed message per this many events
+    dashboard_port: int = 0  # the dashboard's port on 127.0.0.1 (0: a free one)
 
 
 @dataclass
@@ -73,6 +78,7 @@ def run_demo(options: DemoOptions) -> int:
             metrics_window_s=5.0,
             metrics_grace_s=1.0,
         )
+        dashboard = _start_dashboard(settings, options.dashboard_port, workdir / "serve.log")
         worker = WorkerProcess(settings, workdir / "worker.log").start()
         state = DemoState()
         try:
@@ -87,7 +93,34 @@ def run_demo(options: DemoOptions) -> int:
             _print_summary(options, state)
         finally:
             worker.stop()
+            if dashboard is not None:
+                _stop(dashboard)
     return 0
+
+
+def _start_dashboard(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes] | None:
+    """``streamrec serve`` on 127.0.0.1 (its page at ``/`` is the live dashboard); None without the serve extra."""
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        print("no dashboard: it needs the serve extra (pip install -e '.[serve]')", file=sys.stderr)
+        return None
+    port = port or free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter, our own module, fixed arguments
+            [sys.executable, "-m", "streams.tools.serve", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, **settings.to_env()}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    print(f"Dashboard: http://127.0.0.1:{port}/", file=sys.stderr, flush=True)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> None:

@@ -455,6 +455,9 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    from streams.tools.dashboard import install_dashboard  # GET / (the live dashboard) and GET /v1/stream
+
+    install_dashboard(app, settings, _require("read"))
     return app
 
 
