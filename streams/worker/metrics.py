@@ -12,6 +12,9 @@ Records are plain dicts, sent as JSON to ``<prefix>.metrics`` (schema in the REA
   :class:`HealthCounters`).
 
 >>> from streams.events import Event
+
+if TYPE_CHECKING:
+    from streams.worker.online import OnlineCheck
 >>> windows = EngagementWindows(window_ms=10_000, grace_ms=0)
 >>> windows.add([Event("e1", "u1", "i1", "view", 1_000, None, "c1", ("dance",)),
 ...              Event("e2", "u1", "i1", "like", 2_000, None, "c1", ("dance",))])
@@ -26,11 +29,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from operator import attrgetter
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from streams.events import Event
+
+if TYPE_CHECKING:
+    from streams.worker.online import OnlineCheck
 
 __all__ = ["EngagementWindows", "HealthCounters", "percentiles_ms", "KIND_CODES"]
 
@@ -178,6 +184,9 @@ class EngagementWindows:
         never replayed, so the counts of all revisions of a window add up exactly.
 
         >>> from streams.events import Event
+
+if TYPE_CHECKING:
+    from streams.worker.online import OnlineCheck
         >>> w = EngagementWindows(window_ms=10_000, grace_ms=0)
         >>> w.add([Event("e1", "u1", "i1", "view", 1_000)])
         >>> [(r["id"], r["views"], r["revision"]) for r in w.flush_partials()]
@@ -378,6 +387,19 @@ class HealthCounters:
     broker_ms: list[np.ndarray] = field(default_factory=list)  # per event: from its ts to the worker's intake
     thread_cpu_s: float = field(default_factory=time.thread_time)  # the thread's CPU clock at the window's start
     gc: GcPauses = field(default_factory=GcPauses)  # counts only once registered in gc.callbacks (the worker does)
+    # Online quality (streams.worker.online): events checked against their user's cached list, hits, list ages
+    online_checked: int = 0
+    online_hits_10: int = 0
+    online_hits_50: int = 0
+    online_ages_ms: list[np.ndarray] = field(default_factory=list)
+
+    def online(self, check: OnlineCheck) -> None:
+        """Count one batch's check of its events against the cached lists."""
+        if check.checked:
+            self.online_checked += check.checked
+            self.online_hits_10 += check.hits_short
+            self.online_hits_50 += check.hits_long
+            self.online_ages_ms.append(check.ages_ms)
 
     def latency(self, stage: str, seconds: float) -> None:
         """One batch spent ``seconds`` (wall clock) in ``stage`` (queue, learn, topn, redis)."""
@@ -421,6 +443,7 @@ class HealthCounters:
             stages["other"] = round((busy - sum(self.stage_cpu_s.values())) * per_event, 2)
         batch_p50, batch_p99 = percentiles_ms([np.asarray(self.batch_ms)] if self.batch_ms else [])
         elapsed_s = max((now_ms - self.started_ms) / 1000.0, 1e-3)
+        checked = self.online_checked
         record = {
             "type": "health",
             "worker_id": self.worker_id,
@@ -448,6 +471,10 @@ class HealthCounters:
             "gc_ms": round(self.gc.total_s * 1000.0, 1),
             "gc_pause_max_ms": round(self.gc.max_s * 1000.0, 1),
             "gc_collections": self.gc.count,
+            "online_checked": checked,
+            "online_hit_at_10": round(self.online_hits_10 / checked, 4) if checked else None,
+            "online_hit_at_50": round(self.online_hits_50 / checked, 4) if checked else None,
+            "online_list_age_ms_p50": percentiles_ms(self.online_ages_ms, (50,))[0],
             **extra,
         }
         self.started_ms = now_ms
@@ -462,4 +489,6 @@ class HealthCounters:
         self.stage_ms = {}
         self.broker_ms = []
         self.gc.reset()
+        self.online_checked = self.online_hits_10 = self.online_hits_50 = 0
+        self.online_ages_ms = []
         return record
