@@ -20,8 +20,8 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np

@@ -21,7 +21,7 @@ checked against the list written before that batch.
 from __future__ import annotations
 
 from itertools import repeat
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence, cast
 
 import numpy as np
 
@@ -91,7 +91,8 @@ class CachedLists:
             return OnlineCheck(0, 0, 0, np.zeros(0, np.int64))
         every = rows.size == n
         if item_index is not None:
-            item = np.asarray(item_index(items if every else [items[r] for r in rows.tolist()]), np.int64)
+            ids = cast("Sequence[str]", items)
+            item = np.asarray(item_index(ids if every else [ids[r] for r in rows.tolist()]), np.int64)
         else:
             item = np.asarray(items, np.int64) if every else np.asarray(items, np.int64)[rows]
         ts_ms = np.asarray(ts_ms, np.int64) if every else np.asarray(ts_ms, np.int64)[rows]
