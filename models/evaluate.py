@@ -15,6 +15,19 @@ With :math:`r` the 0-based rank of the held-out item over :math:`E` evaluated ev
     \mathrm{recall@20} = \tfrac{1}{E}\sum [r < 20]
 
 (with one relevant item, recall@20 is HR@20).
+
+Set-based figures, for comparison with papers that report them: each evaluated event's
+held-out set is its one item, so per event precision@10 is hits / 10 and recall@10 is the
+hit itself, and F1@10 is their harmonic mean (2/11 for a hit, else 0):
+
+.. math::
+
+    \mathrm{precision@10} = \tfrac{1}{E}\sum \frac{[r < 10]}{10}, \qquad
+    \mathrm{recall@10} = \mathrm{HR@10}, \qquad
+    \mathrm{F1@10} = \tfrac{1}{E}\sum \frac{2 \cdot \frac{[r < 10]}{10} \cdot [r < 10]}
+        {\frac{[r < 10]}{10} + [r < 10]} = \tfrac{2}{11}\,\mathrm{HR@10}
+
+(0/0 counts as 0; with one held-out item per event, precision@10 is at most 0.1).
 """
 
 from __future__ import annotations
@@ -74,6 +87,9 @@ class PrequentialResult:
         not engaged it before (all three as of the model the test ran against).
     hr_at_10, ndcg_at_10, recall_at_20
         Mean metrics over the evaluated events (0 when none was evaluated).
+    precision_at_10, recall_at_10, f1_at_10
+        The set-based figures of the module docstring, over the same events: HR@10 / 10,
+        HR@10, and 2/11 HR@10.
     learn_events_per_s
         Events learned per second spent inside the model's learn calls.
     seconds
@@ -105,6 +121,9 @@ class PrequentialResult:
     recall_at_20: float
     learn_events_per_s: float
     seconds: float
+    precision_at_10: float = 0.0
+    recall_at_10: float = 0.0
+    f1_at_10: float = 0.0
     batch_size: int = 1
     unit_weights: bool = False
     repeats: int = 0
@@ -150,6 +169,15 @@ class _Segments:
         return {split: {key: {"evaluated": n, "hr_at_10": self.hits[split][key] / n if n else None}
                         for key, n in counts.items()}
                 for split, counts in self.tests.items()}
+
+
+def _f1(precision: float, recall: float) -> float:
+    """Harmonic mean of ``precision`` and ``recall`` (0 when both are 0).
+
+    With one held-out item per event every hit has the same F1 (2/11 at 10), so the mean of the
+    per-event F1s equals the F1 of the mean precision and recall computed here.
+    """
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 def _accepts(method: Callable[..., Any], name: str) -> bool:
@@ -363,6 +391,9 @@ def prequential(
         hr_at_10=hits * per,
         ndcg_at_10=ndcg * per,
         recall_at_20=recalled * per,
+        precision_at_10=hits * per / _HR_AT,
+        recall_at_10=hits * per,
+        f1_at_10=_f1(hits * per / _HR_AT, hits * per),
         learn_events_per_s=n / learn_s if learn_s > 0 else 0.0,
         seconds=time.perf_counter() - started,
         batch_size=batch_size,

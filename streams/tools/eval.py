@@ -1,4 +1,4 @@
-"""``streamrec eval``: prequential HR@10, NDCG@10 and recall@20 of the models on a dataset.
+"""``streamrec eval``: prequential HR@10, NDCG@10, recall@20, precision@10 and F1@10 of the models on a dataset.
 
     streamrec eval --data ml-100k/u.data --format movielens
     streamrec eval --data events.jsonl --format jsonl --model bpr popularity --json
@@ -19,7 +19,9 @@ over the events in time order. Models, each with its library defaults (no per-da
 Default: bpr, popularity, recent-popularity and river-biasedmf (skipped with a note when River
 is not installed; naming a River model without River is an error). Results go to stdout as a
 table (then HR@10 split by the user's history length and by the item's age), or as one JSON
-object per model per line with ``--json``; notes and progress go to stderr. A missing or
+object per model per line with ``--json`` (precision@10, recall@10 and F1@10 there are the
+set-based figures of :mod:`models.evaluate`: one held-out item per test, so precision@10 =
+HR@10 / 10 and F1@10 = 2/11 HR@10); notes and progress go to stderr. A missing or
 malformed dataset exits with status 2 and a one-line message.
 
 ``--scenario binge`` runs :mod:`streams.tools.binge` instead (no dataset): how fast lists follow
@@ -211,11 +213,13 @@ def _print_table(results: Sequence[PrequentialResult], args: argparse.Namespace)
     table = Table(title=f"prequential evaluation, batch size {args.batch_size}, {weights} weights",
                   caption=f"{args.data}; " + "; ".join(f"{r.model}: {MODELS.get(r.model, '')}" for r in results))
     table.add_column("model")
-    for column in ("events", "evaluated", "HR@10", "NDCG@10", "recall@20", "learn events/s", "seconds"):
+    for column in ("events", "evaluated", "HR@10", "NDCG@10", "recall@20", "precision@10", "F1@10",
+                   "learn events/s", "seconds"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(r.model, f"{r.events:,}", f"{r.evaluated:,}",
                       f"{r.hr_at_10:.4f}", f"{r.ndcg_at_10:.4f}", f"{r.recall_at_20:.4f}",
+                      f"{r.precision_at_10:.4f}", f"{r.f1_at_10:.4f}",
                       f"{r.learn_events_per_s:,.0f}", f"{r.seconds:.1f}")
     Console().print(table)
     for split, title in (("history", "HR@10 by the event's number among the user's items"),

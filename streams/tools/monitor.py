@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
 
-__all__ = ["MetricsBoard", "tail_metrics"]
+__all__ = ["MetricsBoard", "online_cells", "tail_metrics"]
 
 
 class MetricsBoard:
@@ -77,12 +77,14 @@ class MetricsBoard:
         from rich.table import Table
 
         health = Table(title="pipeline health (latest window per worker)", expand=True)
-        for column in ("worker", "events/s", "processed", "dead-lettered", "lag", "fresh p50 ms", "fresh p99 ms"):
+        for column in ("worker", "events/s", "processed", "dead-lettered", "lag", "fresh p50 ms", "fresh p99 ms",
+                       "online hit@10", "hit@50", "list age p50 ms"):
             health.add_column(column, justify="right" if column != "worker" else "left")
         for worker, rec in sorted(self.health.items()):
             health.add_row(worker, f"{rec.get('events_per_s', 0):,.0f}", f"{rec.get('events_processed', 0):,}",
                            f"{rec.get('events_dead_lettered', 0):,}", _fmt(rec.get("consumer_lag")),
-                           _fmt(rec.get("freshness_p50_ms")), _fmt(rec.get("freshness_p99_ms")))
+                           _fmt(rec.get("freshness_p50_ms")), _fmt(rec.get("freshness_p99_ms")),
+                           *online_cells(rec))
         parts: list[Any] = [health]
         for kind in ("tag", "creator", "item"):
             rows = self.top(kind, 8)
@@ -96,6 +98,21 @@ class MetricsBoard:
                               _pct(r["like_rate"]), _pct(r["share_rate"]))
             parts.append(table)
         return Group(*parts)
+
+
+def online_cells(record: dict[str, Any]) -> tuple[str, str, str]:
+    """The online-quality cells of a health record: hit@10 and hit@50 (with the events checked), list age.
+
+    >>> online_cells({"online_checked": 400, "online_hit_at_10": 0.1234, "online_hit_at_50": 0.3,
+    ...               "online_list_age_ms_p50": 1520.0})
+    ('12.3% of 400', '30.0%', '1,520.0')
+    >>> online_cells({"online_checked": 0, "online_hit_at_10": None, "online_hit_at_50": None})
+    ('-', '-', '-')
+    """
+    checked = record.get("online_checked") or 0
+    hit_10 = _pct(record.get("online_hit_at_10"))
+    return (f"{hit_10} of {checked:,}" if checked else "-", _pct(record.get("online_hit_at_50")),
+            _fmt(record.get("online_list_age_ms_p50")))
 
 
 def _fmt(value: Any) -> str:

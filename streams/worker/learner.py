@@ -21,6 +21,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ from streams.state.codecs import StateCorrupt, decode_user, encode_users
 from streams.state.store import StateStore
 from streams.worker.exchange import ItemExchange
 from streams.worker.metrics import KIND_CODES, EngagementWindows, HealthCounters
+from streams.worker.online import HIT_LONG, CachedLists
 
 if TYPE_CHECKING:
     from models.base import WorkerModel
@@ -178,6 +180,8 @@ class Learner:
         )
         self.health = HealthCounters(worker_id=settings.effective_worker_id, started_ms=_now_ms())
         self.seen_event_ids = EventIdWindow()
+        #: The lists last written for each user, which its next events are checked against (online quality).
+        self.cached_lists = CachedLists(depth=min(HIT_LONG, settings.top_n))
         self.run_id = format(_now_ms(), "x") + secrets.token_hex(2)  # unique per worker incarnation
         #: The item side of the model, shared with the other workers (see :mod:`streams.worker.exchange`).
         self.exchange = ItemExchange(self.model, self.popularity, self.item_meta, partitions=settings.item_partitions,
@@ -302,13 +306,17 @@ class Learner:
         :meth:`~streams.worker.exchange.ItemExchange.items_published`)."""
         # One pass to columns (an Event is a tuple: zip(*events) transposes in C).
         columns = _Columns(*zip(*events))
+        ts = np.array(columns.ts, dtype=np.int64)
+        with self.health.cpu("online"):  # before learning: the lists as the users were served them
+            check = self.cached_lists.check(columns.users, columns.items, ts, item_index=self.model.item_index)
         with self.health.cpu("learn"):
-            ts = self._learn_columns(columns, moves_items)
+            self._learn_columns(columns, ts, moves_items)
         with self.health.cpu("count"):
             self._count(columns, ts, outcome, covers)
+        self.health.online(check)
 
-    def _learn_columns(self, c: _Columns, moves_items: list[bool]) -> np.ndarray:
-        """The model and popularity learn; returns the event times (int64 ms)."""
+    def _learn_columns(self, c: _Columns, ts: np.ndarray, moves_items: list[bool]) -> None:
+        """The model and popularity learn (``ts``: the event times, int64 ms)."""
         self._hydrate(set(c.users))
         weights = event_weights(
             c.kinds,
@@ -321,10 +329,8 @@ class Learner:
         self.exchange.note_new_items(self.model.add_items(c.items, c.tags))
         moves = None if all(moves_items) else np.array(moves_items)
         self.model.learn_batch(c.users, c.items, weights, item_tags=c.tags, update_items=moves)
-        ts = np.array(c.ts, dtype=np.int64)
         self.popularity.learn_batch(c.users, c.items, weights if moves is None else weights * moves, ts_ms=ts,
                                     item_tags=c.tags)
-        return ts
 
     def _count(self, c: _Columns, ts: np.ndarray, outcome: BatchOutcome, covers: dict[int, int]) -> None:
         """Windows, histories, item meta and counters (the window counts validate before they change)."""
@@ -384,6 +390,7 @@ class Learner:
         gone = [u for u in self.history if kafka_partition(u.encode(), n) in partitions]
         for user_id in gone:
             del self.history[user_id]
+        self.cached_lists.forget([u for u in self.cached_lists.users() if kafka_partition(u.encode(), n) in partitions])
         return len(gone)
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -416,6 +423,26 @@ class Learner:
             if matrix.size and not np.isfinite(matrix[:, -1]).all():  # someone has fewer items left
                 return known, items, [row[: len(ids)] for row, ids in zip(matrix.tolist(), items)]
         return known, items, matrix
+
+    def lists_written(self, users: Sequence[str], items: Sequence[Sequence[str]], written_ms: int) -> None:
+        """Remember the lists just written for ``users`` (item ids, best first): their next events are
+        checked against them (see :mod:`streams.worker.online`)."""
+        n = len(users)
+        if not n:
+            return
+        with self.health.cpu("online"):
+            depth = self.cached_lists.depth
+            lengths = np.fromiter(map(len, items), np.int64, n)
+            width = int(lengths.max())
+            if width > depth:
+                items, lengths, width = [row[:depth] for row in items], np.minimum(lengths, depth), depth
+            flat = self.model.item_index(list(chain.from_iterable(items)))
+            if flat.size == n * width:  # every list full: one reshape
+                matrix = flat.reshape(n, width)
+            else:
+                matrix = np.full((n, width), -1, np.int64)
+                matrix[np.arange(width) < lengths[:, None]] = flat
+            self.cached_lists.remember(users, matrix, written_ms)
 
     def popular(self) -> Recs:
         """The non-personalised fallback: recently popular items."""

@@ -12,6 +12,9 @@ Records are plain dicts, sent as JSON to ``<prefix>.metrics`` (schema in the REA
   :class:`HealthCounters`).
 
 >>> from streams.events import Event
+
+if TYPE_CHECKING:
+    from streams.worker.online import OnlineCheck
 >>> windows = EngagementWindows(window_ms=10_000, grace_ms=0)
 >>> windows.add([Event("e1", "u1", "i1", "view", 1_000, None, "c1", ("dance",)),
 ...              Event("e2", "u1", "i1", "like", 2_000, None, "c1", ("dance",))])
@@ -27,11 +30,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from operator import attrgetter
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from streams.events import Event
+
+if TYPE_CHECKING:
+    from streams.worker.online import OnlineCheck
 
 __all__ = ["EngagementWindows", "HealthCounters", "HealthTotals", "BucketCounts", "percentiles_ms", "KIND_CODES",
            "FRESHNESS_BUCKETS_S", "BATCH_BUCKETS_S"]
@@ -180,6 +186,9 @@ class EngagementWindows:
         never replayed, so the counts of all revisions of a window add up exactly.
 
         >>> from streams.events import Event
+
+if TYPE_CHECKING:
+    from streams.worker.online import OnlineCheck
         >>> w = EngagementWindows(window_ms=10_000, grace_ms=0)
         >>> w.add([Event("e1", "u1", "i1", "view", 1_000)])
         >>> [(r["id"], r["views"], r["revision"]) for r in w.flush_partials()]
@@ -453,6 +462,19 @@ class HealthCounters:
     _done_freshness: BucketCounts = field(default_factory=lambda: BucketCounts(FRESHNESS_BUCKETS_S), repr=False)
     _done_batch: BucketCounts = field(default_factory=lambda: BucketCounts(BATCH_BUCKETS_S), repr=False)
     _totals_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Online quality (streams.worker.online): events checked against their user's cached list, hits, list ages
+    online_checked: int = 0
+    online_hits_10: int = 0
+    online_hits_50: int = 0
+    online_ages_ms: list[np.ndarray] = field(default_factory=list)
+
+    def online(self, check: OnlineCheck) -> None:
+        """Count one batch's check of its events against the cached lists."""
+        if check.checked:
+            self.online_checked += check.checked
+            self.online_hits_10 += check.hits_short
+            self.online_hits_50 += check.hits_long
+            self.online_ages_ms.append(check.ages_ms)
 
     def latency(self, stage: str, seconds: float) -> None:
         """One batch spent ``seconds`` (wall clock) in ``stage`` (queue, learn, topn, redis)."""
@@ -523,6 +545,7 @@ class HealthCounters:
             stages["other"] = round((busy - sum(self.stage_cpu_s.values())) * per_event, 2)
         batch_p50, batch_p99 = percentiles_ms([np.asarray(self.batch_ms)] if self.batch_ms else [])
         elapsed_s = max((now_ms - self.started_ms) / 1000.0, 1e-3)
+        checked = self.online_checked
         record = {
             "type": "health",
             "worker_id": self.worker_id,
@@ -550,6 +573,10 @@ class HealthCounters:
             "gc_ms": round(self.gc.total_s * 1000.0, 1),
             "gc_pause_max_ms": round(self.gc.max_s * 1000.0, 1),
             "gc_collections": self.gc.count,
+            "online_checked": checked,
+            "online_hit_at_10": round(self.online_hits_10 / checked, 4) if checked else None,
+            "online_hit_at_50": round(self.online_hits_50 / checked, 4) if checked else None,
+            "online_list_age_ms_p50": percentiles_ms(self.online_ages_ms, (50,))[0],
             **extra,
         }
         with self._totals_lock:
@@ -566,6 +593,8 @@ class HealthCounters:
         self.stage_ms = {}
         self.broker_ms = []
         self.gc.reset()
+        self.online_checked = self.online_hits_10 = self.online_hits_50 = 0
+        self.online_ages_ms = []
         return record
 
     def _add_to_totals(self) -> None:

@@ -299,6 +299,7 @@ class RecommenderService:
                                exc, len(self.pending_users), self.redis_backoff_s)
                 return False
             written_ms = _now_ms()
+            learner.lists_written(known, items, written_ms)
             learner.health.latency("topn", ranked - started)
             learner.health.latency("redis", time.perf_counter() - ranked)
             if trending_due:

@@ -27,8 +27,8 @@ from streams.tools import eval as eval_cli
 from streams.tools.cli import main as cli_main
 from tests.unit.planted import planted_stream
 
-REQUIRED_KEYS = {"model", "events", "evaluated", "hr_at_10", "ndcg_at_10", "recall_at_20", "learn_events_per_s",
-                 "seconds", "batch_size"}
+REQUIRED_KEYS = {"model", "events", "evaluated", "hr_at_10", "ndcg_at_10", "recall_at_20", "precision_at_10",
+                 "recall_at_10", "f1_at_10", "learn_events_per_s", "seconds", "batch_size"}
 needs_river = pytest.mark.skipif(not river_available(), reason="River is not installed (streamrec[bench])")
 
 
@@ -225,6 +225,18 @@ def test_rank_metrics_are_exact(target: str, hr: float, ndcg: float) -> None:
     assert (r.model, r.evaluated, r.repeats) == ("pop", 1, sum(11 - k for k in range(12)))
     assert (r.hr_at_10, r.recall_at_20) == (hr, 1.0)
     assert r.ndcg_at_10 == pytest.approx(ndcg)
+    # one held-out item: a hit is precision 1/10, recall 1, F1 = 2 * 0.1 * 1 / (0.1 + 1) = 2/11; a miss is 0
+    assert (r.precision_at_10, r.recall_at_10) == (hr / 10, hr)
+    assert r.f1_at_10 == pytest.approx(2 / 11 * hr)
+
+
+def test_precision_and_f1_at_10_follow_hr_at_10_over_many_tests() -> None:
+    r = prequential(BPRMF(n_factors=8, seed=0), planted(3000))
+    assert 0 < r.hr_at_10 < 1 and r.evaluated > 500
+    assert r.recall_at_10 == r.hr_at_10
+    assert r.precision_at_10 == pytest.approx(r.hr_at_10 / 10)
+    p, rec = r.precision_at_10, r.recall_at_10
+    assert r.f1_at_10 == pytest.approx(2 * p * rec / (p + rec)) == pytest.approx(2 / 11 * r.hr_at_10)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7])
@@ -395,6 +407,8 @@ def test_cli_json_lines(ratings: Path, capsys: pytest.CaptureFixture[str]) -> No
     for r in rows:
         assert REQUIRED_KEYS <= set(r) and r["events"] == 500 and r["batch_size"] == 1
         assert r["evaluated"] > 0
+        assert r["precision_at_10"] == pytest.approx(r["hr_at_10"] / 10)
+        assert r["f1_at_10"] == pytest.approx(2 / 11 * r["hr_at_10"])
     assert "500 events" in err
 
 
@@ -406,6 +420,7 @@ def test_cli_batch_size_and_table(ratings: Path, capsys: pytest.CaptureFixture[s
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "popularity" in out and "HR@10" in out and "batch size 50" in out
+    assert "precision@10" in out and "F1@10" in out
     assert "by the event's number among the user's items" in out and "2-5" in out and "by the item's age" in out
 
 
