@@ -12,9 +12,6 @@ Records are plain dicts, sent as JSON to ``<prefix>.metrics`` (schema in the REA
   :class:`HealthCounters`).
 
 >>> from streams.events import Event
-
-if TYPE_CHECKING:
-    from streams.worker.online import OnlineCheck
 >>> windows = EngagementWindows(window_ms=10_000, grace_ms=0)
 >>> windows.add([Event("e1", "u1", "i1", "view", 1_000, None, "c1", ("dance",)),
 ...              Event("e2", "u1", "i1", "like", 2_000, None, "c1", ("dance",))])
