@@ -8,6 +8,8 @@ pkgs=()
 command -v redis-server >/dev/null || pkgs+=(redis-server)
 command -v java >/dev/null && command -v keytool >/dev/null || pkgs+=(openjdk-17-jre-headless)  # keytool: Kafka's TLS listener
 command -v mvn >/dev/null || pkgs+=(maven)
+command -v openssl >/dev/null || pkgs+=(openssl)   # self-signed certificates of the HTTPS tests
+command -v wrk >/dev/null || pkgs+=(wrk)           # the HTTP load generator of bench/http_load.py
 if (( ${#pkgs[@]} == 0 )); then echo "[install-system] all present, nothing to do" >&2; exit 0; fi
 
 echo "[install-system] installing: ${pkgs[*]}" >&2
