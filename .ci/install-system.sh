@@ -10,6 +10,8 @@ command -v java >/dev/null && command -v keytool >/dev/null || pkgs+=(openjdk-17
 command -v mvn >/dev/null || pkgs+=(maven)
 command -v chromium >/dev/null || pkgs+=(chromium)  # the dashboard's browser test (headless)
 command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
+command -v openssl >/dev/null || pkgs+=(openssl)   # self-signed certificates of the HTTPS tests
+command -v wrk >/dev/null || pkgs+=(wrk)           # the HTTP load generator of bench/http_load.py
 if (( ${#pkgs[@]} == 0 )); then echo "[install-system] all present, nothing to do" >&2; exit 0; fi
 
 echo "[install-system] installing: ${pkgs[*]}" >&2

@@ -165,6 +165,15 @@ class Settings:
         secret=True,
     )
     serve_max_body_bytes: int = _setting(1048576, "Largest request body `streamrec serve` reads; larger ones get 413.")
+    serve_rate_limit: float = _setting(
+        0.0, "Requests per second each client (API key, else remote address) may make to /v1/ routes of `streamrec "
+        "serve`, in bursts of STREAMREC_SERVE_RATE_BURST; over it: 429 with Retry-After. 0 turns it off (the default).",
+    )
+    serve_rate_burst: int = _setting(100, "Requests a client of `streamrec serve` may make at once before its rate limit applies.")
+    serve_tls_cert: str = _setting("", "PEM certificate (chain) file: `streamrec serve` answers HTTPS (--tls-cert overrides).")
+    serve_tls_key: str = _setting("", "PEM private key file of STREAMREC_SERVE_TLS_CERT (--tls-key overrides).")
+    serve_workers: int = _setting(1, "Processes of `streamrec serve` (--workers overrides); each has its own rate-limit buckets.")
+    serve_access_log: bool = _setting(False, "Log one line per request of `streamrec serve` (uvicorn's access log).")
 
     # --- derived names -------------------------------------------------------------------
     @property
@@ -262,7 +271,8 @@ class Settings:
             if allowed and getattr(self, f.name) not in allowed:
                 raise SettingsError(f"{self.env_name(f.name)} must be one of {', '.join(allowed)}")
         positive = ("partitions", "item_partitions", "replication_factor", "top_n", "rec_ttl_s", "n_factors", "batch_max_events",
-                    "max_message_bytes", "max_batch_bytes", "max_history", "serve_max_body_bytes")
+                    "max_message_bytes", "max_batch_bytes", "max_history", "serve_max_body_bytes",
+                    "serve_rate_burst", "serve_workers")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{self.env_name(name)} must be > 0, got {getattr(self, name)}")
@@ -280,6 +290,10 @@ class Settings:
             raise SettingsError(f"STREAMREC_METRICS_PORT must be in 0..65535 (0: off), got {self.metrics_port}")
         if not 0 < self.serve_port < 65536:
             raise SettingsError(f"STREAMREC_SERVE_PORT must be in 1..65535, got {self.serve_port}")
+        if self.serve_rate_limit < 0:
+            raise SettingsError(f"STREAMREC_SERVE_RATE_LIMIT must be >= 0 (0 = off), got {self.serve_rate_limit}")
+        if bool(self.serve_tls_cert) != bool(self.serve_tls_key):
+            raise SettingsError("STREAMREC_SERVE_TLS_CERT and STREAMREC_SERVE_TLS_KEY go together: set both or neither")
         if not self.bootstrap_servers:
             raise SettingsError("STREAMREC_BROKER_URL names no server")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to bind (default STREAMREC_SERVE_HOST, 127.0.0.1); "
                        "a non-loopback one needs STREAMREC_API_KEYS_READ or STREAMREC_API_KEYS_WRITE")
     serve.add_argument("--port", type=int, default=None, help="port (default STREAMREC_SERVE_PORT, 8080)")
+    serve.add_argument("--tls-cert", default=None, help="PEM certificate file: serve HTTPS (STREAMREC_SERVE_TLS_CERT)")
+    serve.add_argument("--tls-key", default=None, help="PEM private key file of --tls-cert (STREAMREC_SERVE_TLS_KEY)")
+    serve.add_argument("--workers", type=int, default=None, help="processes (default STREAMREC_SERVE_WORKERS, 1)")
     serve.add_argument("--openapi", action="store_true", help="print the OpenAPI document and exit")
 
     from streams.tools.eval import add_arguments as add_eval_arguments  # light: models load when it runs

@@ -16,7 +16,9 @@ them. Redis or the broker being down is a ``503`` with a JSON reason, never a ``
 
 Keys: ``STREAMREC_API_KEYS_READ`` and ``STREAMREC_API_KEYS_WRITE`` (comma-separated bearer keys; a
 write key also reads). With no key at all only requests from a loopback address are served, and
-the server refuses to bind anything but a loopback address.
+the server refuses to bind anything but a loopback address. ``STREAMREC_SERVE_RATE_LIMIT`` limits
+each client (its key, else its address) on the ``/v1/`` routes (:mod:`streams.tools.ratelimit`);
+``--tls-cert`` / ``--tls-key`` serve HTTPS.
 
 It is a module of ``streams.tools`` (what people run), not a package of its own: it is an
 application of ``streams.client`` and ``streams.events`` like ``streamrec produce`` and ``streamrec recs``,
@@ -33,6 +35,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -53,8 +56,9 @@ from streams.events import MAX_BATCH_EVENTS, MAX_ID, MAX_TAG, MAX_TAGS, InvalidE
 from streams.io.redis import REDIS_ERRORS
 from streams.settings import Settings
 from streams.tools.http_metrics import install_metrics
+from streams.tools.ratelimit import RateLimiter
 
-__all__ = ["create_app", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback"]
+__all__ = ["create_app", "app_from_env", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback"]
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +191,7 @@ def _require(scope: Literal["read", "write"]) -> Callable[..., Awaitable[None]]:
             if not is_loopback(host):
                 raise ApiError(403, "localhost_only", "no API keys are configured (STREAMREC_API_KEYS_READ, "
                                                       "STREAMREC_API_KEYS_WRITE): only localhost is served")
+            _limit(request, f"address:{host}")
             return
         challenge = {"WWW-Authenticate": "Bearer"}
         if credentials is None:
@@ -196,8 +201,21 @@ def _require(scope: Literal["read", "write"]) -> Callable[..., Awaitable[None]]:
             raise ApiError(401, "unknown_key", "the API key is not one of the configured keys", challenge)
         if scope == "write" and granted != "write":
             raise ApiError(403, "read_only_key", "this key may read lists; posting events needs a write key")
+        _limit(request, f"key:{credentials.credentials}")  # only known keys get a bucket: memory stays bounded
 
     return check
+
+
+def _limit(request: Request, client: str) -> None:
+    """Count the request against ``client``'s rate limit (if one is set): 429 with ``Retry-After`` when over it."""
+    limiter: RateLimiter | None = request.app.state.limiter
+    if limiter is None:
+        return
+    wait = limiter.wait(client)
+    if wait > 0:
+        raise ApiError(429, "rate_limited", f"over {limiter.rate:g} requests/s (burst {limiter.burst:g}) for this "
+                       f"client (STREAMREC_SERVE_RATE_LIMIT): retry in {wait:.3f} s",
+                       {"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 # --- the app -----------------------------------------------------------------------------------
@@ -337,6 +355,8 @@ def create_app(
         description="Recommendations cached by the streamrec workers, and the events they learn from.",
     )  # fmt: skip
     app.state.keys = ApiKeys.from_settings(settings)
+    app.state.limiter = (RateLimiter(settings.serve_rate_limit, settings.serve_rate_burst)
+                         if settings.serve_rate_limit > 0 else None)
     read, write = Depends(_require("read")), Depends(_require("write"))
     sending = asyncio.Lock()
     heartbeats = Heartbeats(settings)
@@ -347,7 +367,7 @@ def create_app(
         return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     @app.get("/v1/recommendations/{user_id}", response_model=RecsOut, dependencies=[read],
-             responses=_errors(401, 403, 503))
+             responses=_errors(401, 403, 429, 503))
     async def recommendations(
         request: Request,
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID)],
@@ -363,14 +383,14 @@ def create_app(
             raise ApiError(503, "redis_unavailable", recs.error or "Redis is unavailable")
         return _recs_out(recs)
 
-    @app.get("/v1/popular", response_model=RecsOut, dependencies=[read], responses=_errors(401, 403, 503))
+    @app.get("/v1/popular", response_model=RecsOut, dependencies=[read], responses=_errors(401, 403, 429, 503))
     async def popular(
         request: Request, n: Annotated[int | None, Query(ge=1, le=MAX_N)] = None
     ) -> RecsOut:
         """The popular-recently list (`source`: popular, or none before a worker wrote one)."""
         return await _read_list(request, settings.popular_key, "popular", n)
 
-    @app.get("/v1/trending/{tag}", response_model=RecsOut, dependencies=[read], responses=_errors(401, 403, 503))
+    @app.get("/v1/trending/{tag}", response_model=RecsOut, dependencies=[read], responses=_errors(401, 403, 429, 503))
     async def trending(
         request: Request,
         tag: Annotated[str, Path(min_length=1, max_length=MAX_TAG)],
@@ -384,7 +404,7 @@ def create_app(
                                          "maxItems": MAX_BATCH_EVENTS}]}
 
     @app.post("/v1/events", status_code=202, response_model=EventsOut, dependencies=[write],
-              responses=_errors(400, 401, 403, 413, 503),
+              responses=_errors(400, 401, 403, 413, 429, 503),
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}}})
     async def post_events(request: Request) -> EventsOut:
         """One event or a JSON array of up to 2,000, each validated on its own by the worker's contract: the
@@ -469,6 +489,15 @@ def openapi_document() -> str:
 # --- the command ------------------------------------------------------------------------------
 
 
+def app_from_env() -> FastAPI:
+    """The app of the ``STREAMREC_*`` environment: what each process imports with ``--workers`` above 1.
+
+    >>> app_from_env().title
+    'streamrec'
+    """
+    return create_app(Settings.from_env())
+
+
 def run(args: argparse.Namespace) -> int:
     if args.openapi:
         sys.stdout.write(openapi_document())
@@ -476,18 +505,39 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     host = args.host or settings.serve_host
     port = args.port or settings.serve_port
+    workers = args.workers or settings.serve_workers
+    cert, key = args.tls_cert or settings.serve_tls_cert, args.tls_key or settings.serve_tls_key
     if not ApiKeys.from_settings(settings).configured and not is_loopback(host):
         print(f"streamrec serve: refusing to bind {host} without API keys: set STREAMREC_API_KEYS_READ / "
               "STREAMREC_API_KEYS_WRITE, or bind 127.0.0.1", file=sys.stderr)
         return 2
+    if bool(cert) != bool(key):
+        print("streamrec serve: --tls-cert and --tls-key (STREAMREC_SERVE_TLS_CERT / _KEY) go together",
+              file=sys.stderr)
+        return 2
+    unreadable = [path for path in (cert, key) if path and not FilePath(path).is_file()]
+    if unreadable:
+        print(f"streamrec serve: no such TLS file: {unreadable[0]}", file=sys.stderr)
+        return 2
+    if workers < 1:
+        print(f"streamrec serve: --workers must be >= 1, got {workers}", file=sys.stderr)
+        return 2
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": settings.log_level.lower(),
+                               "access_log": settings.serve_access_log}
+    if cert:
+        options.update(ssl_certfile=cert, ssl_keyfile=key)
+    if workers > 1:  # each worker process builds its app from the environment, which it inherits
+        uvicorn.run("streams.tools.serve:app_from_env", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streams.tools.serve [--host H] [--port P] [--openapi]``: the same as ``streamrec serve``."""
+    """``python -m streams.tools.serve [--host H] [--port P] [--tls-cert F --tls-key F] [--workers N] [--openapi]``:
+    the same as ``streamrec serve``."""
     from streams.tools.cli import main as cli_main
 
     return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])

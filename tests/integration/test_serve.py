@@ -5,7 +5,9 @@ worker learns them, and the lists it writes come back through the API."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -25,13 +27,13 @@ pytestmark = pytest.mark.integration
 
 
 class Server:
-    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+    def __init__(self, settings: Settings, log: Path, args: tuple[str, ...] = (), verify: Any = True, **env: str) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
+        self.url = f"{'https' if '--tls-cert' in args else 'http'}://127.0.0.1:{self.port}"
+        self.log, self.verify = log, verify
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.tools.serve", "--port", str(self.port)],
+                [sys.executable, "-m", "streams.tools.serve", "--port", str(self.port), *args],
                 env={**os.environ, **settings.to_env(), **env}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip
@@ -39,7 +41,7 @@ class Server:
     def up(self) -> bool:
         assert self.process.poll() is None, f"streamrec serve exited:\n{self.log.read_text(errors='replace')}"
         try:
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+            return httpx.get(self.url + "/healthz", timeout=2, verify=self.verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -58,8 +60,8 @@ class Server:
 def serve(tmp_path: Path) -> Iterator[Any]:
     servers: list[Server] = []
 
-    def start(settings: Settings, **env: str) -> Server:
-        server = Server(settings, tmp_path / f"serve-{len(servers)}.log", **env)
+    def start(settings: Settings, args: tuple[str, ...] = (), verify: Any = True, **env: str) -> Server:
+        server = Server(settings, tmp_path / f"serve-{len(servers)}.log", args, verify, **env)
         servers.append(server)
         wait_for(server.up, timeout=60, interval=0.2)
         return server
@@ -121,3 +123,32 @@ def test_events_posted_over_http_reach_the_topic_and_the_lists_come_back(make_se
         assert http.get("/v1/popular").status_code == 401
     # A graceful stop (the lifespan closes the producer and the reader); uvicorn then re-raises the SIGTERM
     assert server.stop() in (0, -signal.SIGTERM) and "Application shutdown complete" in server.log.read_text()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl command is needed (.ci/install-system.sh installs it)"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+def test_serves_https_with_the_given_certificate(make_settings, serve, tmp_path):
+    settings = make_settings()
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(cafile=str(cert))  # trusts this certificate only
+    server = serve(settings, ("--tls-cert", str(cert), "--tls-key", str(key)), context,
+                   STREAMREC_API_KEYS_READ="r-key", STREAMREC_SERVE_RATE_LIMIT="0.01", STREAMREC_SERVE_RATE_BURST="1")
+    assert server.url.startswith("https://")
+    with httpx.Client(base_url=server.url, timeout=30, verify=context) as https:
+        answer = https.get("/v1/popular", headers={"Authorization": "Bearer r-key"})
+        assert answer.status_code == 200 and answer.json()["source"] == "none"
+        limited = https.get("/v1/popular", headers={"Authorization": "Bearer r-key"})
+        assert limited.status_code == 429 and limited.headers["retry-after"] == "100"
+    with pytest.raises(httpx.ConnectError):  # the default trust store does not know a self-signed certificate
+        httpx.get(server.url + "/healthz", timeout=5)
+    with pytest.raises(httpx.RemoteProtocolError):  # no plain HTTP on the TLS port
+        httpx.get(server.url.replace("https://", "http://") + "/healthz", timeout=5)

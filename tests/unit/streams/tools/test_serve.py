@@ -358,6 +358,56 @@ def test_refuses_to_bind_a_public_address_without_keys(monkeypatch, capsys):
     assert (ran[-1]["host"], ran[-1]["port"]) == (EVERYWHERE, 9000)
 
 
+async def test_a_client_over_its_rate_limit_gets_429_with_retry_after(serve):
+    async with serve(client=REMOTE, api_keys_read="r1,r2", serve_rate_limit=0.01, serve_rate_burst=2) as http:
+        first = {"Authorization": "Bearer r1"}
+        assert [(await http.get("/v1/popular", headers=first)).status_code for _ in range(2)] == [200, 200]
+        over = await http.get("/v1/recommendations/u1", headers=first)
+        assert over.status_code == 429 and over.json()["error"] == "rate_limited"
+        assert int(over.headers["retry-after"]) == 100 and "STREAMREC_SERVE_RATE_LIMIT" in over.json()["detail"]
+        assert (await http.get("/v1/popular", headers={"Authorization": "Bearer r2"})).status_code == 200  # own bucket
+        assert (await http.get("/v1/popular", headers={"Authorization": "Bearer nope"})).status_code == 401
+        assert (await http.get("/healthz")).status_code == 200  # health checks are not limited
+    async with serve(client=LOCAL, serve_rate_limit=0.01, serve_rate_burst=1) as http:  # no keys: by address
+        assert (await http.post("/v1/events", json=event(1))).status_code == 202
+        assert (await http.post("/v1/events", json=event(2))).status_code == 429
+
+
+async def test_no_rate_limit_by_default(serve):
+    async with serve(client=LOCAL) as http:
+        assert {(await http.get("/v1/popular")).status_code for _ in range(300)} == {200}
+
+
+def test_tls_workers_and_access_log_reach_uvicorn(monkeypatch, capsys, tmp_path):
+    from streams.tools.cli import main
+
+    for name in ("STREAMREC_API_KEYS_READ", "STREAMREC_API_KEYS_WRITE", "STREAMREC_SERVE_HOST",
+                 "STREAMREC_SERVE_TLS_CERT", "STREAMREC_SERVE_TLS_KEY", "STREAMREC_SERVE_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-"), key.write_text("-")
+    ran: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: ran.append((app, options)))
+    assert main(["serve", "--tls-cert", str(cert), "--tls-key", str(key)]) == 0
+    app, options = ran[-1]
+    assert (options["ssl_certfile"], options["ssl_keyfile"]) == (str(cert), str(key))
+    assert options["access_log"] is False and not isinstance(app, str)
+    assert main(["serve", "--workers", "2"]) == 0
+    app, options = ran[-1]
+    assert (app, options["factory"], options["workers"]) == ("streams.tools.serve:app_from_env", True, 2)
+    assert "ssl_certfile" not in options
+    monkeypatch.setenv("STREAMREC_SERVE_TLS_CERT", str(cert))
+    monkeypatch.setenv("STREAMREC_SERVE_TLS_KEY", str(key))
+    monkeypatch.setenv("STREAMREC_SERVE_ACCESS_LOG", "true")
+    assert main(["serve"]) == 0 and ran[-1][1]["ssl_keyfile"] == str(key) and ran[-1][1]["access_log"] is True
+    capsys.readouterr()
+    assert main(["serve", "--tls-key", str(tmp_path / "missing.pem")]) == 2
+    assert capsys.readouterr().err.strip() == f"streamrec serve: no such TLS file: {tmp_path / 'missing.pem'}"
+    monkeypatch.delenv("STREAMREC_SERVE_TLS_KEY")
+    assert main(["serve"]) == 2  # a certificate without its key: a one-line error
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and len(ran) == 3
+
+
 # --- the OpenAPI document ---------------------------------------------------------------------
 
 
