@@ -6,7 +6,8 @@
 One synthetic stream (100k users x 20k items by default, Zipf-like item popularity, kinds
 80 % view / 15 % like / 5 % share) is learned by every path in the same run:
 
-- ``BPRMF.learn_batch``: batches of 2048, k = 32, 10 negatives (the worker's path)
+- ``BPRMF.learn_batch``: batches of 2048, k = 32, 10 negatives (the worker's path), with its defaults and
+  with the session off (no co-visitation counts, no ring of recent items to keep)
 - ``BPRMF.learn_one``: the same model, one event per call
 - River ``reco.BiasedMF.learn_one`` (target y = event weight), at k = 32 and at River's default k = 10
 - ``Popularity.learn_batch``: batches of 2048, all-time and with a one-hour half-life
@@ -90,15 +91,16 @@ def timed(run: Callable[[], None], events: int, repeats: int) -> list[float]:
     return rates
 
 
-def bench_bpr_batch(s: Stream, repeats: int, k: int, negatives: int) -> Row:
-    model = BPRMF(n_factors=k, n_negatives=negatives, seed=0)
+def bench_bpr_batch(s: Stream, repeats: int, k: int, negatives: int, session: bool = True) -> Row:
+    off = {} if session else {"covisit_weight": 0.0, "session_tag_weight": 0.0}
+    model = BPRMF(n_factors=k, n_negatives=negatives, seed=0, **off)
 
     def run() -> None:
         for lo in range(0, len(s), BATCH):
             model.learn_batch(s.users[lo:lo + BATCH], s.items[lo:lo + BATCH], s.weights[lo:lo + BATCH])
 
-    return Row("BPRMF.learn_batch", f"k={k}, {negatives} negatives, batches of {BATCH}", len(s),
-               timed(run, len(s), repeats))
+    detail = f"k={k}, {negatives} negatives, batches of {BATCH}" + ("" if session else ", session off")
+    return Row("BPRMF.learn_batch", detail, len(s), timed(run, len(s), repeats))
 
 
 def bench_bpr_one(s: Stream, n: int, repeats: int, k: int, negatives: int) -> Row:
@@ -165,6 +167,7 @@ def main() -> None:
     s = make_stream(events, args.users, args.items)
     rows = [
         bench_bpr_batch(s, repeats, args.factors, args.negatives),
+        bench_bpr_batch(s, repeats, args.factors, args.negatives, session=False),
         bench_bpr_one(s, per_event, repeats, args.factors, args.negatives),
     ]
     river_rows: list[Row] = []
@@ -191,9 +194,11 @@ def main() -> None:
     if river_rows:
         river_same_k = river_rows[0].median
         print(f"\nours / River BiasedMF at k={args.factors}: "
-              f"learn_batch {rows[0].median / river_same_k:.2f}x, learn_one {rows[1].median / river_same_k:.2f}x")
+              f"learn_batch {rows[0].median / river_same_k:.2f}x, learn_one {rows[2].median / river_same_k:.2f}x")
     else:
         print("\nRiver is not installed: no River rows (pip install 'streamrec[bench]')")
+    print(f"learn_batch with the session (co-visitation counts, recent items) / without: "
+          f"{rows[0].median / rows[1].median:.2f}x")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,31 @@ def mask_excluded(scores: np.ndarray, items: IdMap, exclude: Sequence[Iterable[s
         scores[eu, rows] = -np.inf
 
 
+def run_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows of ``keys`` sorted ascending: whether each column ends a run of equal keys, and there the
+    sum of ``values`` over the run (elsewhere a partial sum; use it at the run ends only).
+
+    >>> last, sums = run_sums(np.array([[1, 1, 2, 5, 5, 5]]), np.array([[1.0, 2.0, 4.0, 1.0, 1.0, 1.0]]))
+    >>> last.tolist(), sums[last].tolist()
+    ([[False, True, True, False, False, True]], [3.0, 4.0, 3.0])
+    """
+    csum = np.cumsum(values, axis=1)
+    last = np.ones(keys.shape, bool)
+    last[:, :-1] = keys[:, :-1] != keys[:, 1:]
+    ends = np.maximum.accumulate(np.where(last, np.arange(keys.shape[1]), -1), axis=1)
+    before = np.zeros(csum.shape, csum.dtype)
+    before[:, 1:] = np.where(ends[:, :-1] >= 0, np.take_along_axis(csum, np.maximum(ends[:, :-1], 0), 1), 0.0)
+    return last, csum - before
+
+
+def masked(scores: np.ndarray, excluded: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> np.ndarray:
+    """``scores`` of users ``lo .. hi - 1`` with their ``excluded`` (user, item row) pairs set to ``-inf``, in place."""
+    users, rows = excluded
+    sel = (users >= lo) & (users < hi)
+    scores[users[sel] - lo, rows[sel]] = -np.inf
+    return scores
+
+
 def top_arrays(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``n`` finite scores per row, highest first (ties: lower index first).
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _common as C
+from .covisit import CoVisitation
 from .errors import InvalidInputError, UnknownIdError
 from .idmap import IdMap
 from .tags import TagIndex, register_tags, set_tags, tag_prior
@@ -150,6 +151,24 @@ class BPRMF:
     its tags. It can then be recommended to the right users before anyone has
     engaged it. Everything is deterministic given ``seed``.
 
+    **The session.** Factors move by small steps, so a user's first lists, and the lists of a
+    user whose taste just turned, follow their last few events only slowly. Ranking (not
+    learning) therefore adds a *pull* from the user's ``session_events`` most recent events,
+    each weighted by its event weight and by :math:`(1 - \text{session\_decay})^{age}`:
+    the items other users engaged right before or after them (co-visitation counts kept
+    online, ``covisit_neighbours`` per item, :mod:`models.covisit`; ``covisit_weight``) and
+    the ``session_tag_items`` highest-bias items of the user's ``session_tags`` strongest recent
+    tags (``session_tag_weight``). The score ranked is
+
+    .. math:: \hat{x}_{ui} + s_u\, \bigl(\alpha\, c_{ui} + \beta\, t_{ui}\bigr),
+              \qquad s_u = \operatorname{std}(b) + \lVert\mathbf{p}_u\rVert\, q_{\mathrm{rms}},
+
+    with :math:`c_{ui}` the co-visitation pull (1 for the user's strongest neighbour),
+    :math:`t_{ui}` the lift of the item's tag in the user's recent weight over its share of the
+    catalog (a broad tag pulls little) and :math:`s_u` the scale of the user's scores. :meth:`score` and the top-N methods rank the
+    same way; the top-N stays exact (the factor top-N plus the session's candidates).
+    The session and the counts are in :meth:`to_bytes`, not in the user and item rows.
+
     :meth:`learn_batch` is the vectorised equivalent of calling :meth:`learn_one`
     per event. A user's events in the batch are applied one after another
     (round :math:`r` holds every user's :math:`r`-th event, at most
@@ -207,19 +226,36 @@ class BPRMF:
     track_item_deltas
         Keep the sum of learning's changes to each item row (factors and bias) until
         :meth:`take_item_deltas`: what a worker sends to the others that share the items.
+    covisit_weight
+        :math:`\alpha`, the pull of co-visited items (0 turns the counts off).
+    covisit_neighbours
+        Co-visited items kept per item (8 bytes each).
+    covisit_window
+        An event counts as co-visited with the user's previous this many events.
+    covisit_candidates
+        Neighbours (the strongest) each recent item brings as candidates.
+    session_events
+        Recent events per user the session is made of.
+    session_decay
+        How much less each older recent event counts.
+    session_tag_weight
+        :math:`\beta`, the pull of the user's recent tags (0 turns it off).
+    session_tags, session_tag_items
+        How many of the user's recent tags pull, and how many items of each.
 
     Notes
     -----
-    The defaults were chosen on the *first half* of a prequential pass over
+    The learning defaults were chosen on the *first half* of a prequential pass over
     MovieLens-100k (:func:`models.evaluate.prequential`: events in time order,
     each tested then learned with :meth:`learn_one`, weights view 1 / like 3 /
     share 5), then checked on the second half and on a synthetic stream.
-    HR@10 with these defaults: 0.166 on the first half, 0.171 on the whole
-    stream, 0.175 on the second half; all-time popularity scores 0.072 and
+    HR@10 of the factors alone (the session off): 0.166 on the first half, 0.171 on
+    the whole stream, 0.175 on the second half; all-time popularity scores 0.072 and
     plain BPR (uniform negatives, linear weights, no decay) 0.096
     (0.147 with unit weights, where these defaults reach 0.178). The gains
     come from adaptive negatives, the per-event user decay and relative,
-    square-rooted weights.
+    square-rooted weights. The session's defaults were chosen on the whole
+    stream (a coarse grid) and on binges of a synthetic world: 0.186 with it.
 
     Examples
     --------
@@ -265,6 +301,15 @@ class BPRMF:
         pooled_search_min_items: int | None = 4096,
         pool_size: int = 1024,
         track_item_deltas: bool = False,
+        covisit_weight: float = 0.5,
+        covisit_neighbours: int = 64,
+        covisit_window: int = 5,
+        covisit_candidates: int = 16,
+        session_events: int = 8,
+        session_decay: float = 0.3,
+        session_tag_weight: float = 1.0,
+        session_tags: int = 2,
+        session_tag_items: int = 25,
     ) -> None:
         dt = np.dtype(dtype)
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -308,6 +353,22 @@ class BPRMF:
         self.tag_init = bool(tag_init)
         self.pooled_search_min_items = pooled_search_min_items
         self.pool_size = int(pool_size)
+        self.covisit_weight = float(covisit_weight)
+        self.covisit_window = int(covisit_window)
+        self.covisit_candidates = int(covisit_candidates)
+        self.session_events = int(session_events)
+        self.session_decay = float(session_decay)
+        self._covisit = CoVisitation(int(covisit_neighbours))
+        self.session_tag_weight = float(session_tag_weight)
+        self.session_tags = int(session_tags)
+        self.session_tag_items = int(session_tag_items)
+        self._tag_top: dict[int, tuple[int, np.ndarray]] = {}  # tag -> (learn call, its best items by bias)
+        self._tag_share_cache: tuple[int, np.ndarray] | None = None  # (learn call, each tag's share of the items)
+        self._learn_calls = 0
+        self._item_scale: tuple[int, float, float] | None = None  # (learn call, std of biases, rms item norm)
+        self._recent = np.zeros((0, self.session_events), np.int64)  # per user: ring of the latest engaged items
+        self._recent_w = np.zeros((0, self.session_events), dt)  # their weights (0: empty slot)
+        self._n_events = np.zeros(0, np.int64)  # per user: events learned
         self._rng = np.random.default_rng(seed)
         self._users = IdMap()
         self._items = IdMap()
@@ -369,6 +430,10 @@ class BPRMF:
             self._U = self._init_rows(self._U, lo, len(self._users))
         else:
             self._U = _grow(self._U, len(self._users))
+        if len(self._n_events) < len(self._U):
+            self._recent = _grow(self._recent, len(self._U))
+            self._recent_w = _grow(self._recent_w, len(self._U))
+            self._n_events = _grow(self._n_events, len(self._U))
         if len(self._last_ms) < len(self._U):
             last = np.full(len(self._U), np.nan)
             last[: len(self._last_ms)] = self._last_ms
@@ -390,6 +455,7 @@ class BPRMF:
         if self.track_item_deltas:
             self._dV, self._db, self._dmask = _grow(self._dV, hi), _grow(self._db, hi), _grow(self._dmask, hi)
         self._tags.grow(len(self._items))
+        self._covisit.grow(hi)
         if tags is not None:  # new items start at their tags' prior (see models.tags)
             register_tags(self._tags, self._V, self._b, i, tags, lo if init else hi, self.tag_init)
         return i
@@ -616,6 +682,8 @@ class BPRMF:
             u, i, w = u[keep], i[keep], w[keep]
             t = None if t is None else t[keep]
             items_move = None if items_move is None else items_move[keep]
+        self._remember(u, i, w)
+        self._learn_calls += 1
         if n < 2 or m == 0 or len(u) == 0:
             return
         dt, reg, cap, B, m1 = self.dtype, self.dtype.type(self.regularization), self.max_grad_norm, len(u), m + 1
@@ -721,6 +789,118 @@ class BPRMF:
             self._db[uniq] += vb
             self._dmask[uniq] = True
 
+    def _remember(self, u: np.ndarray, i: np.ndarray, w: np.ndarray) -> None:
+        """Count each event's item as co-visited with the user's previous ``covisit_window`` items (both
+        ways), then push the events into their users' rings of recent items."""
+        if len(u) == 0:
+            return
+        R, L = self.session_events, min(self.covisit_window, self.session_events)
+        if len(u) == 1:  # learn_one: the same steps on scalars, without the batch's sorting
+            user, item, n = int(u[0]), int(i[0]), int(self._n_events[u[0]])
+            if self.covisit_weight and L > 0:
+                prev = [p for p in self._recent[user, [(n - d) % R for d in range(1, min(L, n) + 1)]].tolist() if p != item]
+                if prev:
+                    self._covisit.add(np.array(prev + [item] * len(prev)), np.array([item] * len(prev) + prev),
+                                      np.ones(2 * len(prev)))
+            self._recent[user, n % R] = item
+            self._recent_w[user, n % R] = min(float(w[0]), self.max_weight) ** self.weight_exponent
+            self._n_events[user] = n + 1
+            return
+        order = np.lexsort((np.arange(len(u)), u))  # by user, then batch order
+        su, si = u[order], i[order]
+        pos = np.arange(len(su))
+        first = np.ones(len(su), bool)
+        first[1:] = su[1:] != su[:-1]
+        start = np.maximum.accumulate(np.where(first, pos, 0))
+        seq = self._n_events[su] + (pos - start)  # each event's number among its user's events
+        if self.covisit_weight and L > 0:
+            src, dst = [], []
+            for d in range(1, L + 1):
+                in_batch = pos - d >= start
+                before = np.where(in_batch, si[np.maximum(pos - d, 0)], self._recent[su, (seq - d) % R])
+                ok = (in_batch | (seq - d >= 0)) & (before != si)
+                src.append(before[ok])
+                dst.append(si[ok])
+            a, b = np.concatenate(src), np.concatenate(dst)
+            self._covisit.add(np.concatenate([a, b]), np.concatenate([b, a]), np.ones(2 * len(a)))
+        ws = np.minimum(w[order], self.max_weight)
+        if self.weight_exponent != 1.0:
+            ws = ws**self.weight_exponent
+        self._recent[su, seq % R] = si  # a user's later events overwrite earlier ones in the same slot
+        self._recent_w[su, seq % R] = ws
+        starts = np.flatnonzero(first)
+        self._n_events[su[starts]] += np.diff(np.append(starts, len(su)))
+
+    def _session_pull(self, uidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates of users (rows) from their recent items and the pull of each, in units of the user's
+        score spread: co-visited items (``covisit_weight``) and the best items of the user's recent tags
+        (``session_tag_weight``). The same item may appear in several columns; its pull is the sum."""
+        R = self.session_events
+        age = (self._n_events[uidx, None] - 1 - np.arange(R)) % R
+        coef = self._recent_w[uidx] * (1.0 - self.session_decay) ** age
+        recent = self._recent[uidx]
+        parts = []
+        if self.covisit_weight:
+            cand, pull = self._covisit.pull(recent, coef, self.covisit_candidates)
+            parts.append((cand, pull * np.float32(self.covisit_weight)))
+        if self.session_tag_weight and len(self._tags.vocab):
+            parts.append(self._tag_pull(recent, coef))
+        if not parts:
+            return np.full((len(uidx), 0), -1, np.int64), np.zeros((len(uidx), 0), np.float32)
+        return np.concatenate([c for c, _ in parts], 1), np.concatenate([p for _, p in parts], 1)
+
+    def _tag_pull(self, recent: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``session_tag_items`` best items (by bias) of each user's ``session_tags`` strongest recent
+        tags (an item's first two tags count), each pulled by ``session_tag_weight`` times the lift of
+        the tag's share of the user's recent weight over its share of the catalog."""
+        T, M, B = self.session_tags, self.session_tag_items, len(recent)
+        tags = self._tags.first_tags[recent].reshape(B, -1)  # (B, R * FIRST_TAGS)
+        weight = np.repeat(coef, self._tags.first_tags.shape[1], axis=1)
+        weight[tags < 0] = 0.0
+        order = np.argsort(tags, axis=1)
+        tags = np.take_along_axis(tags, order, 1)
+        last, sums = C.run_sums(tags, np.take_along_axis(weight, order, 1))
+        share = np.where(last & (tags >= 0), sums, 0.0) / np.maximum(coef.sum(1), 1e-30)[:, None]
+        # lift over the tag's share of the (tagged) catalog: a broad tag pulls little, a niche one fully
+        base = self._tag_shares()[np.maximum(tags, 0)]
+        lift = np.where(share > 0, (share - base) / np.maximum(1.0 - base, 1e-12), 0.0)
+        k = min(T, tags.shape[1])
+        pick = np.argpartition(-lift, k - 1, axis=1)[:, :k]
+        lift, tags = np.take_along_axis(lift, pick, 1), np.take_along_axis(tags, pick, 1)
+        on = lift > 0
+        cand = np.full((B, k, M), -1, np.int64)
+        pull = np.zeros((B, k, M), np.float32)
+        if on.any():
+            wanted, which = np.unique(tags[on], return_inverse=True)
+            best = np.full((len(wanted), M), -1, np.int64)
+            for row, t in enumerate(wanted.tolist()):
+                items = self._best_of_tag(t)
+                best[row, : len(items)] = items
+            cand[on] = best[which]
+            pull[on] = np.where(best[which] >= 0, self.session_tag_weight * lift[on][:, None], 0.0)
+        return cand.reshape(B, -1), pull.reshape(B, -1)
+
+    def _tag_shares(self) -> np.ndarray:
+        """Each tag's share of the tagged items, recomputed every 16 learn calls (or when tags appear)."""
+        cached = self._tag_share_cache
+        if cached is None or self._learn_calls - cached[0] >= 16 or len(cached[1]) < len(self._tags.members):
+            sizes = np.array([len(m) for m in self._tags.members], np.float64)
+            shares = sizes / max(int(self._tags.tagged[: len(self._items)].sum()), 1)
+            self._tag_share_cache = cached = (self._learn_calls, shares)
+        return cached[1]
+
+    def _best_of_tag(self, tag: int) -> np.ndarray:
+        """The ``session_tag_items`` items of ``tag`` with the highest bias, recomputed every 16 learn calls."""
+        cached = self._tag_top.get(tag)
+        if cached is not None and self._learn_calls - cached[0] < 16:
+            return cached[1]
+        members = np.array(self._tags.members[tag], np.int64)
+        M = self.session_tag_items
+        if len(members) > M:
+            members = members[np.argpartition(-self._b[members], M - 1)[:M]]
+        self._tag_top[tag] = (self._learn_calls, members)
+        return members
+
     def _negatives(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """``(B, m)`` negatives: the ``m`` best-scored for the user of ``m * c`` uniform draws among
         the known items other than the positive (scored with the current user vectors)."""
@@ -781,13 +961,17 @@ class BPRMF:
         if u is None:
             raise UnknownIdError(f"unknown user {user!r}")
         p, n = self._U[u], len(self._items)
-        if items is None:
+        session = self.covisit_weight > 0 or self.session_tag_weight > 0
+        if items is None or session:
             scores: np.ndarray = self._V[:n] @ p + self._b[:n]
-            return scores
+            if session:
+                self._add_pull(np.array([u]), scores[None, :])
+            if items is None:
+                return scores
         idx = self._items.lookup(items)
         out = np.zeros(len(idx), self.dtype)
         k = idx >= 0
-        out[k] = self._V[idx[k]] @ p + self._b[idx[k]]
+        out[k] = scores[idx[k]] if session else self._V[idx[k]] @ p + self._b[idx[k]]
         return out
 
     def top_n(self, user: str, n: int, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
@@ -834,8 +1018,8 @@ class BPRMF:
         known = np.flatnonzero(uidx >= 0)
         all_known = len(known) == len(users)
         ex = exclude if exclude is None or all_known else [exclude[r] for r in known.tolist()]
-        P = self._U[uidx if all_known else uidx[known]]
-        rows, scores = self._top_rows(P, n, ex)
+        U = uidx if all_known else uidx[known]
+        rows, scores = self._top_rows(self._U[U], n, ex, U)
         names, values = C.as_lists(rows, scores, self._items._array())
         if all_known:
             return names, values
@@ -865,7 +1049,8 @@ class BPRMF:
         n = C.check_n(n)
         if exclude is not None and len(exclude) != len(users):
             raise InvalidInputError(f"exclude has {len(exclude)} entries for {len(users)} users")
-        rows, scores = self._top_rows(self._U[self._known(self._users, users, "user")], n, exclude)
+        uidx = self._known(self._users, users, "user")
+        rows, scores = self._top_rows(self._U[uidx], n, exclude, uidx)
         valid = rows >= 0
         names = self._items._array()[np.where(valid, rows, 0)].tolist()
         if rows.size and not valid[:, -1].all():
@@ -874,16 +1059,86 @@ class BPRMF:
         return names, scores
 
     def _top_rows(
-        self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None
+        self, P: np.ndarray, n: int, exclude: Sequence[Iterable[str]] | None, uidx: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded)."""
+        """Item rows and scores of the top-n of each user vector of ``P`` (``-1`` / ``-inf`` padded);
+        with ``uidx`` (the users of ``P``), their session's pull added."""
         ni = len(self._items)
         V, b = self._V[:ni], self._b[:ni]
-        if self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P):
+        blend = (self.covisit_weight > 0 or self.session_tag_weight > 0) and uidx is not None and n > 0 and len(P) > 0
+        pooled = self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P) > 0
+        excluded = None
+        if exclude is not None and (pooled or blend):
             # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
-            excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)
-            return pooled_top_n(P, V, b, n, excluded, pool_size=self.pool_size)
-        return C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
+            excluded = C.flatten_exclude(exclude, self._items)
+        if pooled:
+            rows, scores = pooled_top_n(P, V, b, n, excluded, pool_size=self.pool_size)
+        elif excluded is not None:
+            rows, scores = C.rank_arrays(lambda lo, hi: C.masked(P[lo:hi] @ V.T + b, excluded, lo, hi),
+                                         len(P), n, self._items, None)
+        else:
+            rows, scores = C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
+        if not blend:
+            return rows, scores
+        assert uidx is not None
+        return self._blend(uidx, P, rows, scores, n, excluded)
+
+    def _spread(self, uidx: np.ndarray) -> np.ndarray:
+        """The scale of each user's scores, which the session's pull is measured in: the spread of the item
+        biases plus the user's norm times the items' root-mean-square norm (the same whatever is excluded;
+        the item statistics are refreshed every 16 learn calls)."""
+        if self._item_scale is None or self._learn_calls - self._item_scale[0] >= 16:
+            n = len(self._items)
+            V = self._V[:n]
+            rms = math.sqrt(float(np.einsum("ij,ij->", V, V)) / max(n, 1))
+            self._item_scale = (self._learn_calls, float(self._b[:n].std()) if n else 0.0, rms)
+        _, std_b, rms = self._item_scale
+        P = self._U[uidx]
+        out: np.ndarray = std_b + np.sqrt(np.einsum("ij,ij->i", P, P)) * rms
+        return out
+
+    def _add_pull(self, uidx: np.ndarray, scores: np.ndarray) -> None:
+        """Add the session's pull to dense factor scores ``(len(uidx), n_items)``, in place."""
+        n = scores.shape[1]
+        cand, pull = self._session_pull(uidx)
+        ok = (cand >= 0) & (cand < n)
+        r = np.nonzero(ok)[0]
+        gain = pull * self._spread(uidx)[:, None]
+        np.add.at(scores, (r, cand[ok]), gain[ok].astype(scores.dtype))
+
+    def _blend(
+        self, uidx: np.ndarray, P: np.ndarray, rows: np.ndarray, scores: np.ndarray, n: int,
+        excluded: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n of factor score plus session pull, from the factor top-n (``rows``, ``scores``) and the
+        session's candidates: exact, since an item outside both has no pull and n items of the factor
+        top score at least as much."""
+        ni = len(self._items)
+        cand, pull = self._session_pull(uidx)
+        gain = pull * self._spread(uidx)[:, None]
+        live = np.flatnonzero((cand >= 0).reshape(-1))
+        if excluded is not None and len(excluded[0]) and len(live):
+            key = (live // cand.shape[1]) * ni + cand.reshape(-1)[live]
+            ex = np.sort(excluded[0] * ni + excluded[1])
+            at = np.minimum(np.searchsorted(ex, key), len(ex) - 1)
+            gain.reshape(-1)[live[ex[at] == key]] = 0.0
+        cand = np.where(gain > 0, cand, -1)
+        # the candidates' factor scores; the factor top's are known
+        safe = np.maximum(cand, 0)
+        cand_scores = np.einsum("bk,bwk->bw", P, self._V[safe]) + self._b[safe]
+        # every user's candidates in one row, sorted by item: an item's gains are summed into the last of
+        # its columns, the others dropped
+        items = np.concatenate([rows, cand], 1)
+        base = np.concatenate([scores, cand_scores.astype(scores.dtype)], 1)
+        gains = np.concatenate([np.zeros(rows.shape, np.float32), gain.astype(np.float32)], 1)
+        order = np.argsort(items, axis=1)
+        items = np.take_along_axis(items, order, 1)
+        last, sums = C.run_sums(items, np.take_along_axis(gains, order, 1))
+        total = np.take_along_axis(base, order, 1).astype(np.float64) + sums
+        total[~last | (items < 0)] = -np.inf
+        cols, out_scores = C.top_arrays(total, min(n, ni))
+        out_rows = np.where(cols >= 0, np.take_along_axis(items, np.maximum(cols, 0), 1), -1)
+        return out_rows, out_scores.astype(scores.dtype)
 
     def loss(
         self, users: Sequence[str], items: Sequence[str], n_samples: int = 10, seed: int = 0
@@ -956,6 +1211,11 @@ class BPRMF:
             "weight_exponent": self.weight_exponent, "normalize_weights": self.normalize_weights,
             "user_lr_scale": self.user_lr_scale, "user_decay": self.user_decay,
             "user_decay_half_life_s": self.user_decay_half_life_s, "tag_init": self.tag_init,
+            "covisit_weight": self.covisit_weight, "covisit_neighbours": self._covisit.k,
+            "covisit_window": self.covisit_window, "covisit_candidates": self.covisit_candidates,
+            "session_events": self.session_events,
+            "session_decay": self.session_decay, "session_tag_weight": self.session_tag_weight,
+            "session_tags": self.session_tags, "session_tag_items": self.session_tag_items,
         }
 
     def to_bytes(self) -> bytes:
@@ -969,7 +1229,8 @@ class BPRMF:
         }
         arrays = {
             "U": self._U[:nu], "V": self._V[:ni], "b": self._b[:ni], "last_ms": self._last_ms[:nu],
-            "tag_ptr": tag_ptr, "tag_idx": tag_idx,
+            "tag_ptr": tag_ptr, "tag_idx": tag_idx, "recent": self._recent[:nu], "recent_w": self._recent_w[:nu],
+            "n_events": self._n_events[:nu], **self._covisit.to_arrays(ni),
         }
         return C.pack(_KIND, meta, arrays)
 
@@ -991,9 +1252,15 @@ class BPRMF:
             w_sum, w_count = meta["weight_stats"]
             model._w_sum, model._w_count = float(w_sum), int(w_count)
             model._tags = TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
+            recent, recent_w = np.array(a["recent"], np.int64), np.array(a["recent_w"], model.dtype)
+            n_events = np.array(a["n_events"], np.int64)
+            if recent.shape != (nu, model.session_events) or recent_w.shape != recent.shape or n_events.shape != (nu,):
+                raise ValueError("session arrays do not match the id map")
+            model._covisit = CoVisitation.from_arrays(a, ni)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         model._U, model._V, model._b, model._last_ms = U, V, b, last
+        model._recent, model._recent_w, model._n_events = recent, recent_w, n_events
         return model
 
     def __repr__(self) -> str:

@@ -45,7 +45,7 @@ from .base import Recommender, event_weights
 from .datasets import EventStream
 from .errors import InvalidInputError, UnknownIdError
 
-__all__ = ["PrequentialResult", "ProgressCallback", "ScoresAllItems", "prequential"]
+__all__ = ["IncrementalRecallResult", "PrequentialResult", "ProgressCallback", "ScoresAllItems", "incremental_recall", "prequential"]
 
 #: ``progress(events_done, events_total)``, called after learning (at most ~200 times per run).
 ProgressCallback = Callable[[int, int], None]
@@ -402,4 +402,121 @@ def prequential(
         learn_seconds=learn_s,
         score_seconds=score_s,
         segments=segments.result(),
+    )
+
+
+# ------------------------------------------------- incremental recall (Vinagre / Kitazawa)
+@dataclass(frozen=True)
+class IncrementalRecallResult:
+    """Outcome of :func:`incremental_recall`.
+
+    Attributes
+    ----------
+    model
+        Name of the model.
+    positives
+        Positive events kept from the stream (the rest are not used).
+    warmup
+        Positives learned before testing starts.
+    tested
+        Positives tested (all those after the warm-up).
+    recall_at_10
+        Mean of recall@10 over the tested events (with one held-out item, recall@10 is a hit).
+    window
+        Events in the sliding window.
+    window_recall_at_10
+        recall@10 over the last ``window`` tested events: ``last``, and the ``min`` / ``max`` it took
+        once the first window was full (``None`` with fewer tested events than ``window``).
+    seconds
+        Wall time of the run.
+    """
+
+    model: str
+    positives: int
+    warmup: int
+    tested: int
+    recall_at_10: float
+    window: int
+    window_recall_at_10: dict[str, float | None]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
+        return asdict(self)
+
+
+def incremental_recall(
+    model: Recommender,
+    stream: EventStream,
+    *,
+    positive_kinds: Sequence[str] = ("share",),
+    warmup: float = 0.2,
+    window: int = 5000,
+    name: str | None = None,
+) -> IncrementalRecallResult:
+    """The test-then-learn protocol of Vinagre et al. (2014) as Kitazawa (2016) runs it on MovieLens.
+
+    Only the events of ``positive_kinds`` are kept (on MovieLens loaded by
+    :func:`~models.datasets.load_movielens`, ``share`` is a 5-star rating) and learned with weight 1.
+    The first ``warmup`` share of them is learned without tests. Then, for each event ``(u, i)``:
+    the user and the item are registered (learned with weight 0, which only adds their ids: a new
+    user or item gets the model's initial vector, as the reference implementation adds them before
+    recommending); every item seen so far that ``u`` has not engaged, plus ``i``, is ranked;
+    recall@10 is whether ``i`` is in the top 10; then the model learns the event. Unlike
+    :func:`prequential`, first events of users and first events of items are tested too.
+
+    Kitazawa, "Incremental factorization machines for persistently cold-starting online item
+    recommendation" (2016, arXiv:1607.02858) reports on MovieLens-100k: static MF 0.021,
+    incremental MF 0.026, incremental FMs 0.035.
+
+    >>> import numpy as np
+    >>> from models import BPRMF
+    >>> rng = np.random.default_rng(0)
+    >>> u = rng.integers(0, 100, 3000)
+    >>> stream = EventStream.from_pairs([f"u{x}" for x in u], [f"i{x % 4}-{y}" for x, y in zip(u, rng.integers(0, 25, 3000))])
+    >>> r = incremental_recall(BPRMF(n_factors=8, seed=0), stream, positive_kinds=("view",), window=500)
+    >>> r.positives, r.warmup, r.tested, r.recall_at_10 > 0.2
+    (3000, 600, 2400, True)
+    """
+    if not 0 <= warmup < 1:
+        raise InvalidInputError(f"warmup must be in [0, 1), got {warmup!r}")
+    if int(window) != window or window < 1:
+        raise InvalidInputError(f"window must be a positive integer, got {window!r}")
+    if not isinstance(model, ScoresAllItems):
+        raise InvalidInputError(f"{type(model).__name__} has no item_ids / n_items: it cannot rank every item")
+    started = time.perf_counter()
+    kinds = set(positive_kinds)
+    keep = [e for e, kind in enumerate(stream.kinds) if kind in kinds]
+    users = [stream.users[e] for e in keep]
+    items = [stream.items[e] for e in keep]
+    n_warm = int(len(keep) * warmup)
+    index = _ItemIndex(model)
+    known: dict[str, list[int]] = {}  # per user: positions of their items in the score vector
+    for user, item in zip(users[:n_warm], items[:n_warm]):
+        model.learn_one(user, item, 1.0)
+    index.sync()
+    for user, item in zip(users[:n_warm], items[:n_warm]):
+        known.setdefault(user, []).append(index.position(item))
+    hits = np.zeros(len(keep) - n_warm, bool)
+    for t, (user, item) in enumerate(zip(users[n_warm:], items[n_warm:])):
+        model.learn_one(user, item, 0.0)
+        index.sync()
+        s = np.array(model.score(user), dtype=np.float64)
+        past = known.setdefault(user, [])
+        j = index.position(item)
+        s[past] = -np.inf
+        s[j] = model.score(user, [item])[0]  # a re-engaged item is still the one to find
+        # ties go to the lower index; a NaN score never ranks
+        rank = _HR_AT if math.isnan(s[j]) else int(np.count_nonzero(s > s[j]) + np.count_nonzero(s[:j] == s[j]))
+        hits[t] = rank < _HR_AT
+        model.learn_one(user, item, 1.0)
+        past.append(j)
+    curve: dict[str, float | None] = {"last": None, "min": None, "max": None}
+    if len(hits) >= window:
+        sums = np.convolve(hits.astype(np.float64), np.ones(int(window)), "valid") / window
+        curve = {"last": float(sums[-1]), "min": float(sums.min()), "max": float(sums.max())}
+    return IncrementalRecallResult(
+        model=name or type(model).__name__, positives=len(keep), warmup=n_warm, tested=len(hits),
+        recall_at_10=float(hits.mean()) if len(hits) else 0.0, window=int(window), window_recall_at_10=curve,
+        seconds=time.perf_counter() - started,
     )

@@ -40,6 +40,8 @@ __all__ = ["PRIOR_ITEMS", "TagIndex", "add_priors", "register_tags", "set_tags",
 
 #: A new item's tag prior averages at most this many of each tag's newest items.
 PRIOR_ITEMS = 256
+#: Tags per item kept as an array (:attr:`TagIndex.first_tags`) for vectorised lookups.
+FIRST_TAGS = 2
 
 
 class TagIndex:
@@ -51,13 +53,14 @@ class TagIndex:
     arrays in CSR layout (``ptr``, ``idx``).
     """
 
-    __slots__ = ("vocab", "item_tags", "members", "tagged")
+    __slots__ = ("vocab", "item_tags", "members", "tagged", "first_tags")
 
     def __init__(self) -> None:
         self.vocab = IdMap()
         self.item_tags: list[tuple[int, ...]] = []  # per item index; () = untagged
         self.members: list[list[int]] = []  # per tag index, ascending item indices
         self.tagged = np.zeros(0, bool)  # per item index, a vectorised view of bool(item_tags[i])
+        self.first_tags = np.full((0, FIRST_TAGS), -1, np.int32)  # per item index, its first tags (-1: none)
 
     def grow(self, n_items: int) -> None:
         """Make room for items ``0 .. n_items - 1`` (new ones untagged)."""
@@ -67,6 +70,9 @@ class TagIndex:
             t = np.zeros(max(n_items, 2 * len(self.tagged), 16), bool)
             t[: len(self.tagged)] = self.tagged
             self.tagged = t
+            f = np.full((len(t), FIRST_TAGS), -1, np.int32)
+            f[: len(self.first_tags)] = self.first_tags
+            self.first_tags = f
 
     def set(self, item: int, tags: tuple[str, ...]) -> None:
         """Replace the tags of ``item`` (``()`` untags it)."""
@@ -84,6 +90,7 @@ class TagIndex:
                 bisect.insort(mem, item)
         self.item_tags[item] = idx
         self.tagged[item] = bool(idx)
+        self.first_tags[item] = (idx + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
 
     def pending(self, items: np.ndarray, tags: Sequence[Iterable[str] | None]) -> dict[int, tuple[str, ...]]:
         """For each untagged item of ``items``, the first non-empty entry of ``tags`` (aligned with ``items``)."""
@@ -114,6 +121,7 @@ class TagIndex:
             row = tuple(idx[pos : pos + len(tags)])
             pos += len(tags)
             item_tags[x] = row
+            self.first_tags[x] = (row + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
             for t in row:
                 per_tag.setdefault(t, []).append(x)
         for t, xs in per_tag.items():
@@ -167,6 +175,7 @@ class TagIndex:
             for t in row:
                 out.members[t].append(item)
             out.tagged[item] = bool(row)
+            out.first_tags[item] = (row + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
         return out
 
 

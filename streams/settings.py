@@ -101,6 +101,12 @@ class Settings:
     n_negatives: int = _setting(10, "Negative items sampled per positive event.")
     init_std: float = _setting(0.03, "Standard deviation of the initial factors of new users and items.")
     seed: int = _setting(0, "Seed of the model's random generator.")
+    session_covisit_weight: float = _setting(
+        0.5, "Pull of the items other users engaged next to a user's last events on their list (co-visitation); 0 turns it off."
+    )
+    session_tag_weight: float = _setting(
+        1.0, "Pull of the best items of the community tags of a user's last events on their list; 0 turns it off."
+    )
     weight_view: float = _setting(1.0, "Learning weight of a view.")
     weight_like: float = _setting(3.0, "Learning weight of a like.")
     weight_share: float = _setting(5.0, "Learning weight of a share.")

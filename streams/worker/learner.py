@@ -170,6 +170,8 @@ class Learner:
             n_negatives=settings.n_negatives,
             init_std=settings.init_std,
             seed=settings.seed,
+            covisit_weight=settings.session_covisit_weight,
+            session_tag_weight=settings.session_tag_weight,
             track_item_deltas=True,
         )
         self.popularity = Popularity(half_life_s=settings.popular_half_life_s, track_deltas=True)

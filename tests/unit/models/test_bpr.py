@@ -185,14 +185,14 @@ def test_bpr_unknown_ids() -> None:
 
 def test_bpr_row_access_round_trip() -> None:
     users, items = planted_stream(1000)
-    src = BPRMF(n_factors=8, seed=2)
+    src = BPRMF(n_factors=8, seed=2, covisit_weight=0.0)  # rows carry the factors, not the session
     src.learn_batch(users, items)
     us, its = src.user_ids, src.item_ids
     U = src.user_vectors(us)
     V, b = src.item_vectors(its)
     U[:] = 0  # copies, not views
     assert np.abs(src.user_vectors(us)).max() > 0
-    dst = BPRMF(n_factors=8, seed=2)
+    dst = BPRMF(n_factors=8, seed=2, covisit_weight=0.0)
     dst.set_user_vectors(us, src.user_vectors(us))
     dst.set_item_vectors(its, V, b)
     assert dst.user_ids == us and dst.item_ids == its

@@ -16,7 +16,7 @@ def test_bpr_new_item_starts_from_its_tags() -> None:
     fans = sorted({u for u in users if int(u[1:]) // 40 == 0})  # group 0 users like the g0 items
     ranks = {}
     for tag_init in (True, False):
-        m = BPRMF(n_factors=8, seed=0, tag_init=tag_init)
+        m = BPRMF(n_factors=8, seed=0, tag_init=tag_init, covisit_weight=0.0, session_tag_weight=0.0)  # factors alone
         for lo in range(0, len(users), 500):
             m.learn_batch(users[lo : lo + 500], items[lo : lo + 500], item_tags=tags[lo : lo + 500])
         g0 = [i for i in m.item_ids if planted_tag(i) == "g0"]

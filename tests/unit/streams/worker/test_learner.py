@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import orjson
@@ -37,13 +38,16 @@ def test_lists_exclude_history_and_fallback_is_popular():
 
 
 def test_checkpoint_and_item_snapshot_restore_the_same_model_in_a_new_worker():
-    store, log = MemoryStateStore(), MemoryItemLog(SETTINGS.partitions)
+    # the factors and items are restored; the session (recent events, co-visitation counts) is the
+    # process's own memory and starts afresh, so it is off here
+    settings = dataclasses.replace(SETTINGS, session_covisit_weight=0.0, session_tag_weight=0.0)
+    store, log = MemoryStateStore(), MemoryItemLog(settings.partitions)
 
     async def run():
-        first = Learner(SETTINGS, store)
-        first_items = ItemSync(SETTINGS, first.exchange, log)
+        first = Learner(settings, store)
+        first_items = ItemSync(settings, first.exchange, log)
         await first_items.start()
-        first_items.assigned(set(range(SETTINGS.partitions)))
+        first_items.assigned(set(range(settings.partitions)))
         out = first.process(messages(world_events()))
         first.checkpoint(sorted(out.dirty_users))
         await first_items.publish(force=True)
@@ -53,8 +57,8 @@ def test_checkpoint_and_item_snapshot_restore_the_same_model_in_a_new_worker():
         users = sorted(out.dirty_users)[:5]
         expected = first.recommendations(users)
 
-        second = Learner(SETTINGS, store)  # a restarted worker: nothing in memory, state in Kafka
-        second_items = ItemSync(SETTINGS, second.exchange, log)
+        second = Learner(settings, store)  # a restarted worker: nothing in memory, state in Kafka
+        second_items = ItemSync(settings, second.exchange, log)
         await second_items.start()
         assert second.model.n_items == first.model.n_items and second_items.restored_items == first.model.n_items
         second._hydrate(users)
@@ -238,6 +242,7 @@ def test_the_model_setting_plugs_a_model_class_into_the_learner():
     assert learner.model.built_with == {
         "n_factors": 8, "learning_rate": settings.learning_rate, "regularization": settings.regularization,
         "n_negatives": settings.n_negatives, "init_std": settings.init_std, "seed": settings.seed,
+        "covisit_weight": settings.session_covisit_weight, "session_tag_weight": settings.session_tag_weight,
         "track_item_deltas": True,
     }
     out = learner.process(messages(world_events(300)))
