@@ -478,3 +478,33 @@ def test_cli_rejects_unknown_models_and_bad_sizes(ratings: Path, capsys: pytest.
 def test_eval_cli_runs_standalone(ratings: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert eval_cli.main(["--data", str(ratings), "--format", "movielens", "--model", "popularity", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == "popularity"
+
+
+# ------------------------------------------------- incremental recall (Kitazawa protocol)
+def test_incremental_recall_keeps_the_positives_warms_up_on_a_fifth_and_tests_every_later_event() -> None:
+    from models.errors import InvalidInputError
+    from models.evaluate import incremental_recall
+
+    stream = EventStream.from_pairs(["a", "b", "a", "c", "b", "d", "a", "b", "c", "e"],
+                                    ["x", "x", "y", "y", "z", "x", "z", "y", "x", "q"],
+                                    kinds=["share", "view", "share", "share", "share", "like", "share", "share",
+                                           "share", "share"])
+    result = incremental_recall(Popularity(), stream, window=2)
+    assert (result.positives, result.warmup, result.tested) == (8, 1, 7)
+    # five items: every held-out item is in a top 10
+    assert result.recall_at_10 == 1.0 and result.window_recall_at_10["last"] == 1.0
+    with pytest.raises(InvalidInputError):
+        incremental_recall(Popularity(), stream, warmup=1.0)
+
+
+def test_cli_kitazawa_protocol_reports_recall_beside_the_papers_table(ratings: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["eval", "--data", str(ratings), "--format", "movielens", "--protocol", "kitazawa",
+                     "--model", "bpr", "popularity"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "incremental FMs (paper)" in out and "0.035" in out and "bpr" in out
+    code = cli_main(["eval", "--data", str(ratings), "--format", "movielens", "--protocol", "kitazawa",
+                     "--model", "popularity", "--json"])
+    row = json.loads(capsys.readouterr()[0].splitlines()[0])
+    assert code == 0 and row["protocol"] == "kitazawa" and row["tested"] == row["positives"] - row["warmup"]
