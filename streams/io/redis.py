@@ -455,5 +455,12 @@ async def _read_set_replies(conn: Any, n: int) -> list[tuple[int, Exception]]:
             raise redis.ConnectionError("Connection closed by server.") from None
         return [(j, parser.parse_error(line[1:].decode("utf-8", errors="replace")))
                 for j, line in enumerate(lines) if line != b"+OK"]
-    replies = [await conn.read_response() for _ in range(n)]
-    return [(j, reply) for j, reply in enumerate(replies) if isinstance(reply, Exception)]
+    errors: list[tuple[int, Exception]] = []
+    for j in range(n):  # redis-py raises an error reply (hiredis' parser), or may return it
+        try:
+            reply = await conn.read_response()
+        except redis.ResponseError as exc:
+            reply = exc
+        if isinstance(reply, Exception):
+            errors.append((j, reply))
+    return errors

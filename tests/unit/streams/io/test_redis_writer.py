@@ -269,3 +269,21 @@ def test_set_replies_are_all_read_when_the_first_read_ends_between_cr_and_lf(ask
 
     errors = asyncio.run(run())
     assert [(j, type(e)) for j, e in errors] == [(ask_at, AskError)]
+
+
+def test_set_replies_read_one_by_one_keep_the_error_replies_a_parser_raises():
+    from streams.io.redis import _read_set_replies
+
+    class RaisingParserConnection:  # hiredis' parser: error replies are raised, not returned
+        def __init__(self, replies):
+            self.replies = list(replies)
+
+        async def read_response(self):
+            reply = self.replies.pop(0)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+    ask = AskError("4465 127.0.0.1:7001")
+    conn = RaisingParserConnection([b"OK", ask, b"OK"])
+    assert asyncio.run(_read_set_replies(conn, 3)) == [(1, ask)] and conn.replies == []
