@@ -16,10 +16,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from streams.settings import Settings
 from streams.tools.dev import free_port
 from tests.integration.helpers import consume, metric_records, produce, produce_raw, wait_for
-from tests.integration.test_serve import Server
 
 pytestmark = pytest.mark.integration
 
@@ -31,21 +29,6 @@ needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                     reason="needs Debian's chromium and chromium-driver (.ci/install-system.sh)")
 TAGS = ("dance", "cooking", "cats", "travel")
 CREATORS = ("c0", "c1", "c2", "c3", "c4")
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Any]:
-    started: list[Server] = []
-
-    def start(settings: Settings, **env: str) -> Server:
-        server = Server(settings, tmp_path / f"serve-{len(started)}.log", **env)
-        started.append(server)
-        wait_for(server.up, timeout=60, interval=0.2)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture
@@ -84,10 +67,10 @@ def console_errors(driver: Any) -> list[dict[str, Any]]:
 
 
 @needs_chromium
-def test_the_page_draws_what_the_metrics_topic_carries(make_settings, start_worker, servers, browser):
+def test_the_page_draws_what_the_metrics_topic_carries(make_settings, start_worker, serve, browser):
     settings = make_settings()
     worker = start_worker(settings)
-    server = servers(settings, STREAMREC_API_KEYS_READ="r-key")
+    server = serve(settings, STREAMREC_API_KEYS_READ="r-key")
 
     now = int(time.time() * 1000)
     events = [{"event_id": f"e{k}", "user_id": f"u{k % 40}", "item_id": f"i{k % 60}",
@@ -156,9 +139,9 @@ def test_the_page_draws_what_the_metrics_topic_carries(make_settings, start_work
     assert worker.alive()
 
 
-def test_the_stream_needs_a_read_key_when_keys_are_set(make_settings, servers):
+def test_the_stream_needs_a_read_key_when_keys_are_set(make_settings, serve):
     settings = make_settings()
-    server = servers(settings, STREAMREC_API_KEYS_READ="r-key", STREAMREC_API_KEYS_WRITE="w-key")
+    server = serve(settings, STREAMREC_API_KEYS_READ="r-key", STREAMREC_API_KEYS_WRITE="w-key")
     with httpx.Client(base_url=server.url, timeout=10) as http:
         page = http.get("/")
         assert page.status_code == 200 and "streamrec" in page.text
@@ -178,9 +161,9 @@ def test_the_stream_needs_a_read_key_when_keys_are_set(make_settings, servers):
 
 
 @needs_chromium
-def test_a_broker_out_of_reach_is_said_on_the_page_and_the_api_keeps_working(make_settings, servers, browser):
+def test_a_broker_out_of_reach_is_said_on_the_page_and_the_api_keeps_working(make_settings, serve, browser):
     settings = make_settings(broker_url=f"kafka://127.0.0.1:{free_port()}")
-    server = servers(settings)
+    server = serve(settings)
     browser.get(server.url + "/")
     wait_for(lambda: browser.find_element("id", "status").text == "metrics topic unreachable, retrying", timeout=60)
     assert httpx.get(server.url + "/v1/stream/status").json()["state"] == "unreachable"

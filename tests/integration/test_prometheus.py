@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.tools.dev import free_port
 from streams.tools.synthetic import SyntheticWorld, WorldConfig
 from tests.integration.helpers import produce, produce_raw, wait_for
-from tests.integration.test_serve import serve  # noqa: F401  (the fixture that runs `streamrec serve`)
 from tests.unit.test_monitoring import dashboard_metric_names, exposed_names
 
 pytestmark = pytest.mark.integration
