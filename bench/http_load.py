@@ -2,7 +2,7 @@
 
     python bench/http_load.py                    # ~3 min: offered 1000, 3000, 5000 req/s, 3 repeats of 10 s
     python bench/http_load.py --json             # one JSON object instead of the tables
-    python bench/http_load.py --levers           # also the uvicorn options, each at saturation
+    python bench/http_load.py --levers           # also the levers of the request path, each at saturation
     python bench/http_load.py --rates 200 --duration 1 --repeats 1 --users 1000   # seconds
 
 It starts its own ``redis-server`` (loopback, a free port, no persistence) and fills it with
@@ -25,9 +25,11 @@ same keys (random users) on as many connections as the HTTP row, as fast as Redi
 server does an ``MGET`` of the user's key and the popular key per request (``AsyncRecsReader``).
 
 Each row is the median of ``--repeats`` runs; ``server_cpu_us`` is the CPU time (user + system) of
-the server's processes per answered request. ``--levers`` runs the same app under uvicorn's own
-command line (``streams.tools.serve:app_from_env``) at saturation: h11 + asyncio with the access
-log, then with httptools + uvloop, then without the access log, then with 2 worker processes.
+the server's processes per answered request. ``--levers`` runs the app under uvicorn's own command
+line (httptools + uvloop, no access log, ``bench.http_load:lever_app``) at saturation, with the
+levers of the request path switched on one after the other: the FastAPI route with redis-py's
+pure-Python reply parser, then the fast path of ``GET /v1/recommendations``
+(``streams.tools.serve.FastRecommendations``), then hiredis' parser, then 2 worker processes.
 """
 
 from __future__ import annotations
@@ -127,12 +129,13 @@ async def fill(settings: Settings, users: int) -> None:
 class Server:
     """``streamrec serve`` (or uvicorn's command line on the same app) as a process, until ``stop``."""
 
-    def __init__(self, settings: Settings, argv: Sequence[str], log: Path) -> None:
+    def __init__(self, settings: Settings, argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         argv = [arg.replace("{port}", str(self.port)) for arg in argv]
-        env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+               **(env or {})}
         with open(log, "wb") as out:
             self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
                                             stdin=subprocess.DEVNULL)
@@ -247,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-connections", type=int, default=16, help="connections of the saturation row")
     parser.add_argument("--redis-requests", type=int, default=100_000, help="GETs per redis-benchmark run")
     parser.add_argument("--workers", type=int, default=None, help="streamrec serve --workers (default: the setting)")
-    parser.add_argument("--levers", action="store_true", help="also time uvicorn's options at saturation")
+    parser.add_argument("--levers", action="store_true", help="also time the levers of the request path at saturation")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
     for program in ("wrk", "redis-server", "redis-benchmark"):
@@ -316,23 +319,41 @@ def run_rates(args: argparse.Namespace, settings: Settings, script: Path, workdi
     return rows
 
 
-LEVERS: list[tuple[str, list[str]]] = [
-    ("h11 + asyncio, access log", ["--loop", "asyncio", "--http", "h11", "--log-level", "info"]),
-    ("httptools + uvloop, access log", ["--loop", "uvloop", "--http", "httptools", "--log-level", "info"]),
-    ("httptools + uvloop, no access log", ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                                           "--log-level", "warning"]),
-    ("httptools + uvloop, no access log, 2 workers", ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                                                      "--log-level", "warning", "--workers", "2"]),
+UVICORN = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+# label, uvicorn options, the lever switches (lever_app reads them from the environment)
+LEVERS: list[tuple[str, list[str], dict[str, str]]] = [
+    ("FastAPI route, pure-Python Redis parser", UVICORN, {"BENCH_FAST_PATH": "0", "BENCH_HIREDIS": "0"}),
+    ("fast path, pure-Python Redis parser", UVICORN, {"BENCH_FAST_PATH": "1", "BENCH_HIREDIS": "0"}),
+    ("fast path, hiredis", UVICORN, {"BENCH_FAST_PATH": "1", "BENCH_HIREDIS": "1"}),
+    ("fast path, hiredis, 2 workers", [*UVICORN, "--workers", "2"], {"BENCH_FAST_PATH": "1", "BENCH_HIREDIS": "1"}),
 ]
 
 
+def lever_app() -> Any:
+    """The app of ``STREAMREC_*`` with the levers of ``BENCH_FAST_PATH`` and ``BENCH_HIREDIS`` (``1`` on, ``0``
+    off): ``uvicorn --factory bench.http_load:lever_app``."""
+    from streams.client import AsyncRecsReader
+    from streams.io.redis import async_redis
+    from streams.tools.serve import create_app
+
+    def reader(settings: Settings) -> AsyncRecsReader:
+        client = async_redis(settings)
+        if os.environ.get("BENCH_HIREDIS") == "0":  # the parser redis-py uses when hiredis is not installed
+            from redis._parsers import _AsyncRESP3Parser
+
+            client.connection_pool.connection_kwargs["parser_class"] = _AsyncRESP3Parser
+        return AsyncRecsReader(settings, client=client)
+
+    return create_app(Settings.from_env(), reader_factory=reader, fast_path=os.environ.get("BENCH_FAST_PATH") != "0")
+
+
 def run_levers(args: argparse.Namespace, settings: Settings, script: Path, workdir: Path) -> list[dict[str, Any]]:
-    base = [sys.executable, "-m", "uvicorn", "streams.tools.serve:app_from_env", "--factory", "--host", "127.0.0.1",
+    base = [sys.executable, "-m", "uvicorn", "bench.http_load:lever_app", "--factory", "--host", "127.0.0.1",
             "--port", "{port}"]
-    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in LEVERS}
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in LEVERS}
     for repeat in range(args.repeats):
-        for k, (label, options) in enumerate(LEVERS):
-            server = Server(settings, base + options, workdir / f"lever-{k}.log")
+        for k, (label, options, switches) in enumerate(LEVERS):
+            server = Server(settings, base + options, workdir / f"lever-{k}.log", env=switches)
             try:
                 wrk(server, script, 4, 0, min(2.0, args.duration), args.users)  # warm-up
                 runs[label].append(wrk(server, script, args.max_connections, 0, args.duration, args.users))
@@ -340,8 +361,8 @@ def run_levers(args: argparse.Namespace, settings: Settings, script: Path, workd
                 server.stop()
             progress(f"repeat {repeat + 1} {label}: {runs[label][-1]['rps']:.0f} req/s, "
                      f"{runs[label][-1]['server_cpu_us']:.0f} us CPU/request")
-    return [{"options": label, "uvicorn_args": " ".join(options), "connections": args.max_connections,
-             **median_of(runs[label])} for label, options in LEVERS]
+    return [{"lever": label, "uvicorn_args": " ".join(options), "switches": switches,
+             "connections": args.max_connections, **median_of(runs[label])} for label, options, switches in LEVERS]
 
 
 def progress(message: str) -> None:
@@ -363,10 +384,10 @@ def print_tables(report: dict[str, Any]) -> None:
               f"| {h['max_ms']:.1f} | {h['errors']:.0f} | {h['server_cpu_us']:.0f} | {r['rps']:,.0f} "
               f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {row['p50_ratio']:.1f} | {row['p99_ratio']:.1f} |")
     if "levers" in report:
-        print("\n| uvicorn options (same app, saturation) | req/s | p50 ms | p99 ms | server CPU µs/req |")
+        print("\n| levers (httptools + uvloop, no access log, saturation) | req/s | p50 ms | p99 ms | server CPU µs/req |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for lever in report["levers"]:
-            print(f"| {lever['options']} | {lever['rps']:,.0f} | {lever['p50_ms']:.2f} | {lever['p99_ms']:.2f} "
+            print(f"| {lever['lever']} | {lever['rps']:,.0f} | {lever['p50_ms']:.2f} | {lever['p99_ms']:.2f} "
                   f"| {lever['server_cpu_us']:.0f} |")
 
 

@@ -55,12 +55,19 @@ class HttpMetrics:
         self.events_rejected = Counter("streamrec_http_events_rejected", "Events rejected by POST /v1/events, by the "
                                        "event contract's reason.", ["reason"], registry=self.registry)
         ProcessCollector(registry=self.registry)
+        # (route, method, status) -> its counter and histogram: looking labels up costs more than counting.
+        # Bounded: routes are templates, methods a fixed set, statuses three digits.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request."""
         method = method if method in _METHODS else "other"
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route, method).observe(seconds)
+        series = self._series.get((route, method, status))
+        if series is None:
+            series = (self.requests.labels(route, method, str(status)), self.duration.labels(route, method))
+            self._series[(route, method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def count_events(self, accepted: int, rejected_reasons: Iterable[str | None]) -> None:
         """Count the events of one answered POST: how many were accepted, and why each other one was not."""

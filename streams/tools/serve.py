@@ -10,7 +10,8 @@
     GET  /openapi.json, /docs                                     the API's description
 
 Reads go through :class:`~streams.client.AsyncRecsReader` (personal, else trending in the given
-communities, else popular); events are validated by :func:`~streams.events.validate_event`, the
+communities, else popular); ``GET /v1/recommendations`` is answered by :class:`FastRecommendations`, a
+pure ASGI handler in front of its FastAPI route (the same answers for a fraction of the CPU); events are validated by :func:`~streams.events.validate_event`, the
 worker's contract, and sent by :class:`~streams.client.EventProducer`, as ``streamrec produce`` sends
 them. Redis or the broker being down is a ``503`` with a JSON reason, never a ``500``.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -41,14 +43,17 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Sequence
+from urllib.parse import parse_qsl
 
 import orjson
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from streams import __version__
 from streams.client import AsyncRecsReader, EventProducer, Recommendations, RecSource
@@ -58,7 +63,7 @@ from streams.settings import Settings
 from streams.tools.http_metrics import install_metrics
 from streams.tools.ratelimit import RateLimiter
 
-__all__ = ["create_app", "app_from_env", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback"]
+__all__ = ["create_app", "app_from_env", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback", "FastRecommendations"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +136,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # --- security ----------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # parsing an address costs more than the rest of the key check
 def is_loopback(host: str | None) -> bool:
     """True for a loopback address (or ``localhost``): the only clients served without API keys.
 
@@ -185,30 +191,36 @@ def _require(scope: Literal["read", "write"]) -> Callable[..., Awaitable[None]]:
     async def check(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
     ) -> None:
-        keys: ApiKeys = request.app.state.keys
-        if not keys.configured:
-            host = request.client.host if request.client else None
-            if not is_loopback(host):
-                raise ApiError(403, "localhost_only", "no API keys are configured (STREAMREC_API_KEYS_READ, "
-                                                      "STREAMREC_API_KEYS_WRITE): only localhost is served")
-            _limit(request, f"address:{host}")
-            return
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if credentials is None:
-            raise ApiError(401, "missing_key", "send the header Authorization: Bearer <API key>", challenge)
-        granted = keys.scope_of(credentials.credentials)
-        if granted is None:
-            raise ApiError(401, "unknown_key", "the API key is not one of the configured keys", challenge)
-        if scope == "write" and granted != "write":
-            raise ApiError(403, "read_only_key", "this key may read lists; posting events needs a write key")
-        _limit(request, f"key:{credentials.credentials}")  # only known keys get a bucket: memory stays bounded
+        host = request.client.host if request.client else None
+        _admit(request.app.state.keys, request.app.state.limiter, scope, host,
+               None if credentials is None else credentials.credentials)
 
     return check
 
 
-def _limit(request: Request, client: str) -> None:
+def _admit(keys: ApiKeys, limiter: RateLimiter | None, scope: Literal["read", "write"], host: str | None,
+           token: str | None) -> None:
+    """Raise the :class:`ApiError` that refuses a request of ``host`` with the bearer ``token`` (or none), if any:
+    the key check and the rate limit of every ``/v1/`` route."""
+    if not keys.configured:
+        if not is_loopback(host):
+            raise ApiError(403, "localhost_only", "no API keys are configured (STREAMREC_API_KEYS_READ, "
+                                                  "STREAMREC_API_KEYS_WRITE): only localhost is served")
+        _limit(limiter, f"address:{host}")
+        return
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if token is None:
+        raise ApiError(401, "missing_key", "send the header Authorization: Bearer <API key>", challenge)
+    granted = keys.scope_of(token)
+    if granted is None:
+        raise ApiError(401, "unknown_key", "the API key is not one of the configured keys", challenge)
+    if scope == "write" and granted != "write":
+        raise ApiError(403, "read_only_key", "this key may read lists; posting events needs a write key")
+    _limit(limiter, f"key:{token}")  # only known keys get a bucket: memory stays bounded
+
+
+def _limit(limiter: RateLimiter | None, client: str) -> None:
     """Count the request against ``client``'s rate limit (if one is set): 429 with ``Retry-After`` when over it."""
-    limiter: RateLimiter | None = request.app.state.limiter
     if limiter is None:
         return
     wait = limiter.wait(client)
@@ -216,6 +228,19 @@ def _limit(request: Request, client: str) -> None:
         raise ApiError(429, "rate_limited", f"over {limiter.rate:g} requests/s (burst {limiter.burst:g}) for this "
                        f"client (STREAMREC_SERVE_RATE_LIMIT): retry in {wait:.3f} s",
                        {"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header, read as FastAPI's ``HTTPBearer`` reads them.
+
+    >>> [_bearer_token(h) for h in ("Bearer k1", "bearer  k1 ", "Basic cjE6", "Bearer", None)]
+    ['k1', 'k1', None, None, None]
+    """
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme and token and scheme.lower() == "bearer" else None
 
 
 # --- the app -----------------------------------------------------------------------------------
@@ -263,6 +288,90 @@ async def _read_list(request: Request, key: str, source: RecSource, n: int | Non
     return RecsOut(user_id=None, items=data["items"][:n], scores=data["scores"][:n], source=source,
                    updated_ms=updated_ms, age_ms=None if updated_ms is None else int(time.time() * 1000) - updated_ms,
                    model_version=data.get("model_version"))
+
+
+RECS_PATH = "/v1/recommendations/{user_id}"
+_RECS_PREFIX = RECS_PATH.split("{")[0]
+
+
+class FastRecommendations:
+    """Pure ASGI middleware answering ``GET /v1/recommendations/{user_id}``, the hot read, without FastAPI's
+    dependency injection and response validation: the same key check and rate limit (:func:`_admit`),
+    tags check, reader (personal, else trending, else popular), answers and error shapes, serialised
+    with orjson. The FastAPI route of that URL stays declared: it is what the OpenAPI document
+    describes, and it answers every request this one hands on: other paths and methods, and any query
+    it would have to reject (a bad or repeated ``n``, a repeated ``tags``, an over-long id), so that
+    FastAPI's own 422 answers them. It sits inside the metrics middleware and labels its requests with
+    that route's template. :func:`create_app` installs it unless ``fast_path=False``.
+
+    >>> [m.cls.__name__ for m in create_app(Settings()).user_middleware]
+    ['_RequestMetrics', 'FastRecommendations']
+    """
+
+    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+        self.app, self.api = app, api
+        self.route = next(route for route in api.routes if isinstance(route, APIRoute) and route.path == RECS_PATH)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(_RECS_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        user_id = path[len(_RECS_PREFIX):]
+        query = _recs_query(scope["query_string"])
+        if query is None or not 0 < len(user_id) <= MAX_ID or "/" in user_id or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        state = self.api.state
+        client = scope.get("client")
+        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        try:
+            _admit(state.keys, state.limiter, "read", client[0] if client else None,
+                   _bearer_token(authorization.decode("latin-1") if authorization is not None else None))
+            reader: AsyncRecsReader = state.reader
+            recs = await reader.get(user_id, n=query[0], tags=_tags(query[1]))
+            if recs.source == "unavailable":
+                raise ApiError(503, "redis_unavailable", recs.error or "Redis is unavailable")
+        except ApiError as exc:
+            await _send_json(send, exc.status, {"error": exc.error, "detail": exc.detail}, exc.headers)
+            return
+        await _send_json(send, 200, {
+            "user_id": recs.user_id, "items": recs.items, "scores": [float(score) for score in recs.scores],
+            "source": recs.source, "updated_ms": recs.updated_ms, "age_ms": recs.age_ms,
+            "model_version": recs.model_version})  # fmt: skip
+
+
+def _recs_query(raw: bytes) -> tuple[int | None, str | None] | None:
+    """``n`` and ``tags`` of a query string, or None if FastAPI's validation should judge it.
+
+    >>> [_recs_query(q) for q in (b"", b"n=10&tags=a,b&x=1", b"n=0", b"n=1001", b"n=x", b"n=1&n=2", b"tags=")]
+    [(None, None), (10, 'a,b'), None, None, None, None, (None, '')]
+    """
+    n: int | None = None
+    tags: str | None = None
+    seen = set()
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):  # as Starlette reads it
+        if name in seen:
+            return None
+        seen.add(name)
+        if name == "n":
+            if not (value.isascii() and value.isdigit() and len(value) <= len(str(MAX_N))):
+                return None
+            n = int(value)
+            if not 1 <= n <= MAX_N:
+                return None
+        elif name == "tags":
+            tags = value
+    return n, tags
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    content = orjson.dumps(body)
+    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")]
+    raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
 
 
 class Heartbeats:
@@ -320,8 +429,10 @@ def create_app(
     *,
     reader_factory: ReaderFactory = AsyncRecsReader,
     producer_factory: ProducerFactory = EventProducer,
+    fast_path: bool = True,
 ) -> FastAPI:
-    """The ASGI app; its lifespan starts the Redis reader and the event producer (the factories: for tests)."""
+    """The ASGI app; its lifespan starts the Redis reader and the event producer (the factories: for tests).
+    ``fast_path`` off: ``GET /v1/recommendations`` is answered by its FastAPI route (the same answers, more CPU)."""
 
     async def start_producer(app: FastAPI) -> EventProducer:
         """The started producer; started now if it is not (the broker was away): raises if it cannot be."""
@@ -352,6 +463,9 @@ def create_app(
 
     app = FastAPI(
         title="streamrec", version=__version__, lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks: unused (metrics are Prometheus', /metrics), and looking for their
+        # providers costs ~20 µs per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         description="Recommendations cached by the streamrec workers, and the events they learn from.",
     )  # fmt: skip
     app.state.keys = ApiKeys.from_settings(settings)
@@ -360,13 +474,15 @@ def create_app(
     read, write = Depends(_require("read")), Depends(_require("write"))
     sending = asyncio.Lock()
     heartbeats = Heartbeats(settings)
+    if fast_path:  # added before the metrics middleware: inside it, so its requests are counted
+        app.add_middleware(FastRecommendations, api=app)
     http_metrics = install_metrics(app, dependencies=[read], responses=_errors(401, 403))
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
-    @app.get("/v1/recommendations/{user_id}", response_model=RecsOut, dependencies=[read],
+    @app.get(RECS_PATH, response_model=RecsOut, dependencies=[read],
              responses=_errors(401, 403, 429, 503))
     async def recommendations(
         request: Request,

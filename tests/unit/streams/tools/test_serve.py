@@ -85,10 +85,12 @@ def serve(fakes: tuple[FakeRedis, FakeKafkaProducer]) -> Any:
     fake_redis, _ = fakes
 
     @asynccontextmanager
-    async def start(client: tuple[str, int] = LOCAL, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def start(
+        client: tuple[str, int] = LOCAL, fast_path: bool = True, **overrides: Any
+    ) -> AsyncIterator[httpx.AsyncClient]:
         settings = Settings(topic_prefix="t", redis_prefix="p", partitions=4, **overrides)
         app = create_app(settings, reader_factory=lambda s: AsyncRecsReader(s, client=fake_redis),  # type: ignore[arg-type]
-                         producer_factory=lambda s: EventProducer(s, create_topics=False))
+                         producer_factory=lambda s: EventProducer(s, create_topics=False), fast_path=fast_path)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app, client=client)
             async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
@@ -302,6 +304,79 @@ async def test_bad_query_parameters_are_422(serve, path):
     async with serve() as http:
         answer = await http.get(path)
     assert answer.status_code == 422 and answer.json()
+
+
+# --- the fast path of GET /v1/recommendations ------------------------------------------------
+
+PARITY_PATHS = [
+    "/v1/recommendations/u1", "/v1/recommendations/u1?n=2", "/v1/recommendations/u1?n=1000&other=x",
+    "/v1/recommendations/new?tags=cooking,%20dance&n=1", "/v1/recommendations/new?tags=", "/v1/recommendations/%C3%A9t%C3%A9",
+    "/v1/recommendations/nobody?tags=knitting", "/v1/recommendations/u1?n=0", "/v1/recommendations/u1?n=x",
+    "/v1/recommendations/u1?n=1001", "/v1/recommendations/u1?n=", "/v1/recommendations/u1?n=1&n=2",
+    "/v1/recommendations/u1?n=%2B5", "/v1/recommendations/u1?n=05", "/v1/recommendations/u1?tags=a&tags=dance",
+    "/v1/recommendations/u1?tags=" + ",".join(f"t{k}" for k in range(33)), "/v1/recommendations/u1?tags=" + "x" * 65,
+    "/v1/recommendations/" + "u" * 128, "/v1/recommendations/" + "u" * 129, "/v1/recommendations/",
+    "/v1/recommendations/u1/more", "/v1/recommendations",
+]  # fmt: skip
+PARITY_HEADERS = [{}, {"Authorization": "Bearer r1"}, {"Authorization": "bearer   w1 "}, {"Authorization": "Bearer r3"},
+                  {"Authorization": "Basic cjE6"}, {"Authorization": "Bearer"}]
+
+
+def comparable(answer: httpx.Response) -> tuple[Any, ...]:
+    """An answer without what depends on the moment it was made (``age_ms``)."""
+    json_body = answer.content and answer.headers.get("content-type") == "application/json"
+    body = answer.json() if json_body else answer.text
+    if isinstance(body, dict) and isinstance(body.get("age_ms"), int):
+        body["age_ms"] = "an int"
+    headers = {name: answer.headers.get(name) for name in ("content-type", "www-authenticate", "allow")}
+    return answer.status_code, headers, body
+
+
+@pytest.mark.parametrize("client, keys", [(LOCAL, {}), (REMOTE, {}), (REMOTE, {"api_keys_read": "r1", "api_keys_write": "w1"})])
+async def test_the_fast_path_answers_as_the_fastapi_route_does(serve, fakes, client, keys):
+    fake_redis, _ = fakes
+    fake_redis.data.update({"p:rec:u1": a_list([f"i{k}" for k in range(20)], "personal"),
+                            "p:rec:été": a_list(["x"], "personal"),
+                            "p:popular:tag:dance": a_list(["d1", "d2"], "popular_tag"),
+                            "p:popular": a_list(["top1", "top2"], "popular")})
+    answers: dict[bool, list[tuple[Any, ...]]] = {}
+    for fast_path in (True, False):
+        async with serve(client=client, fast_path=fast_path, **keys) as http:
+            answers[fast_path] = [comparable(await http.request(method, path, headers=headers))
+                                  for path in PARITY_PATHS for headers in PARITY_HEADERS for method in ("GET", "HEAD")]
+            fake_redis.down = True
+            answers[fast_path].append(comparable(await http.get("/v1/recommendations/u1?tags=dance",
+                                                                headers=PARITY_HEADERS[1])))
+            fake_redis.down = False
+    assert answers[True] == answers[False]
+    statuses = {answer[0] for answer in answers[True]}
+    assert statuses == ({200, 404, 405, 422, 503} if client == LOCAL else {403, 404, 405} if not keys
+                        else {200, 401, 404, 405, 422, 503})
+
+
+async def test_the_fast_path_answers_without_the_fastapi_route(serve, fakes, monkeypatch):
+    fake_redis, _ = fakes
+    fake_redis.data["p:rec:u1"] = a_list(["i1", "i2"], "personal")
+
+    def framework_route(*args: Any) -> None:
+        raise AssertionError("answered by the FastAPI route")
+
+    monkeypatch.setattr("streams.tools.serve._recs_out", framework_route)
+    async with serve() as http:
+        answer = await http.get("/v1/recommendations/u1?n=1&tags=dance")
+        assert answer.status_code == 200 and answer.json()["items"] == ["i1"]
+        assert answer.headers["content-length"] == str(len(answer.content))
+        fake_redis.down = True
+        assert (await http.get("/v1/recommendations/u1")).json()["error"] == "redis_unavailable"
+
+
+async def test_the_fast_path_counts_against_the_rate_limit_once_per_request(serve):
+    async with serve(client=REMOTE, api_keys_read="r1", serve_rate_limit=0.01, serve_rate_burst=3) as http:
+        key = {"Authorization": "Bearer r1"}
+        got = [(await http.get(path, headers=key)).status_code
+               for path in ("/v1/recommendations/u1", "/v1/recommendations/u1?n=0", "/v1/popular",
+                            "/v1/recommendations/u1")]
+    assert got == [200, 422, 200, 429]
 
 
 # --- security --------------------------------------------------------------------------------
