@@ -86,6 +86,22 @@ def mask_excluded(scores: np.ndarray, items: IdMap, exclude: Sequence[Iterable[s
         scores[eu, rows] = -np.inf
 
 
+def run_ranks(keys: np.ndarray) -> np.ndarray:
+    """For a 1-D array whose equal keys are adjacent (e.g. sorted): each element's position in its run.
+
+    >>> run_ranks(np.array([4, 4, 4, 7, 9, 9])).tolist()
+    [0, 1, 2, 0, 0, 1]
+    """
+    if len(keys) == 0:
+        return np.zeros(0, np.int64)
+    first = np.empty(len(keys), bool)
+    first[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=first[1:])
+    pos = np.arange(len(keys))
+    ranks: np.ndarray = pos - np.maximum.accumulate(np.where(first, pos, 0))
+    return ranks
+
+
 def run_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows of ``keys`` sorted ascending: whether each column ends a run of equal keys, and there the
     sum of ``values`` over the run (elsewhere a partial sum; use it at the run ends only).

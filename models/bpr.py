@@ -30,6 +30,9 @@ from .topn import pooled_top_n
 __all__ = ["BPRMF"]
 
 _KIND = "streamrec.models.BPRMF"
+#: The session's catalog statistics (score scale, tag shares, each tag's best items) are recomputed every
+#: this many learn calls: they move slowly, and computing them is O(items).
+_STATS_EVERY = 16
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:
@@ -70,21 +73,6 @@ def _scatter_add_rows(out: np.ndarray, rows: np.ndarray, values: np.ndarray, scr
     flat = scratch[: values.size].reshape(values.shape)
     np.add(np.multiply(rows, k)[:, None], np.arange(k), out=flat)
     np.add.at(out.reshape(-1), flat.reshape(-1), values.reshape(-1))
-
-
-def _occurrence_rank(u: np.ndarray, cap: int) -> np.ndarray | None:
-    """For each event, how many earlier events of the batch share its user (capped); None if all distinct."""
-    order = np.argsort(u, kind="stable")
-    su = u[order]
-    new = np.empty(len(u), bool)
-    new[0] = True
-    np.not_equal(su[1:], su[:-1], out=new[1:])
-    if new.all():
-        return None
-    pos = np.arange(len(u))
-    rank = np.empty(len(u), np.int64)
-    rank[order] = pos - np.maximum.accumulate(np.where(new, pos, 0))
-    return np.minimum(rank, cap - 1)
 
 
 class BPRMF:
@@ -682,15 +670,19 @@ class BPRMF:
             u, i, w = u[keep], i[keep], w[keep]
             t = None if t is None else t[keep]
             items_move = None if items_move is None else items_move[keep]
-        self._remember(u, i, w)
+        # relative event weights (they also weigh the session's recent events)
+        ws = np.minimum(w, self.max_weight)
+        if self.weight_exponent != 1.0:
+            ws **= self.weight_exponent
+        # each event's number among its user's events of the batch, users side by side
+        by_user = np.argsort(u, kind="stable")
+        ranked = C.run_ranks(u[by_user])
+        self._remember(u, i, ws, by_user, ranked)
         self._learn_calls += 1
         if n < 2 or m == 0 or len(u) == 0:
             return
         dt, reg, cap, B, m1 = self.dtype, self.dtype.type(self.regularization), self.max_grad_norm, len(u), m + 1
         # relative event weights -> steps
-        ws = np.minimum(w, self.max_weight)
-        if self.weight_exponent != 1.0:
-            ws **= self.weight_exponent
         eta = self.learning_rate
         if self.normalize_weights:
             self._w_sum += float(ws.sum())
@@ -699,9 +691,11 @@ class BPRMF:
         lr = (ws * eta).astype(dt)
         # Rounds: the r-th event of each user goes to round r (the last round takes the rest),
         # so a user's events are applied one after another, as learn_one would.
-        rank = _occurrence_rank(u, self.max_user_steps)
+        rank = None
         cuts = [0, B]
-        if rank is not None:
+        if ranked.any():
+            rank = np.empty(B, np.int64)
+            rank[by_user] = np.minimum(ranked, self.max_user_steps - 1)
             order = np.argsort(rank, kind="stable")
             u, i, lr, rank = u[order], i[order], lr[order], rank[order]
             t = None if t is None else t[order]
@@ -789,9 +783,11 @@ class BPRMF:
             self._db[uniq] += vb
             self._dmask[uniq] = True
 
-    def _remember(self, u: np.ndarray, i: np.ndarray, w: np.ndarray) -> None:
+    def _remember(self, u: np.ndarray, i: np.ndarray, ws: np.ndarray, by_user: np.ndarray, ranked: np.ndarray) -> None:
         """Count each event's item as co-visited with the user's previous ``covisit_window`` items (both
-        ways), then push the events into their users' rings of recent items."""
+        ways), then push the events into their users' rings of recent items with their relative weights
+        ``ws``. ``by_user`` orders the events by user (stably), ``ranked`` is each one's number among its
+        user's events of the batch, in that order."""
         if len(u) == 0:
             return
         R, L = self.session_events, min(self.covisit_window, self.session_events)
@@ -803,32 +799,25 @@ class BPRMF:
                     self._covisit.add(np.array(prev + [item] * len(prev)), np.array([item] * len(prev) + prev),
                                       np.ones(2 * len(prev)))
             self._recent[user, n % R] = item
-            self._recent_w[user, n % R] = min(float(w[0]), self.max_weight) ** self.weight_exponent
+            self._recent_w[user, n % R] = ws[0]
             self._n_events[user] = n + 1
             return
-        order = np.lexsort((np.arange(len(u)), u))  # by user, then batch order
-        su, si = u[order], i[order]
+        su, si = u[by_user], i[by_user]
         pos = np.arange(len(su))
-        first = np.ones(len(su), bool)
-        first[1:] = su[1:] != su[:-1]
-        start = np.maximum.accumulate(np.where(first, pos, 0))
-        seq = self._n_events[su] + (pos - start)  # each event's number among its user's events
+        seq = self._n_events[su] + ranked  # each event's number among all its user's events
         if self.covisit_weight and L > 0:
             src, dst = [], []
             for d in range(1, L + 1):
-                in_batch = pos - d >= start
+                in_batch = ranked >= d
                 before = np.where(in_batch, si[np.maximum(pos - d, 0)], self._recent[su, (seq - d) % R])
                 ok = (in_batch | (seq - d >= 0)) & (before != si)
                 src.append(before[ok])
                 dst.append(si[ok])
             a, b = np.concatenate(src), np.concatenate(dst)
             self._covisit.add(np.concatenate([a, b]), np.concatenate([b, a]), np.ones(2 * len(a)))
-        ws = np.minimum(w[order], self.max_weight)
-        if self.weight_exponent != 1.0:
-            ws = ws**self.weight_exponent
         self._recent[su, seq % R] = si  # a user's later events overwrite earlier ones in the same slot
-        self._recent_w[su, seq % R] = ws
-        starts = np.flatnonzero(first)
+        self._recent_w[su, seq % R] = ws[by_user]
+        starts = np.flatnonzero(ranked == 0)
         self._n_events[su[starts]] += np.diff(np.append(starts, len(su)))
 
     def _session_pull(self, uidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -881,18 +870,18 @@ class BPRMF:
         return cand.reshape(B, -1), pull.reshape(B, -1)
 
     def _tag_shares(self) -> np.ndarray:
-        """Each tag's share of the tagged items, recomputed every 16 learn calls (or when tags appear)."""
+        """Each tag's share of the tagged items, recomputed every ``_STATS_EVERY`` learn calls (or when tags appear)."""
         cached = self._tag_share_cache
-        if cached is None or self._learn_calls - cached[0] >= 16 or len(cached[1]) < len(self._tags.members):
+        if cached is None or self._learn_calls - cached[0] >= _STATS_EVERY or len(cached[1]) < len(self._tags.members):
             sizes = np.array([len(m) for m in self._tags.members], np.float64)
             shares = sizes / max(int(self._tags.tagged[: len(self._items)].sum()), 1)
             self._tag_share_cache = cached = (self._learn_calls, shares)
         return cached[1]
 
     def _best_of_tag(self, tag: int) -> np.ndarray:
-        """The ``session_tag_items`` items of ``tag`` with the highest bias, recomputed every 16 learn calls."""
+        """The ``session_tag_items`` items of ``tag`` with the highest bias, recomputed every ``_STATS_EVERY`` learn calls."""
         cached = self._tag_top.get(tag)
-        if cached is not None and self._learn_calls - cached[0] < 16:
+        if cached is not None and self._learn_calls - cached[0] < _STATS_EVERY:
             return cached[1]
         members = np.array(self._tags.members[tag], np.int64)
         M = self.session_tag_items
@@ -1086,8 +1075,8 @@ class BPRMF:
     def _spread(self, uidx: np.ndarray) -> np.ndarray:
         """The scale of each user's scores, which the session's pull is measured in: the spread of the item
         biases plus the user's norm times the items' root-mean-square norm (the same whatever is excluded;
-        the item statistics are refreshed every 16 learn calls)."""
-        if self._item_scale is None or self._learn_calls - self._item_scale[0] >= 16:
+        the item statistics are refreshed every ``_STATS_EVERY`` learn calls)."""
+        if self._item_scale is None or self._learn_calls - self._item_scale[0] >= _STATS_EVERY:
             n = len(self._items)
             V = self._V[:n]
             rms = math.sqrt(float(np.einsum("ij,ij->", V, V)) / max(n, 1))

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import run_ranks, run_sums
+
 __all__ = ["CoVisitation"]
 
 
@@ -78,10 +80,7 @@ class CoVisitation:
             return
         order = np.lexsort((-w, s))  # per item, heaviest new pair first
         s, d, w = s[order], d[order], w[order]
-        first = np.ones(len(s), bool)
-        first[1:] = s[1:] != s[:-1]
-        pos = np.arange(len(s))
-        rank = pos - np.maximum.accumulate(np.where(first, pos, 0))
+        rank = run_ranks(s)
         for r in range(min(int(rank.max()) + 1, self.max_new_per_item)):
             sel = rank == r  # at most one pair per item in a round
             rows = s[sel]
@@ -108,14 +107,10 @@ class CoVisitation:
         """
         B, R = recent.shape
         P = min(per_item, self.k)
-        coef = coef.astype(np.float32)
-        order = np.argsort(recent, axis=1, kind="stable")  # an item's slots side by side: one of them counts
+        order = np.argsort(recent, axis=1, kind="stable")  # an item's slots side by side: the last one counts
         recent = np.take_along_axis(recent, order, 1)
-        coef = np.take_along_axis(coef, order, 1)
-        for j in range(R - 1, 0, -1):
-            same = recent[:, j] == recent[:, j - 1]
-            coef[same, j - 1] += coef[same, j]
-            coef[same, j] = 0.0
+        last, sums = run_sums(recent, np.take_along_axis(coef, order, 1))
+        coef = np.where(last, sums, 0.0).astype(np.float32)
         live = coef > 0
         items, inv = np.unique(recent[live], return_inverse=True)
         cnt = self.cnt[items]

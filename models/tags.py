@@ -44,6 +44,11 @@ PRIOR_ITEMS = 256
 FIRST_TAGS = 2
 
 
+def _first_tags(tags: tuple[int, ...]) -> tuple[int, ...]:
+    """The first :data:`FIRST_TAGS` of ``tags``, padded with -1: a row of :attr:`TagIndex.first_tags`."""
+    return (tags + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
+
+
 class TagIndex:
     """Which tags each item carries and which items carry each tag, by dense index.
 
@@ -90,7 +95,7 @@ class TagIndex:
                 bisect.insort(mem, item)
         self.item_tags[item] = idx
         self.tagged[item] = bool(idx)
-        self.first_tags[item] = (idx + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
+        self.first_tags[item] = _first_tags(idx)
 
     def pending(self, items: np.ndarray, tags: Sequence[Iterable[str] | None]) -> dict[int, tuple[str, ...]]:
         """For each untagged item of ``items``, the first non-empty entry of ``tags`` (aligned with ``items``)."""
@@ -121,7 +126,7 @@ class TagIndex:
             row = tuple(idx[pos : pos + len(tags)])
             pos += len(tags)
             item_tags[x] = row
-            self.first_tags[x] = (row + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
+            self.first_tags[x] = _first_tags(row)
             for t in row:
                 per_tag.setdefault(t, []).append(x)
         for t, xs in per_tag.items():
@@ -175,7 +180,7 @@ class TagIndex:
             for t in row:
                 out.members[t].append(item)
             out.tagged[item] = bool(row)
-            out.first_tags[item] = (row + (-1,) * FIRST_TAGS)[:FIRST_TAGS]
+            out.first_tags[item] = _first_tags(row)
         return out
 
 
