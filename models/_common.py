@@ -79,13 +79,6 @@ def flatten_exclude(exclude: Sequence[Iterable[str]], items: IdMap) -> tuple[np.
     return eu[ok], rows[ok]
 
 
-def mask_excluded(scores: np.ndarray, items: IdMap, exclude: Sequence[Iterable[str]]) -> None:
-    """Set ``scores[r, j] = -inf`` for every known item ``j`` in ``exclude[r]`` (in place)."""
-    eu, rows = flatten_exclude(exclude, items)
-    if len(eu):
-        scores[eu, rows] = -np.inf
-
-
 def run_ranks(keys: np.ndarray) -> np.ndarray:
     """For a 1-D array whose equal keys are adjacent (e.g. sorted): each element's position in its run.
 
@@ -117,14 +110,6 @@ def run_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarr
     before = np.zeros(csum.shape, csum.dtype)
     before[:, 1:] = np.where(ends[:, :-1] >= 0, np.take_along_axis(csum, np.maximum(ends[:, :-1], 0), 1), 0.0)
     return last, csum - before
-
-
-def masked(scores: np.ndarray, excluded: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> np.ndarray:
-    """``scores`` of users ``lo .. hi - 1`` with their ``excluded`` (user, item row) pairs set to ``-inf``, in place."""
-    users, rows = excluded
-    sel = (users >= lo) & (users < hi)
-    scores[users[sel] - lo, rows[sel]] = -np.inf
-    return scores
 
 
 def top_arrays(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,10 +161,11 @@ def rank_arrays(
     n_rows: int,
     n: int,
     items: IdMap,
-    exclude: Sequence[Iterable[str]] | None,
+    excluded: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-N item indices and scores for ``n_rows`` users (``-1`` / ``-inf`` padded);
-    ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block."""
+    ``score_rows(lo, hi)`` returns a fresh ``(hi-lo, n_items)`` block. ``excluded`` holds the
+    ``(user row, item row)`` pairs never to return, user rows ascending (:func:`flatten_exclude`)."""
     n = check_n(n)
     width = min(n, len(items))
     rows_out = np.full((n_rows, width), -1, np.int64)
@@ -190,8 +176,9 @@ def rank_arrays(
     for lo in range(0, n_rows, step):
         hi = min(lo + step, n_rows)
         s = score_rows(lo, hi)
-        if exclude is not None:
-            mask_excluded(s, items, exclude[lo:hi])
+        if excluded is not None:
+            a, z = np.searchsorted(excluded[0], (lo, hi))
+            s[excluded[0][a:z] - lo, excluded[1][a:z]] = -np.inf
         rows_out[lo:hi], v = top_arrays(s, n)
         if lo == 0:
             vals_out = vals_out.astype(v.dtype)

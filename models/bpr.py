@@ -1056,17 +1056,12 @@ class BPRMF:
         V, b = self._V[:ni], self._b[:ni]
         blend = (self.covisit_weight > 0 or self.session_tag_weight > 0) and uidx is not None and n > 0 and len(P) > 0
         pooled = self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P) > 0
-        excluded = None
-        if exclude is not None and (pooled or blend):
-            # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
-            excluded = C.flatten_exclude(exclude, self._items)
+        # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
+        excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)
         if pooled:
             rows, scores = pooled_top_n(P, V, b, n, excluded, pool_size=self.pool_size)
-        elif excluded is not None:
-            rows, scores = C.rank_arrays(lambda lo, hi: C.masked(P[lo:hi] @ V.T + b, excluded, lo, hi),
-                                         len(P), n, self._items, None)
         else:
-            rows, scores = C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, exclude)
+            rows, scores = C.rank_arrays(lambda lo, hi: P[lo:hi] @ V.T + b, len(P), n, self._items, excluded)
         if not blend:
             return rows, scores
         assert uidx is not None
