@@ -504,8 +504,9 @@ def incremental_recall(
         s = np.array(model.score(user), dtype=np.float64)
         past = known.setdefault(user, [])
         j = index.position(item)
+        held_out = s[j]
         s[past] = -np.inf
-        s[j] = model.score(user, [item])[0]  # a re-engaged item is still the one to find
+        s[j] = held_out  # a re-engaged item is still the one to find
         # ties go to the lower index; a NaN score never ranks
         rank = _HR_AT if math.isnan(s[j]) else int(np.count_nonzero(s > s[j]) + np.count_nonzero(s[:j] == s[j]))
         hits[t] = rank < _HR_AT

@@ -36,10 +36,11 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when the command runs: building the CLI parser stays light
     from models import Recommender
+    from models.datasets import EventStream
     from models.evaluate import PrequentialResult
 
 __all__ = ["DEFAULT_MODELS", "MODELS", "RECENT_HALF_LIFE_S", "add_arguments", "build_parser", "main", "make_model"]
@@ -150,7 +151,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         _note("--data and --format are required (or --scenario binge)")
         return 2
     from models.datasets import DatasetError, load_events
-    from models.evaluate import incremental_recall, prequential
+    from models.evaluate import prequential
     from models.river_adapter import river_available
 
     names = list(dict.fromkeys(args.model or DEFAULT_MODELS))
@@ -172,7 +173,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     _note(f"{len(stream):,} events, {len(set(stream.users)):,} users, {len(set(stream.items)):,} items "
           f"from {args.data}; batch size {args.batch_size}, {'unit' if args.unit_weights else 'kind'} weights")
     if args.protocol == "kitazawa":
-        return _kitazawa(names, stream, args, incremental_recall)
+        return _kitazawa(names, stream, args)
     results: list[PrequentialResult] = []
     for name in names:
         result = prequential(make_model(name), stream, name=name, batch_size=args.batch_size,
@@ -190,14 +191,16 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
 KITAZAWA_PAPER = {"static MF": 0.021, "incremental MF": 0.026, "incremental FMs": 0.035}
 
 
-def _kitazawa(names: Sequence[str], stream: Any, args: argparse.Namespace, run: Any) -> int:
+def _kitazawa(names: Sequence[str], stream: EventStream, args: argparse.Namespace) -> int:
+    from models.evaluate import incremental_recall
+
     rows = []
     for name in names:
         model = make_model(name)
         if not hasattr(model, "item_ids"):
             _note(f"{name}: cannot rank every item, skipped under --protocol kitazawa")
             continue
-        result = run(model, stream, name=name)
+        result = incremental_recall(model, stream, name=name)
         _note(f"{name}: recall@10 {result.recall_at_10:.4f} over {result.tested:,} tests in {result.seconds:.1f} s")
         if args.json:
             print(json.dumps({**result.to_dict(), "protocol": "kitazawa", "data": str(args.data)}), flush=True)
