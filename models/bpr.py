@@ -291,7 +291,7 @@ class BPRMF:
         track_item_deltas: bool = False,
         covisit_weight: float = 0.5,
         covisit_neighbours: int = 64,
-        covisit_window: int = 5,
+        covisit_window: int = 2,
         covisit_candidates: int = 16,
         session_events: int = 8,
         session_decay: float = 0.3,

@@ -7,7 +7,8 @@ but slowly, through many small steps; the counts know it after one pass.
 The table is bounded: each item keeps its ``neighbours`` most co-visited items with their counts
 ("space saving", Metwally et al. 2005): a pair not in the table takes the slot of the item's weakest
 neighbour and starts from that neighbour's count, so a count over-estimates by at most that floor, and
-a pair seen often enough always ends up in the table. Memory: ``8 * neighbours`` bytes per item.
+a pair seen often enough always ends up in the table. The new pairs of one :meth:`add` call take an
+item's weakest slots together, the heaviest pair the weakest slot. Memory: ``8 * neighbours`` bytes per item.
 
 >>> import numpy as np
 >>> table = CoVisitation(neighbours=2)
@@ -38,17 +39,12 @@ class CoVisitation:
     ----------
     neighbours
         Neighbours kept per item.
-    max_new_per_item
-        Most new neighbours an item takes in one :meth:`add` call, its heaviest pairs first (default
-        ``neighbours``: more would only replace each other): bounds the rounds of the vectorised update
-        when a popular item meets many items at once.
     """
 
-    def __init__(self, neighbours: int = 32, max_new_per_item: int | None = None) -> None:
-        if neighbours < 1 or (max_new_per_item is not None and max_new_per_item < 1):
-            raise ValueError("neighbours and max_new_per_item must be >= 1")
+    def __init__(self, neighbours: int = 32) -> None:
+        if neighbours < 1:
+            raise ValueError("neighbours must be >= 1")
         self.k = int(neighbours)
-        self.max_new_per_item = self.k if max_new_per_item is None else int(max_new_per_item)
         self.nbr = np.full((0, self.k), -1, np.int32)  # neighbour item rows, -1 = empty slot
         self.cnt = np.zeros((0, self.k), np.float32)  # their counts (0 for an empty slot)
 
@@ -72,8 +68,8 @@ class CoVisitation:
         w = np.bincount(inv, weight, len(key)).astype(np.float32)
         s, d = key // n, key % n
         match = self.nbr[s] == d[:, None]
-        found = match.any(1)
         slot = match.argmax(1)
+        found = match[np.arange(len(s)), slot]
         self.cnt[s[found], slot[found]] += w[found]
         s, d, w = s[~found], d[~found], w[~found]
         if len(s) == 0:
@@ -81,12 +77,20 @@ class CoVisitation:
         order = np.lexsort((-w, s))  # per item, heaviest new pair first
         s, d, w = s[order], d[order], w[order]
         rank = run_ranks(s)
-        for r in range(min(int(rank.max()) + 1, self.max_new_per_item)):
-            sel = rank == r  # at most one pair per item in a round
-            rows = s[sel]
-            weakest = self.cnt[rows].argmin(1)
-            self.nbr[rows, weakest] = d[sel]
-            self.cnt[rows, weakest] += w[sel]
+        keep = rank < self.k  # more new pairs than slots would only take each other's
+        s, d, w, rank = s[keep], d[keep], w[keep], rank[keep]
+        # the r-th heaviest new pair of an item takes its r-th weakest slot (empty slots first); most
+        # items take one pair, and their weakest slot needs no sort
+        starts = np.flatnonzero(rank == 0)
+        size = np.diff(np.append(starts, len(s)))
+        many = np.repeat(size > 1, size)
+        slot = np.empty(len(s), np.int64)
+        slot[~many] = self.cnt[s[~many]].argmin(1)
+        if many.any():
+            weakest = np.argsort(self.cnt[s[starts[size > 1]]], axis=1)
+            slot[many] = weakest[np.repeat(np.arange(len(weakest)), size[size > 1]), rank[many]]
+        self.nbr[s, slot] = d
+        self.cnt[s, slot] += w
 
     def neighbours_of(self, item: int) -> list[tuple[int, float]]:
         """``(item row, count)`` of ``item``'s neighbours, strongest first (ties: lower row first)."""
@@ -132,12 +136,12 @@ class CoVisitation:
         return {"covisit_nbr": self.nbr[:n_items], "covisit_cnt": self.cnt[:n_items]}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, Any], n_items: int, max_new_per_item: int | None = None) -> CoVisitation:
+    def from_arrays(cls, arrays: dict[str, Any], n_items: int) -> CoVisitation:
         """Rebuild from :meth:`to_arrays`."""
         nbr = np.asarray(arrays["covisit_nbr"], np.int32)
         cnt = np.asarray(arrays["covisit_cnt"], np.float32)
         if nbr.ndim != 2 or nbr.shape != cnt.shape or len(nbr) != n_items:
             raise ValueError("co-visitation arrays do not match the items")
-        table = cls(max(1, nbr.shape[1]), max_new_per_item)
+        table = cls(max(1, nbr.shape[1]))
         table.nbr, table.cnt = nbr.copy(), cnt.copy()
         return table

@@ -19,6 +19,18 @@ def test_counts_accumulate_and_a_full_row_replaces_its_weakest_neighbour() -> No
     assert table.neighbours_of(4) == []
 
 
+def test_new_pairs_of_one_call_take_the_weakest_slots_heaviest_pair_the_weakest() -> None:
+    table = CoVisitation(neighbours=4)
+    table.grow(10)
+    table.add(np.array([0] * 10), np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 4]), np.ones(10))  # counts 4, 3, 2, 1
+    table.add(np.array([0, 0, 0, 5, 5]), np.array([6, 7, 1, 8, 9]), np.array([3.0, 1.0, 1.0, 2.0, 1.0]))
+    # 6 (weight 3) takes 4's slot (count 1), 7 (weight 1) takes 3's (count 2); 1 is counted in place
+    assert table.neighbours_of(0) == [(1, 5.0), (6, 4.0), (2, 3.0), (7, 3.0)]
+    assert table.neighbours_of(5) == [(8, 2.0), (9, 1.0)]  # empty slots first
+    table.add(np.full(6, 9), np.arange(1, 7), np.arange(6, 0, -1).astype(float))  # more new pairs than slots
+    assert table.neighbours_of(9) == [(1, 6.0), (2, 5.0), (3, 4.0), (4, 3.0)]  # the heaviest keep them
+
+
 def test_pull_adds_up_an_item_over_the_recent_items_that_lead_to_it() -> None:
     table = CoVisitation(neighbours=4)
     table.grow(4)
