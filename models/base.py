@@ -72,6 +72,9 @@ class WorkerModel(Protocol):
       their starting vectors are proposed to the other workers.
     - ``top_n_matrix(users, n, exclude)``: the recommendation lists (ids, and scores as one array).
     - ``user_vectors(users)`` / ``set_user_vectors(users, vectors)``: checkpoint and restore users.
+    - ``restore_sessions(users, recent_items)``: after ``set_user_vectors``, restore what ranking keeps of
+      the users' last events from their checkpointed history (oldest first); a model without such
+      state does nothing.
     - ``item_index(items)`` / ``item_ids_at(indices)``: item ids to indices (``-1``: unknown) and back.
     - ``item_vectors(items)`` / ``set_item_vectors(items, vectors, biases)``: read and overwrite item rows
       (proposals, snapshots, restore).
@@ -116,6 +119,8 @@ class WorkerModel(Protocol):
     def user_vectors(self, users: Sequence[str]) -> np.ndarray: ...
 
     def set_user_vectors(self, users: Sequence[str], vectors: np.ndarray) -> None: ...
+
+    def restore_sessions(self, users: Sequence[str], recent_items: Sequence[Sequence[str]]) -> None: ...
 
     def item_index(self, items: Sequence[str]) -> np.ndarray: ...
 

@@ -1175,6 +1175,48 @@ class BPRMF:
         u = self._index_users(users, init=False)  # may reallocate self._U
         self._U[u] = v
 
+    def restore_sessions(self, users: Sequence[str], recent_items: Sequence[Sequence[str]]) -> None:
+        """Replace the session of known ``users`` with their most recently engaged items, e.g. when restoring.
+
+        ``recent_items[r]`` holds user ``r``'s engaged items, oldest first. Their last
+        ``session_events`` known items become the user's recent events, the last one the newest,
+        each with relative weight 1 (the event weights are not checkpointed). Unknown items are
+        skipped, not created. The co-visitation counts do not change (they were counted when the
+        events were learned) and the random generator is not used. Raises
+        :class:`UnknownIdError` for an unknown user (restore its vector with
+        :meth:`set_user_vectors` first); ids must not repeat.
+
+        >>> model = BPRMF(n_factors=4, seed=0)
+        >>> model.learn_batch(["bob", "bob", "cy", "cy"], ["a", "b", "c", "d"])  # co-visited: a-b, c-d
+        >>> model.set_user_vectors(["ann"], np.zeros((1, 4)))  # ann comes back on a fresh worker
+        >>> before = model.score("ann")
+        >>> model.restore_sessions(["ann"], [["zz", "c"]])  # "zz" is unknown here: skipped
+        >>> [item for item, gain in zip(model.item_ids, model.score("ann") - before) if gain > 0]
+        ['d']
+        """
+        C.check_ids(users, "users")
+        if len(recent_items) != len(users):
+            raise InvalidInputError(f"got {len(users)} users but {len(recent_items)} lists of items")
+        uidx = self._known(self._users, users, "user")
+        R = self.session_events
+        for u, items in zip(uidx.tolist(), recent_items):
+            C.check_ids(items, "items")
+            rows: list[int] = []  # newest first; a long history is read from its end only
+            for item in reversed(items):
+                if len(rows) == R:
+                    break
+                row = self._items.get(item)
+                if row is not None:
+                    rows.append(row)
+            rows.reverse()
+            n = len(rows)
+            # slots 0..n-1 oldest first and n events learned: the newest (slot n-1) has age 0
+            self._recent[u] = 0
+            self._recent_w[u] = 0
+            self._recent[u, :n] = rows
+            self._recent_w[u, :n] = 1.0
+            self._n_events[u] = n
+
     def set_item_vectors(self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray) -> None:
         """Overwrite (or create) item rows and biases; see :meth:`set_user_vectors`."""
         v = self._check_rows(items, vectors, "items")

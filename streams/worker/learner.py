@@ -365,8 +365,11 @@ class Learner:
 
     def _hydrate(self, users: Iterable[str]) -> None:
         """Load the checkpointed state of users this worker has not seen since it started (or since they
-        came back with a rebalance). A corrupt state record is quarantined: logged, counted, the user
-        starts afresh."""
+        came back with a rebalance): the factor vector, the history and, from the history's last items,
+        the session (the user's recent events, each with weight 1). A corrupt state record is quarantined:
+        logged, counted, the user starts afresh."""
+        restored: list[str] = []
+        vectors: list[np.ndarray] = []
         for user_id in users:
             if user_id not in self.history:  # new here, or forgotten at a rebalance
                 blob = self.store.get_user(user_id)
@@ -380,8 +383,12 @@ class Learner:
                     self.health.state_quarantined += 1
                     logger.warning("quarantined the state of user %r (%s): the user starts afresh", user_id[:80], exc)
                     continue
-                self.model.set_user_vectors([user_id], vector[None, :])
                 self.history[user_id] = dict.fromkeys(history)
+                restored.append(user_id)
+                vectors.append(vector)
+        if restored:
+            self.model.set_user_vectors(restored, np.stack(vectors))
+            self.model.restore_sessions(restored, [list(self.history[u]) for u in restored])
 
     def forget_partitions(self, partitions: set[int]) -> int:
         """Forget the history of users of ``partitions`` (revoked): if they come back, :meth:`_hydrate`

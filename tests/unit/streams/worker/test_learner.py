@@ -38,8 +38,8 @@ def test_lists_exclude_history_and_fallback_is_popular():
 
 
 def test_checkpoint_and_item_snapshot_restore_the_same_model_in_a_new_worker():
-    # the factors and items are restored; the session (recent events, co-visitation counts) is the
-    # process's own memory and starts afresh, so it is off here
+    # the factors and items are restored; the session is not exactly (the recent events come back with
+    # equal weights, the co-visitation counts are the process's own memory), so it is off here
     settings = dataclasses.replace(SETTINGS, session_covisit_weight=0.0, session_tag_weight=0.0)
     store, log = MemoryStateStore(), MemoryItemLog(settings.partitions)
 
