@@ -148,12 +148,14 @@ class BPRMF:
     the ``session_tag_items`` highest-bias items of the user's ``session_tags`` strongest recent
     tags (``session_tag_weight``). The score ranked is
 
-    .. math:: \hat{x}_{ui} + s_u\, \bigl(\alpha\, c_{ui} + \beta\, t_{ui}\bigr),
+    .. math:: \hat{x}_{ui} + s_u\, \Bigl(1 + \frac{\gamma}{n_u}\Bigr) \bigl(\alpha\, c_{ui} + \beta\, t_{ui}\bigr),
               \qquad s_u = \operatorname{std}(b) + \lVert\mathbf{p}_u\rVert\, q_{\mathrm{rms}},
 
     with :math:`c_{ui}` the co-visitation pull (1 for the user's strongest neighbour),
     :math:`t_{ui}` the lift of the item's tag in the user's recent weight over its share of the
-    catalog (a broad tag pulls little) and :math:`s_u` the scale of the user's scores. :meth:`score` and the top-N methods rank the
+    catalog (a broad tag pulls little), :math:`s_u` the scale of the user's scores and
+    :math:`n_u` the user's events learned: the session counts :math:`1 + \gamma` times as much
+    after a user's first event (``session_boost``), since their factors know little yet. :meth:`score` and the top-N methods rank the
     same way; the top-N stays exact (the factor top-N plus the session's candidates).
     The session and the counts are in :meth:`to_bytes`, not in the user and item rows.
 
@@ -230,6 +232,9 @@ class BPRMF:
         :math:`\beta`, the pull of the user's recent tags (0 turns it off).
     session_tags, session_tag_items
         How many of the user's recent tags pull, and how many items of each.
+    session_boost
+        :math:`\gamma`: the pull of a user with :math:`n` events learned is :math:`1 + \gamma / n`
+        times the above (0: the same for everyone).
 
     Notes
     -----
@@ -298,6 +303,7 @@ class BPRMF:
         session_tag_weight: float = 1.0,
         session_tags: int = 2,
         session_tag_items: int = 25,
+        session_boost: float = 4.0,
     ) -> None:
         dt = np.dtype(dtype)
         if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -317,6 +323,7 @@ class BPRMF:
             "user_lr_scale": user_lr_scale > 0,
             "user_decay": 0 <= user_decay < 1,
             "user_decay_half_life_s": user_decay_half_life_s is None or user_decay_half_life_s > 0,
+            "session_boost": session_boost >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -350,6 +357,7 @@ class BPRMF:
         self.session_tag_weight = float(session_tag_weight)
         self.session_tags = int(session_tags)
         self.session_tag_items = int(session_tag_items)
+        self.session_boost = float(session_boost)
         self._tag_top: dict[int, tuple[int, np.ndarray]] = {}  # tag -> (learn call, its best items by bias)
         self._tag_share_cache: tuple[int, np.ndarray] | None = None  # (learn call, each tag's share of the items)
         self._learn_calls = 0
@@ -836,7 +844,10 @@ class BPRMF:
             parts.append(self._tag_pull(recent, coef))
         if not parts:
             return np.full((len(uidx), 0), -1, np.int64), np.zeros((len(uidx), 0), np.float32)
-        return np.concatenate([c for c, _ in parts], 1), np.concatenate([p for _, p in parts], 1)
+        pull = np.concatenate([p for _, p in parts], 1)
+        if self.session_boost:
+            pull *= (1.0 + self.session_boost / np.maximum(self._n_events[uidx], 1)).astype(np.float32)[:, None]
+        return np.concatenate([c for c, _ in parts], 1), pull
 
     def _tag_pull(self, recent: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ``session_tag_items`` best items (by bias) of each user's ``session_tags`` strongest recent
@@ -1180,8 +1191,9 @@ class BPRMF:
 
         ``recent_items[r]`` holds user ``r``'s engaged items, oldest first. Their last
         ``session_events`` known items become the user's recent events, the last one the newest,
-        each with relative weight 1 (the event weights are not checkpointed). Unknown items are
-        skipped, not created. The co-visitation counts do not change (they were counted when the
+        each with relative weight 1 (the event weights are not checkpointed); the user's count of
+        events learned, which ``session_boost`` reads, becomes the number of engaged items. Unknown
+        items are skipped, not created. The co-visitation counts do not change (they were counted when the
         events were learned) and the random generator is not used. Raises
         :class:`UnknownIdError` for an unknown user (restore its vector with
         :meth:`set_user_vectors` first); ids must not repeat.
@@ -1209,13 +1221,14 @@ class BPRMF:
                 if row is not None:
                     rows.append(row)
             rows.reverse()
-            n = len(rows)
-            # slots 0..n-1 oldest first and n events learned: the newest (slot n-1) has age 0
+            n = max(len(items), 1)
+            # the newest in the slot of event n - 1 (age 0), the others in the slots before it
+            slots = (n - len(rows) + np.arange(len(rows))) % R
             self._recent[u] = 0
             self._recent_w[u] = 0
-            self._recent[u, :n] = rows
-            self._recent_w[u, :n] = 1.0
-            self._n_events[u] = n
+            self._recent[u, slots] = rows
+            self._recent_w[u, slots] = 1.0
+            self._n_events[u] = n if rows else 0
 
     def set_item_vectors(self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray) -> None:
         """Overwrite (or create) item rows and biases; see :meth:`set_user_vectors`."""
@@ -1242,6 +1255,7 @@ class BPRMF:
             "session_events": self.session_events,
             "session_decay": self.session_decay, "session_tag_weight": self.session_tag_weight,
             "session_tags": self.session_tags, "session_tag_items": self.session_tag_items,
+            "session_boost": self.session_boost,
         }
 
     def to_bytes(self) -> bytes:

@@ -49,7 +49,7 @@ def test_a_restored_session_goes_on_as_the_learned_one() -> None:
     """The ring's ages and event count are right: the next event lands, ages and co-visits the same."""
     learned = trained()
     restored = without_session(learned, "ann")
-    restored.restore_sessions(["ann"], [BINGE])
+    restored.restore_sessions(["ann"], [["i0", "i1", "i2", "i60", "i61", *BINGE]])
     for model in (learned, restored):
         model.learn_batch(["ann", "ann"], ["i90", "i91"])
     assert learned._covisit.neighbours_of(90) == restored._covisit.neighbours_of(90)
