@@ -210,3 +210,22 @@ def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_use
     with_pairs, without = asyncio.run(run(True)), asyncio.run(run(False))
     # Seeded: y ranks 7th with the pairs, 16th from the factors alone (x is excluded: watched).
     assert y in with_pairs and y not in without, (with_pairs, without)
+
+
+def test_pairs_naming_an_item_whose_proposal_comes_later_wait_for_it():
+    log, a = Log(), Replica("a")
+    a.learn(stream(1500))
+    log.publish(a)  # every item new: pairs name items proposed in other partitions' records
+    log.deliver(a)
+    b, small = Replica("b"), Replica("small")
+    small.exchange.max_waiting_pairs = 10
+    for replica in (b, small):  # the last partition first: its pairs name items of the others, unread yet
+        for partition in reversed(range(PARTITIONS)):
+            for offset, value in enumerate(log.partitions[partition]):
+                replica.exchange.apply(partition, offset, value, now_ms=0)
+            if partition == PARTITIONS - 1:
+                assert replica.exchange.waiting_pairs + replica.exchange.pairs_dropped > 0
+    assert b.exchange.waiting_pairs == b.exchange.pairs_dropped == 0
+    assert covisits(b, False) == covisits(a, False)
+    assert small.exchange.pairs_dropped > 0  # too many waited: the oldest were dropped, counted
+    assert small.exchange.pairs_applied + small.exchange.pairs_dropped == a.exchange.pairs_sent
