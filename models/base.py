@@ -81,6 +81,10 @@ class WorkerModel(Protocol):
     - ``take_item_deltas()``: indices, vector and bias changes learned since the last call, to publish.
     - ``peek_item_deltas(indices)``: the changes not taken yet, subtracted from an item snapshot.
     - ``add_item_deltas(indices, vectors, biases, *, unique)``: merge other workers' changes.
+    - ``take_covisit_deltas()``: source and destination indices and counts of the co-visit pairs (items
+      engaged one after the other) counted since the last call, to publish; a model without co-visitation
+      counts returns empty arrays.
+    - ``add_covisit_counts(src_indices, dst_indices, counts)``: merge other workers' co-visit counts.
     - ``item_tags(item)`` / ``set_item_tags(items, tags)``: tags of items known from their metadata.
 
     Examples
@@ -88,6 +92,18 @@ class WorkerModel(Protocol):
     >>> from models import BPRMF, WorkerModel
     >>> isinstance(BPRMF(), WorkerModel)
     True
+
+    Co-visit counts travel between two replicas:
+
+    >>> mine, theirs = BPRMF(n_factors=2, track_item_deltas=True), BPRMF(n_factors=2)
+    >>> mine.learn_batch(["u", "u"], ["a", "b"])  # a user engages a, then b
+    >>> src, dst, counts = mine.take_covisit_deltas()
+    >>> _ = theirs.add_items(["a", "b", "c"])  # the same indices here
+    >>> theirs.learn_batch(["v"], ["a"])
+    >>> before = theirs.score("v")
+    >>> theirs.add_covisit_counts(src, dst, counts)
+    >>> [item for item, gain in zip(theirs.item_ids, theirs.score("v") - before) if gain > 0]
+    ['b']
     """
 
     n_factors: int
@@ -137,6 +153,10 @@ class WorkerModel(Protocol):
     def add_item_deltas(
         self, indices: np.ndarray, vectors: np.ndarray, biases: np.ndarray, *, unique: bool = False
     ) -> None: ...
+
+    def take_covisit_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def add_covisit_counts(self, src_rows: np.ndarray, dst_rows: np.ndarray, counts: np.ndarray) -> None: ...
 
     def item_tags(self, item: str) -> tuple[str, ...]: ...
 

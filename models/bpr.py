@@ -215,7 +215,8 @@ class BPRMF:
         Items in the shared candidate pool of the pooled search.
     track_item_deltas
         Keep the sum of learning's changes to each item row (factors and bias) until
-        :meth:`take_item_deltas`: what a worker sends to the others that share the items.
+        :meth:`take_item_deltas`, and the co-visit pairs it counts until :meth:`take_covisit_deltas`:
+        what a worker sends to the others that share the items.
     covisit_weight
         :math:`\alpha`, the pull of co-visited items (0 turns the counts off).
     covisit_neighbours
@@ -382,6 +383,12 @@ class BPRMF:
         self._dV = np.zeros((0, self.n_factors), dt)
         self._db = np.zeros(0, dt)
         self._dmask = np.zeros(0, bool)
+        # The co-visit pairs counted since the last take_covisit_deltas (when tracked): keys src << 32 | dst
+        # summed into _cv_keys/_cv_counts, the latest batches' pairs waiting in _cv_new until they are summed in
+        self._cv_keys = np.zeros(0, np.int64)
+        self._cv_counts = np.zeros(0, np.float32)
+        self._cv_new: list[tuple[np.ndarray, np.ndarray]] = []
+        self._cv_new_rows = 0
 
     # ------------------------------------------------------------------ ids
     @property
@@ -557,6 +564,71 @@ class BPRMF:
             _scatter_add_rows(self._V, i, np.ascontiguousarray(v), self._buffer("flat", (v.size,), np.dtype(np.int64)))
             np.add.at(self._b, i, bias)
 
+    def take_covisit_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The co-visit pairs learning counted since the last call: source rows, destination rows, counts.
+
+        Only with ``track_item_deltas=True`` (else nothing is recorded). One row per pair
+        (``src -> dst``, one direction each; an event counts both), its counts summed; what another
+        learner counts this way, :meth:`add_covisit_counts` merges in. Taking them resets the sums.
+
+        >>> model = BPRMF(n_factors=2, track_item_deltas=True)
+        >>> model.learn_batch(["u", "u", "u"], ["a", "b", "a"])  # a-b, then b-a: the pair twice
+        >>> src, dst, counts = model.take_covisit_deltas()
+        >>> sorted(zip(model.item_ids_at(src), model.item_ids_at(dst), counts.tolist()))
+        [('a', 'b', 2.0), ('b', 'a', 2.0)]
+        >>> len(model.take_covisit_deltas()[0])
+        0
+        """
+        self._sum_covisit_deltas()
+        keys, counts = self._cv_keys, self._cv_counts
+        self._cv_keys, self._cv_counts = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return keys >> 32, keys & 0xFFFFFFFF, counts
+
+    def add_covisit_counts(self, src_rows: np.ndarray, dst_rows: np.ndarray, counts: np.ndarray) -> None:
+        """Count ``counts[e]`` co-visits of the items at ``src_rows[e] -> dst_rows[e]`` (one direction each).
+
+        How another learner's :meth:`take_covisit_deltas` are merged in: they are not recorded as
+        this model's own. Pairs of an item with itself are skipped; with ``covisit_weight=0`` (no
+        table) nothing is counted.
+
+        >>> model = BPRMF(n_factors=2, seed=0)
+        >>> model.add_items(["a", "b", "c"])
+        ['a', 'b', 'c']
+        >>> model.learn_batch(["u"], ["a"])
+        >>> before = model.score("u")
+        >>> model.add_covisit_counts(model.item_index(["a"]), model.item_index(["c"]), np.array([3.0]))
+        >>> [item for item, gain in zip(model.item_ids, model.score("u") - before) if gain > 0]
+        ['c']
+        """
+        src, dst = np.asarray(src_rows, dtype=np.int64), np.asarray(dst_rows, dtype=np.int64)
+        w = np.asarray(counts, dtype=np.float64)
+        if src.shape != dst.shape or w.shape != src.shape or src.ndim != 1:
+            raise InvalidInputError(f"expected three arrays of one length, got {src.shape}, {dst.shape}, {w.shape}")
+        if len(src) and not (min(src.min(), dst.min()) >= 0 and max(src.max(), dst.max()) < len(self._items)):
+            raise UnknownIdError("item indices out of range")
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise InvalidInputError("co-visit counts must be finite and >= 0")
+        keep = (src != dst) & (w > 0)
+        if self.covisit_weight and keep.any():
+            self._covisit.add(src[keep], dst[keep], w[keep])
+
+    def _track_covisit(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Record one count of each pair ``src[e] -> dst[e]`` for :meth:`take_covisit_deltas`."""
+        self._cv_new.append(((src.astype(np.int64) << 32) | dst, np.ones(len(src), np.float32)))
+        self._cv_new_rows += len(src)
+        if self._cv_new_rows > max(1 << 16, len(self._cv_keys)):  # memory: at most about twice the distinct pairs
+            self._sum_covisit_deltas()
+
+    def _sum_covisit_deltas(self) -> None:
+        """Sum the waiting pairs into one row per pair."""
+        if not self._cv_new:
+            return
+        keys = np.concatenate([self._cv_keys, *(k for k, _ in self._cv_new)])
+        counts = np.concatenate([self._cv_counts, *(c for _, c in self._cv_new)])
+        self._cv_new, self._cv_new_rows = [], 0
+        self._cv_keys, inv = np.unique(keys, return_inverse=True)
+        self._cv_counts = np.bincount(inv, counts, len(self._cv_keys)).astype(np.float32)
+
     # ------------------------------------------------------------------ tags
     def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None:
         """Set (replace) the tags of ``items``; ``tags[r]`` belongs to ``items[r]``.
@@ -685,7 +757,7 @@ class BPRMF:
         # each event's number among its user's events of the batch, users side by side
         by_user = np.argsort(u, kind="stable")
         ranked = C.run_ranks(u[by_user])
-        self._remember(u, i, ws, by_user, ranked)
+        self._remember(u, i, ws, by_user, ranked, items_move)
         self._learn_calls += 1
         if n < 2 or m == 0 or len(u) == 0:
             return
@@ -791,21 +863,27 @@ class BPRMF:
             self._db[uniq] += vb
             self._dmask[uniq] = True
 
-    def _remember(self, u: np.ndarray, i: np.ndarray, ws: np.ndarray, by_user: np.ndarray, ranked: np.ndarray) -> None:
+    def _remember(
+        self, u: np.ndarray, i: np.ndarray, ws: np.ndarray, by_user: np.ndarray, ranked: np.ndarray,
+        items_move: np.ndarray | None = None,
+    ) -> None:
         """Count each event's item as co-visited with the user's previous ``covisit_window`` items (both
         ways), then push the events into their users' rings of recent items with their relative weights
         ``ws``. ``by_user`` orders the events by user (stably), ``ranked`` is each one's number among its
-        user's events of the batch, in that order."""
+        user's events of the batch, in that order. Events of ``items_move`` False count no pairs (their
+        item side, co-visits included, is known already); tracked pairs are kept for the next take."""
         if len(u) == 0:
             return
         R, L = self.session_events, min(self.covisit_window, self.session_events)
         if len(u) == 1:  # learn_one: the same steps on scalars, without the batch's sorting
             user, item, n = int(u[0]), int(i[0]), int(self._n_events[u[0]])
-            if self.covisit_weight and L > 0:
+            if self.covisit_weight and L > 0 and (items_move is None or items_move[0]):
                 prev = [p for p in self._recent[user, [(n - d) % R for d in range(1, min(L, n) + 1)]].tolist() if p != item]
                 if prev:
-                    self._covisit.add(np.array(prev + [item] * len(prev)), np.array([item] * len(prev) + prev),
-                                      np.ones(2 * len(prev)))
+                    pair_src, pair_dst = np.array(prev + [item] * len(prev)), np.array([item] * len(prev) + prev)
+                    self._covisit.add(pair_src, pair_dst, np.ones(2 * len(prev)))
+                    if self.track_item_deltas:
+                        self._track_covisit(pair_src, pair_dst)
             self._recent[user, n % R] = item
             self._recent_w[user, n % R] = ws[0]
             self._n_events[user] = n + 1
@@ -815,14 +893,20 @@ class BPRMF:
         seq = self._n_events[su] + ranked  # each event's number among all its user's events
         if self.covisit_weight and L > 0:
             src, dst = [], []
+            moving = None if items_move is None else items_move[by_user]
             for d in range(1, L + 1):
                 in_batch = ranked >= d
                 before = np.where(in_batch, si[np.maximum(pos - d, 0)], self._recent[su, (seq - d) % R])
                 ok = (in_batch | (seq - d >= 0)) & (before != si)
+                if moving is not None:
+                    ok &= moving
                 src.append(before[ok])
                 dst.append(si[ok])
             a, b = np.concatenate(src), np.concatenate(dst)
-            self._covisit.add(np.concatenate([a, b]), np.concatenate([b, a]), np.ones(2 * len(a)))
+            pair_src, pair_dst = np.concatenate([a, b]), np.concatenate([b, a])
+            self._covisit.add(pair_src, pair_dst, np.ones(2 * len(a)))
+            if self.track_item_deltas and len(a):
+                self._track_covisit(pair_src, pair_dst)
         self._recent[su, seq % R] = si  # a user's later events overwrite earlier ones in the same slot
         self._recent_w[su, seq % R] = ws[by_user]
         starts = np.flatnonzero(ranked == 0)

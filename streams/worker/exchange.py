@@ -29,6 +29,13 @@ read the same log. From then on records carry numbers instead of ids, so merging
 record is a few numpy operations, whatever its size; only items not numbered yet travel
 by id.
 
+**Co-visit counts.** The session's co-visitation counts (:mod:`models.covisit`) are additive too:
+each record also carries the pairs of items its sender's users engaged one after the other,
+counted since the last take, in the partition of the pair's first item, by number or id like
+the other changes. Every worker adds the others' pairs, so each counts the whole group's
+co-visits. They are not in the item snapshots: a starting worker counts those of the log it
+reads past the fences, and the ones it learns from then on.
+
 **Snapshots and recovery.** The owner of item partition ``p`` (the worker that owns
 events partition ``p``) writes the state of its changed items to the compacted topic
 ``<app_id>-item-state`` every ``STREAMREC_ITEM_SNAPSHOT_INTERVAL_S``. An item's state is
@@ -182,6 +189,12 @@ class ItemUpdate:
     take: int = 0  # the records of one take of the sender's changes share this number ...
     take_records: int = 1  # ... and say how many they are
     covers: dict[int, int] = field(default_factory=dict)  # events partition -> last offset the take's changes include
+    # Co-visit counts (pairs of items engaged one after the other), routed by their source item: each end is
+    # an item number, or -1 - j for the item pair_ids[j] (no number yet). Absent from older records.
+    pair_src: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (v,)
+    pair_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (v,)
+    pair_counts: np.ndarray = field(default_factory=lambda: _f32(0))  # (v,) float32
+    pair_ids: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -196,14 +209,24 @@ def encode_update(u: ItemUpdate) -> bytes:
     >>> back = decode_update(encode_update(u))
     >>> back.numbers.tolist(), back.vectors.tolist(), back.counts.tolist(), back.seq
     ([7], [[1.0, 1.0]], [1.0], 3)
+    >>> u.pair_src, u.pair_dst, u.pair_counts, u.pair_ids = np.array([7]), np.array([-1]), np.ones(1, np.float32), ["x"]
+    >>> back = decode_update(encode_update(u))  # 7 -> x, once
+    >>> back.pair_src.tolist(), back.pair_dst.tolist(), back.pair_counts.tolist(), back.pair_ids
+    ([7], [-1], [1.0], ['x'])
     """
     k = u.vectors.shape[1]
-    header = orjson.dumps({
+    v = len(u.pair_src)
+    fields = {
         "o": u.origin, "s": u.seq, "k": k, "n": len(u.numbers), "c": len(u.count_numbers), "ids": u.ids,
         "p": u.proposals, "m": [[i, creator, list(tags)] for i, (creator, tags) in u.meta.items()],
         "cb": u.count_base_ms, "cl": u.clock_ms, "f": u.first_change_ms, "t": u.sent_ms,
         "tk": u.take, "tn": u.take_records, "v": {str(p): o for p, o in u.covers.items()},
-    })  # fmt: skip
+    }  # fmt: skip
+    width = 8
+    if v:  # pair ends as int32 unless an item number needs more
+        width = 4 if max(int(u.pair_src.max()), int(u.pair_dst.max())) < 2**31 else 8
+        fields.update({"cv": v, "cw": width, "ci": u.pair_ids})
+    header = orjson.dumps(fields)
     n, c, m, q = len(u.numbers), len(u.count_numbers), len(u.ids), len(u.proposals)
     parts = [
         (u.numbers, "<i8", (n,)), (u.vectors, "<f4", (n, k)), (u.biases, "<f4", (n,)),
@@ -211,6 +234,8 @@ def encode_update(u: ItemUpdate) -> bytes:
         (u.id_vectors, "<f4", (m, k)), (u.id_biases, "<f4", (m,)), (u.id_counts, "<f8", (m,)),
         (u.base_vectors, "<f4", (q, k)), (u.base_biases, "<f4", (q,)),
     ]
+    if v:
+        parts += [(u.pair_src, f"<i{width}", (v,)), (u.pair_dst, f"<i{width}", (v,)), (u.pair_counts, "<f4", (v,))]
     body = [np.ascontiguousarray(np.asarray(a).reshape(shape), dtype).tobytes() for a, dtype, shape in parts]
     return b"".join([_MAGIC, _LENGTH.pack(len(header)), header, *body])
 
@@ -225,20 +250,29 @@ def decode_update(value: bytes | None) -> ItemUpdate:
         k, n, c, ids, proposals = int(h["k"]), int(h["n"]), int(h["c"]), h["ids"], h["p"]
         if set(map(type, ids)) - {str} or set(map(type, proposals)) - {str} or min(k, n, c) < 0:
             raise ValueError("malformed header")
+        v, pair_width, pair_ids = int(h.get("cv", 0)), int(h.get("cw", 8)), h.get("ci", [])
+        if not isinstance(pair_ids, list) or set(map(type, pair_ids)) - {str} or v < 0 or pair_width not in (4, 8):
+            raise ValueError("malformed co-visit pairs")
         m, q = len(ids), len(proposals)
+        end = np.dtype(f"<i{pair_width}")
         offset, arrays = 8 + length, []
         for dtype, rows, width in ((_I8, n, 0), (_F4, n, k), (_F4, n, 0), (_I8, c, 0), (_F8, c, 0),
-                                   (_F4, m, k), (_F4, m, 0), (_F8, m, 0), (_F4, q, k), (_F4, q, 0)):
+                                   (_F4, m, k), (_F4, m, 0), (_F8, m, 0), (_F4, q, k), (_F4, q, 0),
+                                   (end, v, 0), (end, v, 0), (_F4, v, 0)):
             array = np.frombuffer(value, dtype=dtype, count=rows * (width or 1), offset=offset)
             arrays.append(array.reshape(rows, width) if width else array)
             offset += array.nbytes
         if offset != len(value):
             raise ValueError("sizes do not match")
+        pair_src, pair_dst = arrays[10].astype(np.int64), arrays[11].astype(np.int64)
+        if v and min(int(pair_src.min()), int(pair_dst.min())) < -len(pair_ids):
+            raise ValueError("a co-visit pair names an item the record does not")
         meta = {str(i): (creator, tuple(tags)) for i, creator, tags in h["m"]}
         return ItemUpdate(
             h["o"], int(h["s"]), arrays[0], arrays[1], arrays[2], arrays[3], arrays[4], float(h["cb"]),
             float(h["cl"]), ids, arrays[5], arrays[6], arrays[7], proposals, arrays[8], arrays[9], meta,
             int(h["f"]), int(h["t"]), int(h["tk"]), int(h["tn"]), {int(p): int(o) for p, o in h["v"].items()},
+            pair_src, pair_dst, arrays[12], pair_ids,
         )  # fmt: skip
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ItemUpdateCorrupt(f"malformed item-update record: {exc}") from None
@@ -251,6 +285,39 @@ def _lookup(table: np.ndarray, indices: np.ndarray) -> np.ndarray:
     inside = indices < len(table)
     out[inside] = table[indices[inside]]
     return out
+
+
+def _cuts(sizes: np.ndarray, rooms: Sequence[int], full: int) -> list[slice]:
+    """Consecutive runs of items of ``sizes`` bytes, in order: as many as fit in each of ``rooms`` bytes,
+    then the rest in runs of at most ``full`` bytes (at least one item each).
+
+    >>> _cuts(np.array([4, 4, 4, 4]), [5, 0], 8)
+    [slice(0, 1, None), slice(1, 1, None), slice(1, 3, None), slice(3, 4, None)]
+    """
+    ends = np.cumsum(sizes)
+    out: list[slice] = []
+    lo = 0
+    for room in rooms:
+        hi = int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + room, side="right"))
+        out.append(slice(lo, hi))
+        lo = hi
+    while lo < len(sizes):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + full, side="right")))
+        out.append(slice(lo, hi))
+        lo = hi
+    return out
+
+
+def _local_ends(src: np.ndarray, dst: np.ndarray, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pair ends of a record: numbers stay, ``-1 - g`` (``ids[g]``) become ``-1 - j`` for the record's own list."""
+    named = np.unique(-1 - np.concatenate([src[src < 0], dst[dst < 0]]))
+    if not len(named):
+        return src, dst, []
+
+    def local(ends: np.ndarray) -> np.ndarray:
+        return np.where(ends < 0, -1 - np.searchsorted(named, -1 - ends), ends)
+
+    return local(src), local(dst), [ids[g] for g in named.tolist()]
 
 
 def _grown(a: np.ndarray, n: int, fill: int | bool) -> np.ndarray:
@@ -318,6 +385,14 @@ class ItemExchange:
         self.corrupt_records = 0
         self.quarantined_items = 0
         self.unnumbered_changes = 0  # rows of records for items whose proposal this worker never saw
+        self.pairs_sent = 0  # co-visit pairs published
+        self.pairs_applied = 0  # other workers' co-visit pairs added to the model
+        self.pairs_dropped = 0  # ... and those dropped, their items still unknown here when too many waited
+        # Other workers' pairs naming an item not known here yet (its proposal, in another partition of the log,
+        # not read yet): (source ends, destination ends, counts, ids) as in a record, until the item is known
+        self._waiting_pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]] = []
+        self._waiting_known = (0, 0)  # (items numbered, model items) when the waiting pairs were last tried
+        self.max_waiting_pairs = 1 << 17
 
     # --- numbers ----------------------------------------------------------------------------
     def _assign(self, numbers: np.ndarray, model_indices: np.ndarray, pop_indices: np.ndarray) -> None:
@@ -403,12 +478,13 @@ class ItemExchange:
         """Everything learned since the last call as records: ``(partition, seq, value)``, to send in order."""
         model_rows, vectors, biases = self.model.take_item_deltas()
         pop_rows, counts, base = self.popularity.take_deltas()
+        pair_src, pair_dst, pair_counts = self.model.take_covisit_deltas()
         first = self._first_change_ms if self._first_change_ms is not None else now_ms
         self._first_change_ms = None
         covers, self._covers = self._covers, {}
         proposals, self._to_propose = self._to_propose, {}
         meta, self._meta_out = self._meta_out, {}
-        if not (len(model_rows) or len(pop_rows) or proposals or meta or covers):
+        if not (len(model_rows) or len(pop_rows) or len(pair_src) or proposals or meta or covers):
             return []
         k, P = self.model.n_factors, self.partitions
         numbers = self._numbers_of_model(model_rows)
@@ -431,6 +507,8 @@ class ItemExchange:
         id_parts = _partitions_of(ids, P)
         proposal_parts = dict(zip(proposals, _partitions_of(list(proposals), P).tolist()))
         meta_parts = dict(zip(meta, _partitions_of(list(meta), P).tolist()))
+        # Co-visit pairs go with their source item's partition; their ends travel by number, else by id.
+        pair_src, pair_dst, pair_ids, pair_parts, pair_bytes = self._pair_ends(pair_src, pair_dst)
         row_bytes = 4 * k + 24
         per_record = max(1, self.max_record_bytes // row_bytes)
         clock = self.popularity.clock_ms
@@ -441,12 +519,18 @@ class ItemExchange:
             s = np.flatnonzero(id_parts == partition)
             mine = [i for i, p in proposal_parts.items() if p == partition]
             metas = {i: meta[i] for i, p in meta_parts.items() if p == partition}
-            if not (len(f) or len(c) or len(s) or mine or metas):
+            v = np.flatnonzero(pair_parts == partition)
+            if not (len(f) or len(c) or len(s) or len(v) or mine or metas):
                 continue
             chunks = max(1, -(-max(len(f), len(c), len(s)) // per_record))
-            for j in range(chunks):  # by id rows, proposals and meta ride with the first chunk
+            # pairs fill the room the rows leave in these records, then records of their own
+            rows_in = [min(per_record, max(len(f), len(c), len(s)) - j * per_record) for j in range(chunks)]
+            pair_runs = _cuts(pair_bytes[v], [self.max_record_bytes - r * row_bytes for r in rows_in],
+                              self.max_record_bytes)
+            for j, run in enumerate(pair_runs):  # by id rows, proposals and meta ride with the first chunk
                 fj, cj = f[j * per_record:(j + 1) * per_record], c[j * per_record:(j + 1) * per_record]
                 sj = s[j * per_record:(j + 1) * per_record]
+                vj = v[run]
                 first_chunk = j == 0
                 update = ItemUpdate(
                     self.origin, self._seq, numbers[fj], vectors[fj], biases[fj], count_numbers[cj], counts[cj],
@@ -457,6 +541,10 @@ class ItemExchange:
                     np.array([proposals[i][1] for i in mine], np.float32) if first_chunk else _f32(0),
                     metas if first_chunk else {}, first, now_ms,
                 )  # fmt: skip
+                if len(vj):
+                    update.pair_src, update.pair_dst, update.pair_ids = _local_ends(pair_src[vj], pair_dst[vj], pair_ids)
+                    update.pair_counts = pair_counts[vj]
+                    self.pairs_sent += len(vj)
                 out.append((partition, update))
                 self._seq += 1
         if not out:  # nothing changed, but events were learned: one record says which
@@ -474,6 +562,27 @@ class ItemExchange:
             self.bytes_sent += len(value)
         self._take += 1
         return records
+
+    def _pair_ends(
+        self, src_rows: np.ndarray, dst_rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """Co-visit pairs of model rows as ends to publish: item numbers, or ``-1 - g`` for ``ids[g]`` (items
+        without a number yet); with each pair's partition (its source item's) and its size in a record."""
+        src, dst = self._numbers_of_model(src_rows), self._numbers_of_model(dst_rows)
+        named = np.unique(np.concatenate([src_rows[src < 0], dst_rows[dst < 0]]))
+        ids = self.model.item_ids_at(named)
+        id_bytes = np.array([len(i.encode()) + 3 for i in ids], np.int64)  # in the JSON header
+        sizes = np.full(len(src), 12, np.int64)  # two int32 ends and a float32 count
+        parts = src % self.partitions
+        if len(named):
+            for ends, rows in ((src, src_rows), (dst, dst_rows)):
+                by_id = np.flatnonzero(ends < 0)
+                g = np.searchsorted(named, rows[by_id])
+                ends[by_id] = -1 - g
+                sizes[by_id] += id_bytes[g]
+            by_id = np.flatnonzero(src < 0)
+            parts[by_id] = _partitions_of(ids, self.partitions)[-1 - src[by_id]]
+        return src, dst, ids, parts, sizes
 
     # --- what the others learned ----------------------------------------------------------
     def apply(self, partition: int, offset: int, value: bytes, now_ms: int) -> int:
@@ -510,6 +619,7 @@ class ItemExchange:
                 theirs.append((offset, u))
                 self.bytes_applied += len(value)
         self._mark_dirty([*mine, *(u for _, u in theirs)])
+        self._merge_pairs(theirs)  # own records too may number the items waiting pairs name
         if not theirs:
             return 0
         applied = self._merge_numbered(theirs) + self._merge_by_id(theirs)
@@ -548,6 +658,49 @@ class ItemExchange:
             if self.collect_changed:
                 self._changed[numbers] = True
         return applied
+
+    def _merge_pairs(self, updates: Sequence[tuple[int, ItemUpdate]]) -> None:
+        """Add the co-visit counts of ``updates``, and those of earlier records that can be now.
+
+        A pair may name an item whose proposal is in another partition of the log, not read here yet:
+        it waits until the item is known (at most ``max_waiting_pairs``; beyond, the oldest are dropped).
+        Unlike factors and popularity, the counts are not in the item snapshots: a replay after a restore
+        adds every pair it reads."""
+        batches = [(u.pair_src, u.pair_dst, u.pair_counts, u.pair_ids) for _, u in updates if len(u.pair_src)]
+        known_now = (sum(self._numbered), self.model.n_items)
+        if self._waiting_pairs and known_now != self._waiting_known:
+            batches, self._waiting_pairs = self._waiting_pairs + batches, []
+        self._waiting_known = known_now
+        if not batches:
+            return
+        src_rows, dst_rows, counts = [], [], []
+        for src_ends, dst_ends, batch_counts, ids in batches:
+            src, dst = self._pair_rows(src_ends, ids), self._pair_rows(dst_ends, ids)
+            known = (src >= 0) & (dst >= 0)
+            if not known.all():
+                waiting = ~known
+                self._waiting_pairs.append((src_ends[waiting], dst_ends[waiting], batch_counts[waiting], ids))
+            src_rows.append(src[known])
+            dst_rows.append(dst[known])
+            counts.append(batch_counts[known])
+        src, dst = np.concatenate(src_rows), np.concatenate(dst_rows)
+        self.model.add_covisit_counts(src, dst, np.concatenate(counts))
+        self.pairs_applied += len(src)
+        while self.waiting_pairs > self.max_waiting_pairs:
+            self.pairs_dropped += len(self._waiting_pairs.pop(0)[0])
+
+    @property
+    def waiting_pairs(self) -> int:
+        """Other workers' co-visit pairs waiting for an item this worker does not know yet."""
+        return sum(len(src) for src, _, _, _ in self._waiting_pairs)
+
+    def _pair_rows(self, ends: np.ndarray, ids: list[str]) -> np.ndarray:
+        """Model rows of a record's pair ends (-1: unknown here)."""
+        rows = _lookup(self._model_index, np.maximum(ends, 0))
+        by_id = np.flatnonzero(ends < 0)
+        if len(by_id):
+            rows[by_id] = self.model.item_index(ids)[-1 - ends[by_id]]
+        return rows
 
     def _take_seen(self, u: ItemUpdate) -> None:
         """Once every record of a take is in, the events it covers count as published."""
