@@ -102,7 +102,7 @@ def test_the_model_setting_defaults_to_bprmf():
     ("models.nowhere:BPRMF", "cannot import models.nowhere"),
     ("models.bpr:Nothing", "has no class Nothing"),
     ("models.base:event_weights", "has no class event_weights"),
-    ("models.popularity:Popularity", "lacks methods the worker calls: add_item_deltas, add_items"),
+    ("models.popularity:Popularity", "lacks methods the worker calls: add_covisit_counts, add_item_deltas"),
 ])
 def test_the_model_setting_names_an_importable_class_with_the_workers_methods(spec, says):
     with pytest.raises(SettingsError) as info:
