@@ -107,6 +107,9 @@ class Settings:
     session_tag_weight: float = _setting(
         1.0, "Pull of the best items of the community tags of a user's last events on their list; 0 turns it off."
     )
+    session_boost: float = _setting(
+        4.0, "How much more the session pulls for users with few events: 1 + this / n times after n events; 0: the same for all."
+    )
     weight_view: float = _setting(1.0, "Learning weight of a view.")
     weight_like: float = _setting(3.0, "Learning weight of a like.")
     weight_share: float = _setting(5.0, "Learning weight of a share.")

@@ -172,6 +172,7 @@ class Learner:
             seed=settings.seed,
             covisit_weight=settings.session_covisit_weight,
             session_tag_weight=settings.session_tag_weight,
+            session_boost=settings.session_boost,
             track_item_deltas=True,
         )
         self.popularity = Popularity(half_life_s=settings.popular_half_life_s, track_deltas=True)
