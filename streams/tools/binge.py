@@ -17,7 +17,10 @@ no Redis; the lists are the ones the worker would write):
    trends because of the binges themselves;
 3. after k = 1, 2, 4, 8 binged items, each user's top-10 is read: ``share`` is the fraction of
    it carrying the binged community's tag, ``next_hit`` whether the binge's next item (the
-   (k+1)-th) is in it. Both are averaged over the users of a group.
+   (k+1)-th) is in it. Both are averaged over the users of a group. ``next_hit_ceiling`` is the
+   best ``next_hit`` any top-10 could have: a binge picks its items by popularity within the
+   community, so no list does better than the community's 10 most popular items the user has not
+   engaged (:meth:`~streams.tools.synthetic.SyntheticWorld.binge_next_odds`).
 
 Everything derives from ``seed``: the same options give the same numbers.
 """
@@ -58,8 +61,8 @@ class BingeOptions:
 def run_binge(options: BingeOptions, settings: Any = None) -> dict[str, Any]:
     """Run the scenario; ``settings`` (a :class:`~streams.settings.Settings`) shapes the learner.
 
-    Returns ``{"options", "steps", "users_per_group", "new": {"share": [...], "next_hit": [...]},
-    "switching": {...}}``, one value per step of :data:`BINGE_STEPS` (``None`` for a group without users:
+    Returns ``{"options", "steps", "users_per_group", "new": {"share": [...], "next_hit": [...],
+    "next_hit_ceiling": [...]}, "switching": {...}}``, one value per step of :data:`BINGE_STEPS` (``None`` for a group without users:
     a world too small to have established users).
 
     >>> result = run_binge(BingeOptions(users=4, world_users=300, items=200, communities=4, warmup=3000,
@@ -119,6 +122,7 @@ def run_binge(options: BingeOptions, settings: Any = None) -> dict[str, Any]:
 
     share: dict[str, dict[int, list[float]]] = {name: {k: [] for k in BINGE_STEPS} for name in groups}
     next_hit: dict[str, dict[int, list[float]]] = {name: {k: [] for k in BINGE_STEPS} for name in groups}
+    ceiling: dict[str, dict[int, list[float]]] = {name: {k: [] for k in BINGE_STEPS} for name in groups}
     members = [(name, user, tag) for name, group in groups.items() for user, tag in group]
     wave = max(1, options.communities // 2)
     for lo in range(0, len(members), wave):
@@ -138,6 +142,7 @@ def run_binge(options: BingeOptions, settings: Any = None) -> dict[str, Any]:
                 top = lists.get(user, [])[:_TOP]
                 share[name][k].append(sum(tag in world.item_tags(item) for item in top) / _TOP)
                 next_hit[name][k].append(float(binges[user][3 * k]["item_id"] in top))
+                ceiling[name][k].append(world.binge_next_odds(tag, history[user], _TOP))
 
     result: dict[str, Any] = {"options": asdict(options), "steps": list(BINGE_STEPS),
                               "users_per_group": {name: len(group) for name, group in groups.items()}}
@@ -146,5 +151,7 @@ def run_binge(options: BingeOptions, settings: Any = None) -> dict[str, Any]:
             "share": [round(float(np.mean(share[name][k])), 3) if share[name][k] else None for k in BINGE_STEPS],
             "next_hit": [round(float(np.mean(next_hit[name][k])), 3) if next_hit[name][k] else None
                          for k in BINGE_STEPS],
+            "next_hit_ceiling": [round(float(np.mean(ceiling[name][k])), 3) if ceiling[name][k] else None
+                                 for k in BINGE_STEPS],
         }
     return result

@@ -233,14 +233,15 @@ def _binge(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="binge: the binged community's share of the top-10, and the binge's next item in it",
-                  caption="new: users never seen before; switching: established users, a community new to them")
+                  caption="new: users never seen before; switching: established users, a community new to them; "
+                          "best: the next item's odds in the best possible top-10")
     table.add_column("group")
     table.add_column("users", justify="right")
     for k in BINGE_STEPS:
-        table.add_column(f"after {k}: share / next", justify="right")
+        table.add_column(f"after {k}: share / next (best)", justify="right")
     for group in ("new", "switching"):
-        cells = [f"{s:.0%} / {h:.0%}" if s is not None and h is not None else "-"
-                 for s, h in zip(result[group]["share"], result[group]["next_hit"])]
+        cells = [f"{s:.0%} / {h:.0%} ({c:.0%})" if s is not None and h is not None and c is not None else "-"
+                 for s, h, c in zip(result[group]["share"], result[group]["next_hit"], result[group]["next_hit_ceiling"])]
         table.add_row(group, f"{result['users_per_group'][group]:,}", *cells)
     Console().print(table)
     return 0

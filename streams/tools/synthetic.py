@@ -79,7 +79,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,6 +310,26 @@ class SyntheticWorld:
         c = self._community_index[tag]
         block = self._block_items[self._block_start[c] : self._block_end[c]]
         return [self.item_ids[i] for i in block.tolist()]
+
+    def binge_next_odds(self, tag: str, seen: Iterable[str], n: int) -> float:
+        """The chance that a binge of ``tag`` (:meth:`engage`) picks next one of the ``n`` likeliest items
+        not in ``seen``: the best hit rate any list of ``n`` items without ``seen`` can have.
+
+        >>> world = SyntheticWorld(WorldConfig(users=50, items=40, communities=2, seed=0))
+        >>> tag = world.communities[0]
+        >>> items = world.community_items(tag)
+        >>> world.binge_next_odds(tag, [], len(items))
+        1.0
+        >>> world.binge_next_odds(tag, items[:1], 1) < world.binge_next_odds(tag, [], 1)  # the favourite is gone
+        True
+        """
+        c = self._community_index[tag]
+        block = self._block_items[self._block_start[c] : self._block_end[c]]
+        weights = self._popularity[block].astype(np.float64)
+        gone = [self._item_index[i] for i in seen if i in self._item_index]
+        weights[np.isin(block, gone)] = 0.0  # engage draws by popularity without replacement
+        total = weights.sum()
+        return float(np.sort(weights)[::-1][:n].sum() / total) if total > 0 else 0.0
 
     # --- event generation ---------------------------------------------------
     def _draw_sessions(

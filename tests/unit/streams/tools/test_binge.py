@@ -22,7 +22,7 @@ def test_both_groups_are_scored_after_every_step(small_result):
     assert small_result["steps"] == list(BINGE_STEPS)
     assert small_result["users_per_group"] == {"new": 12, "switching": 12}
     for group in ("new", "switching"):
-        for key in ("share", "next_hit"):
+        for key in ("share", "next_hit", "next_hit_ceiling"):
             values = small_result[group][key]
             assert len(values) == len(BINGE_STEPS) and all(0.0 <= v <= 1.0 for v in values), (group, key, values)
 
@@ -32,6 +32,14 @@ def test_a_binge_moves_the_list_towards_its_community(small_result):
     for group in ("new", "switching"):
         share = small_result[group]["share"]
         assert share[-1] > share[0] and share[-1] > 0.2, (group, share)
+
+
+def test_no_list_beats_the_next_item_ceiling(small_result):
+    # The ceiling is the best any top-10 can do, so the model's hit rate stays at or below it.
+    for group in ("new", "switching"):
+        hits, ceiling = small_result[group]["next_hit"], small_result[group]["next_hit_ceiling"]
+        assert all(0.0 < c < 1.0 for c in ceiling), (group, ceiling)
+        assert sum(hits) <= sum(ceiling) + 0.1, (group, hits, ceiling)  # averages over 12 users: some luck
 
 
 def test_the_same_options_give_the_same_numbers(small_result):
