@@ -368,6 +368,9 @@ class RecommenderService:
             item_bytes_applied_total=exchange.bytes_applied,
             items_quarantined=exchange.quarantined_items + exchange.corrupt_records,
             item_rows_unknown_total=exchange.unnumbered_changes,
+            covisit_pairs_sent_total=exchange.pairs_sent,
+            covisit_pairs_applied_total=exchange.pairs_applied,
+            covisit_pairs_dropped_total=exchange.pairs_dropped,
             writes_popular_lists=self.writes_popular_lists,
             ready=self.ready_ms is not None,
         )
