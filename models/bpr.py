@@ -249,7 +249,7 @@ class BPRMF:
     (0.147 with unit weights, where these defaults reach 0.178). The gains
     come from adaptive negatives, the per-event user decay and relative,
     square-rooted weights. The session's defaults were chosen on the whole
-    stream (a coarse grid) and on binges of a synthetic world: 0.186 with it.
+    stream (a coarse grid) and on binges of a synthetic world: 0.188 with it.
 
     Examples
     --------
