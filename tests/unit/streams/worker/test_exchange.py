@@ -88,18 +88,24 @@ def test_records_round_trip_through_bytes():
     assert (back.count_base_ms, back.clock_ms, back.first_change_ms, back.sent_ms) == (10.0, 20.0, 5, 6)
 
 
-def test_two_replicas_that_exchange_everything_hold_the_same_items():
+def learn_in_halves(events: list[dict], step: int = 500) -> tuple[Log, Replica, Replica]:
+    """Replicas ``a`` and ``b`` each learn half of the users' ``events``, exchanging after every ``step`` events."""
     log, a, b = Log(), Replica("a"), Replica("b")
-    events = stream(4000)
     users_a = {e["user_id"] for e in events if hash(e["user_id"]) % 2 == 0}
-    for lo in range(0, len(events), 500):
-        chunk = events[lo:lo + 500]
+    for lo in range(0, len(events), step):
+        chunk = events[lo:lo + step]
         a.learn([e for e in chunk if e["user_id"] in users_a])
         b.learn([e for e in chunk if e["user_id"] not in users_a])
         log.publish(a)
         log.publish(b)
         log.deliver(a)
         log.deliver(b)
+    return log, a, b
+
+
+def test_two_replicas_that_exchange_everything_hold_the_same_items():
+    events = stream(4000)
+    log, a, b = learn_in_halves(events)
     items = sorted({e["item_id"] for e in events})
     assert sorted(a.model.item_ids) == sorted(b.model.item_ids) == items  # one catalog
     for mine, theirs in zip(item_state(a, items), item_state(b, items)):

@@ -15,7 +15,7 @@ from streams.worker.exchange import ItemUpdate, decode_update, encode_fence, enc
 from streams.worker.item_log import ItemSync, MemoryItemLog
 from streams.worker.learner import Learner, RawMessage
 from tests.unit.streams.worker.support import SETTINGS
-from tests.unit.streams.worker.test_exchange import PARTITIONS, K, Log, Replica, stream
+from tests.unit.streams.worker.test_exchange import PARTITIONS, K, Log, Replica, learn_in_halves, stream
 
 
 def covisits(replica: Replica, full_rows: bool = True) -> dict[tuple[str, str], float]:
@@ -85,17 +85,8 @@ def test_one_replicas_pairs_reach_the_other_once_and_its_own_are_not_added_again
 
 
 def test_two_replicas_each_count_both_replicas_pairs():
-    log, a, b = Log(), Replica("a"), Replica("b")
     events = stream(4000)
-    users_a = {e["user_id"] for e in events if hash(e["user_id"]) % 2 == 0}
-    for lo in range(0, len(events), 500):
-        chunk = events[lo:lo + 500]
-        a.learn([e for e in chunk if e["user_id"] in users_a])
-        b.learn([e for e in chunk if e["user_id"] not in users_a])
-        log.publish(a)
-        log.publish(b)
-        log.deliver(a)
-        log.deliver(b)
+    log, a, b = learn_in_halves(events)
     # the group's pairs: each event with its user's previous 2 (the users' events all on one replica)
     history: dict[str, list[str]] = {}
     expected: dict[tuple[str, str], float] = {}
