@@ -88,6 +88,16 @@ def test_records_round_trip_through_bytes():
     assert (back.count_base_ms, back.clock_ms, back.first_change_ms, back.sent_ms) == (10.0, 20.0, 5, 6)
 
 
+def snapshot_state(replica: Replica) -> dict[bytes, bytes]:
+    """A whole item snapshot of ``replica`` with its fences, as the item log would hold it."""
+    state = {}
+    items, fences = replica.exchange.start_snapshot(range(PARTITIONS))
+    for partition, numbers in items.items():
+        state.update(replica.exchange.snapshot(partition, numbers))
+        state[fence_key(partition)] = encode_fence(fences[partition])
+    return state
+
+
 def learn_in_halves(events: list[dict], step: int = 500) -> tuple[Log, Replica, Replica]:
     """Replicas ``a`` and ``b`` each learn half of the users' ``events``, exchanging after every ``step`` events."""
     log, a, b = Log(), Replica("a"), Replica("b")
@@ -167,11 +177,7 @@ def test_a_snapshot_is_exact_as_of_its_offset_despite_unpublished_and_unread_cha
     writer.learn(events[2000:2500])  # pending: not even sent
     assert writer.exchange.records_in_flight > 0
     writer.exchange.mark_dirty(range(PARTITIONS))
-    items, fences = writer.exchange.start_snapshot(range(PARTITIONS))
-    state = {}
-    for partition, ids in items.items():
-        state.update(writer.exchange.snapshot(partition, ids))
-        state[fence_key(partition)] = encode_fence(fences[partition])
+    state = snapshot_state(writer)
     log.publish(writer)
     log.deliver(writer)
 
@@ -232,11 +238,7 @@ def test_a_replica_restored_from_a_fence_and_newer_snapshot_records_numbers_item
     writer.learn(events[:1000])
     log.publish(writer)
     log.deliver(writer)
-    state = {}
-    items, fences = writer.exchange.start_snapshot(range(PARTITIONS))
-    for partition, numbers in items.items():
-        state.update(writer.exchange.snapshot(partition, numbers))
-        state[fence_key(partition)] = encode_fence(fences[partition])
+    state = snapshot_state(writer)
     for lo in (1000, 2000, 3000):  # new items, numbered after that fence
         writer.learn(events[lo:lo + 1000])
         log.publish(writer)

@@ -11,11 +11,11 @@ import orjson
 
 from streams.events import encode_event, kafka_partition
 from streams.state.store import MemoryStateStore
-from streams.worker.exchange import ItemUpdate, decode_update, encode_fence, encode_update, fence_key
+from streams.worker.exchange import ItemUpdate, decode_update, encode_update
 from streams.worker.item_log import ItemSync, MemoryItemLog
 from streams.worker.learner import Learner, RawMessage
 from tests.unit.streams.worker.support import SETTINGS
-from tests.unit.streams.worker.test_exchange import PARTITIONS, K, Log, Replica, learn_in_halves, stream
+from tests.unit.streams.worker.test_exchange import PARTITIONS, K, Log, Replica, learn_in_halves, snapshot_state, stream
 
 
 def covisits(replica: Replica, full_rows: bool = True) -> dict[tuple[str, str], float]:
@@ -134,11 +134,7 @@ def test_a_restored_replica_counts_the_pairs_of_the_log_past_the_fences_once():
     log.publish(writer)
     log.deliver(writer)
     writer.exchange.mark_dirty(range(PARTITIONS))
-    items, fences = writer.exchange.start_snapshot(range(PARTITIONS))
-    state = {}
-    for partition, numbers in items.items():
-        state.update(writer.exchange.snapshot(partition, numbers))
-        state[fence_key(partition)] = encode_fence(fences[partition])
+    state = snapshot_state(writer)
     writer.learn(events[1500:])
     log.publish(writer)
     log.deliver(writer)
