@@ -25,7 +25,7 @@ It is a module of ``streams.tools`` (what people run), not a package of its own:
 application of ``streams.client`` and ``streams.events`` like ``streamrec produce`` and ``streamrec recs``,
 and the import rules already keep the worker (and everything but the command line) from importing it.
 
-The committed OpenAPI document is regenerated with ``python -m streams.tools.serve --openapi > docs/openapi.json``.
+The committed OpenAPI document is regenerated with ``streamrec serve --openapi > docs/openapi.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, Sequence
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal
 from urllib.parse import parse_qsl
 
 import orjson
@@ -63,7 +63,7 @@ from streams.settings import Settings
 from streams.tools.http_metrics import install_metrics
 from streams.tools.ratelimit import RateLimiter
 
-__all__ = ["create_app", "app_from_env", "openapi_document", "run", "Heartbeats", "main", "ApiKeys", "is_loopback", "FastRecommendations"]
+__all__ = ["create_app", "app_from_env", "openapi_document", "run", "Heartbeats", "ApiKeys", "is_loopback", "FastRecommendations"]
 
 logger = logging.getLogger(__name__)
 
@@ -649,15 +649,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         uvicorn.run(create_app(settings), **options)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streams.tools.serve [--host H] [--port P] [--tls-cert F --tls-key F] [--workers N] [--openapi]``:
-    the same as ``streamrec serve``."""
-    from streams.tools.cli import main as cli_main
-
-    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,7 @@ class Server:
         self.log, self.verify = log, verify
         with open(log, "wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.tools.serve", "--port", str(self.port), *args],
+                [sys.executable, "-m", "streams.tools.cli", "serve", "--port", str(self.port), *args],
                 env={**os.environ, **settings.to_env(), **env}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )  # fmt: skip

@@ -487,9 +487,9 @@ def test_tls_workers_and_access_log_reach_uvicorn(monkeypatch, capsys, tmp_path)
 
 
 async def test_the_committed_openapi_document_is_the_apps(serve):
-    """Regenerate it with: python -m streams.tools.serve --openapi > docs/openapi.json"""
+    """Regenerate it with: streamrec serve --openapi > docs/openapi.json"""
     committed = (ROOT / "docs" / "openapi.json").read_text(encoding="utf-8")
-    assert committed == openapi_document(), "run: python -m streams.tools.serve --openapi > docs/openapi.json"
+    assert committed == openapi_document(), "run: streamrec serve --openapi > docs/openapi.json"
     async with serve() as http:
         served = (await http.get("/openapi.json")).json()
     assert served == orjson.loads(committed)

@@ -243,6 +243,7 @@ def test_the_model_setting_plugs_a_model_class_into_the_learner():
         "n_factors": 8, "learning_rate": settings.learning_rate, "regularization": settings.regularization,
         "n_negatives": settings.n_negatives, "init_std": settings.init_std, "seed": settings.seed,
         "covisit_weight": settings.session_covisit_weight, "session_tag_weight": settings.session_tag_weight,
+        "session_boost": settings.session_boost,
         "track_item_deltas": True,
     }
     out = learner.process(messages(world_events(300)))
