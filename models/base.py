@@ -64,6 +64,8 @@ class WorkerModel(Protocol):
     each user is learned by one worker, which checkpoints the user's vector.
 
     - ``n_factors``: length of every user and item vector; restored states are checked against it.
+    - ``covisit_candidates``: co-visited items each recent item brings to ranking (its strongest), the
+      neighbours an item snapshot keeps.
     - ``n_users``, ``n_items``: known users and items, for the health records and the log of a restore.
     - ``has_user(user)``: whether the user gets a recommendation list.
     - ``learn_batch(users, items, weights, *, item_tags, update_items)``: learn a batch of events;
@@ -85,6 +87,10 @@ class WorkerModel(Protocol):
       engaged one after the other) counted since the last call, to publish; a model without co-visitation
       counts returns empty arrays.
     - ``add_covisit_counts(src_indices, dst_indices, counts)``: merge other workers' co-visit counts.
+    - ``peek_covisit_deltas()``: the pairs ``take_covisit_deltas`` would return, not taken (subtracted from
+      an item snapshot).
+    - ``covisit_rows(indices)`` / ``set_covisit_rows(indices, neighbour_indices, counts)``: read and replace
+      items' co-visit neighbours (``(n, m)``, -1 for none) and counts (item snapshots, restore).
     - ``item_tags(item)`` / ``set_item_tags(items, tags)``: tags of items known from their metadata.
 
     Examples
@@ -104,9 +110,19 @@ class WorkerModel(Protocol):
     >>> theirs.add_covisit_counts(src, dst, counts)
     >>> [item for item, gain in zip(theirs.item_ids, theirs.score("v") - before) if gain > 0]
     ['b']
+
+    ... and an item's neighbours through a snapshot:
+
+    >>> neighbours, counts = theirs.covisit_rows(theirs.item_index(["a"]))
+    >>> restored = BPRMF(n_factors=2)
+    >>> _ = restored.add_items(["a", "b", "c"])
+    >>> restored.set_covisit_rows(restored.item_index(["a"]), neighbours, counts)
+    >>> [restored.item_ids_at(n[c > 0]) for n, c in zip(*restored.covisit_rows(restored.item_index(["a"])))]
+    [['b']]
     """
 
     n_factors: int
+    covisit_candidates: int
 
     @property
     def n_users(self) -> int: ...
@@ -157,6 +173,12 @@ class WorkerModel(Protocol):
     def take_covisit_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
     def add_covisit_counts(self, src_rows: np.ndarray, dst_rows: np.ndarray, counts: np.ndarray) -> None: ...
+
+    def peek_covisit_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def covisit_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def set_covisit_rows(self, rows: np.ndarray, neighbour_rows: np.ndarray, counts: np.ndarray) -> None: ...
 
     def item_tags(self, item: str) -> tuple[str, ...]: ...
 

@@ -612,6 +612,62 @@ class BPRMF:
         if self.covisit_weight and keep.any():
             self._covisit.add(src[keep], dst[keep], w[keep])
 
+    def peek_covisit_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs :meth:`take_covisit_deltas` would return now, without taking them (subtracted from an
+        item snapshot: this model's own counts not published yet).
+
+        >>> model = BPRMF(n_factors=2, track_item_deltas=True)
+        >>> model.learn_batch(["u", "u"], ["a", "b"])
+        >>> [len(a) for a in model.peek_covisit_deltas()], [len(a) for a in model.take_covisit_deltas()]
+        ([2, 2, 2], [2, 2, 2])
+        """
+        self._sum_covisit_deltas()
+        keys = self._cv_keys
+        return keys >> 32, keys & 0xFFFFFFFF, self._cv_counts.copy()
+
+    def covisit_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The co-visit neighbours of the items at ``indices``: neighbour indices ``(n, covisit_neighbours)``
+        (-1: empty slot) and their counts, in the table's slot order (copies).
+
+        >>> model = BPRMF(n_factors=2)
+        >>> model.learn_batch(["u", "u"], ["a", "b"])
+        >>> neighbours, counts = model.covisit_rows(model.item_index(["a"]))
+        >>> model.item_ids_at(neighbours[counts > 0]), counts[counts > 0].tolist()
+        (['b'], [1.0])
+        """
+        i = np.asarray(indices, dtype=np.int64)
+        if len(i) and not (0 <= i.min() and i.max() < len(self._items)):
+            raise UnknownIdError("item indices out of range")
+        return self._covisit.nbr[i].astype(np.int64), self._covisit.cnt[i].copy()
+
+    def set_covisit_rows(self, rows: np.ndarray, neighbour_rows: np.ndarray, counts: np.ndarray) -> None:
+        """Replace the co-visit neighbours of the items at ``rows`` (``(n,)``) by ``neighbour_rows`` (``(n, m)``
+        distinct item indices per row, -1 for none) with their ``counts``: how an item snapshot restores them.
+
+        At most ``covisit_neighbours`` per item are kept (the strongest); pairs of an item with itself and
+        counts of 0 are left out; with ``covisit_weight=0`` (no table) nothing is set. Not recorded as this
+        model's own counts.
+
+        >>> model = BPRMF(n_factors=2)
+        >>> _ = model.add_items(["a", "b", "c"])
+        >>> model.set_covisit_rows(model.item_index(["a"]), np.array([[2, 1]]), np.array([[3.0, 1.0]]))
+        >>> model.covisit_rows(model.item_index(["a"]))[1][0, :3].tolist()
+        [3.0, 1.0, 0.0]
+        """
+        r = np.asarray(rows, dtype=np.int64)
+        nbr = np.asarray(neighbour_rows, dtype=np.int64)
+        w = np.asarray(counts, dtype=np.float32)
+        if r.ndim != 1 or nbr.ndim != 2 or nbr.shape[0] != len(r) or w.shape != nbr.shape:
+            raise InvalidInputError(f"expected (n,) rows and (n, m) neighbours and counts, got {r.shape}, "
+                                    f"{nbr.shape}, {w.shape}")
+        n = len(self._items)
+        if len(r) and not (0 <= r.min() and r.max() < n and nbr.max(initial=-1) < n and nbr.min(initial=0) >= -1):
+            raise UnknownIdError("item indices out of range")
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise InvalidInputError("co-visit counts must be finite and >= 0")
+        if self.covisit_weight and len(r):
+            self._covisit.set_rows(r, np.where(nbr == r[:, None], -1, nbr), w)
+
     def _track_covisit(self, src: np.ndarray, dst: np.ndarray) -> None:
         """Record one count of each pair ``src[e] -> dst[e]`` for :meth:`take_covisit_deltas`."""
         self._cv_new.append(((src.astype(np.int64) << 32) | dst, np.ones(len(src), np.float32)))

@@ -99,6 +99,25 @@ class CoVisitation:
         order = np.lexsort((rows, -counts))
         return [(int(rows[j]), float(counts[j])) for j in order]
 
+    def set_rows(self, rows: np.ndarray, nbr: np.ndarray, cnt: np.ndarray) -> None:
+        """Replace the neighbours of the items ``rows`` (``(n,)``) by ``nbr`` / ``cnt`` (``(n, m)``: distinct
+        item rows per row, -1 for none, and their counts); the ``k`` strongest are kept, counts <= 0 left out.
+
+        >>> table = CoVisitation(neighbours=2)
+        >>> table.grow(4)
+        >>> table.set_rows(np.array([0]), np.array([[1, 2, 3]]), np.array([[1.0, 5.0, 3.0]]))
+        >>> table.neighbours_of(0)
+        [(2, 5.0), (3, 3.0)]
+        """
+        keep = (nbr >= 0) & (cnt > 0)
+        order = np.argsort(np.where(keep, -cnt, np.inf), axis=1, kind="stable")[:, : self.k]
+        keep = np.take_along_axis(keep, order, 1)
+        m = order.shape[1]
+        self.nbr[rows] = -1
+        self.cnt[rows] = 0.0
+        self.nbr[rows, :m] = np.where(keep, np.take_along_axis(nbr, order, 1), -1)
+        self.cnt[rows, :m] = np.where(keep, np.take_along_axis(cnt, order, 1), 0.0)
+
     def pull(self, recent: np.ndarray, coef: np.ndarray, per_item: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Candidates and their pull for users whose recent items are the rows of ``recent``.
 

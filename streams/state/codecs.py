@@ -53,6 +53,9 @@ class ItemState:
     popularity_ts_ms: int
     offset: int = -1  # the item-updates offset whose changes this state includes (-1: none)
     number: int = -1  # the item's number in the item exchange (-1: none)
+    # Its strongest co-visited items (item numbers) and their counts, strongest first (absent from older records)
+    neighbours: tuple[int, ...] = ()
+    covisit_counts: tuple[float, ...] = ()
 
 
 def encode_user(vector: np.ndarray, history: Sequence[str] | Mapping[str, None]) -> bytes:
@@ -105,7 +108,7 @@ def decode_user(blob: bytes) -> tuple[np.ndarray, list[str]]:
 
 def encode_item(state: ItemState) -> bytes:
     factors = np.ascontiguousarray(state.vector, dtype="<f4")
-    meta = {
+    meta: dict[str, Any] = {
         "b": float(state.bias),
         "c": state.creator_id,
         "t": list(state.tags),
@@ -114,6 +117,8 @@ def encode_item(state: ItemState) -> bytes:
         "o": int(state.offset),
         "n": int(state.number),
     }
+    if state.neighbours:
+        meta["cn"], meta["cc"] = [int(n) for n in state.neighbours], [float(c) for c in state.covisit_counts]
     return _HEADER.pack(_ITEM_MAGIC, factors.size) + factors.tobytes() + orjson.dumps(meta)
 
 
@@ -126,12 +131,16 @@ def encode_items(
     popularity_ts_ms: int | Sequence[int] | np.ndarray,
     offsets: Sequence[int] | np.ndarray | None = None,
     numbers: Sequence[int] | np.ndarray | None = None,
+    neighbours: Sequence[Sequence[int]] | None = None,
+    covisit_counts: Sequence[Sequence[float]] | None = None,
 ) -> list[bytes]:
     """:func:`encode_item` of many items (rows of ``vectors``), byte for byte; ``popularity_ts_ms`` is one
-    time for all or one per item; ``offsets`` and ``numbers`` one per item (default -1).
+    time for all or one per item; ``offsets`` and ``numbers`` one per item (default -1); ``neighbours`` and
+    ``covisit_counts`` one list per item (default none; lists of ints and floats, as ``tolist`` gives).
 
-    >>> one = ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7)
-    >>> encode_items(np.ones((1, 2)), [0.5], ["c1"], [("a",)], [2.0], 7) == [encode_item(one)]
+    >>> one = ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7, neighbours=(3,), covisit_counts=(2.0,))
+    >>> encode_items(np.ones((1, 2)), [0.5], ["c1"], [("a",)], [2.0], 7, neighbours=[[3]], covisit_counts=[[2.0]]
+    ...              ) == [encode_item(one)]
     True
     """
     factors = np.ascontiguousarray(vectors, dtype="<f4")
@@ -148,14 +157,20 @@ def encode_items(
     item_numbers = [-1] * n if numbers is None else np.asarray(numbers, dtype=np.int64).tolist()
     if len(positions) != n or len(item_numbers) != n:
         raise ValueError("offsets and numbers must be one per item")
-    dumps = orjson.dumps
-    tails = [
-        dumps({"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt, "o": o, "n": g})
+    metas = [
+        {"b": b, "c": c, "t": t if isinstance(t, list) else list(t), "p": p, "pt": pt, "o": o, "n": g}
         for b, c, t, p, pt, o, g in zip(
             np.asarray(biases, dtype=np.float64).tolist(), creators, tags,
             np.asarray(popularity, dtype=np.float64).tolist(), times, positions, item_numbers)
     ]
-    return _with_tails(_ITEM_MAGIC, factors, tails)
+    if neighbours is not None:
+        if covisit_counts is None or not len(neighbours) == len(covisit_counts) == n:
+            raise ValueError("neighbours and covisit_counts must be one list per item")
+        for meta, nbr, cnt in zip(metas, neighbours, covisit_counts):
+            if len(nbr):
+                meta["cn"], meta["cc"] = nbr, cnt
+    dumps = orjson.dumps
+    return _with_tails(_ITEM_MAGIC, factors, [dumps(meta) for meta in metas])
 
 
 def decode_item(blob: bytes) -> ItemState:
@@ -164,8 +179,12 @@ def decode_item(blob: bytes) -> ItemState:
     if not np.isfinite(vector).all():
         raise StateCorrupt("item state has non-finite factors")
     try:
+        neighbours = tuple(int(n) for n in meta.get("cn", ()))
+        counts = tuple(float(c) for c in meta.get("cc", ()))
+        if len(neighbours) != len(counts):
+            raise ValueError("co-visit neighbours and counts differ in length")
         return ItemState(vector, float(meta["b"]), meta["c"], tuple(meta["t"]), float(meta["p"]), int(meta["pt"]),
-                         int(meta.get("o", -1)), int(meta.get("n", -1)))
+                         int(meta.get("o", -1)), int(meta.get("n", -1)), neighbours, counts)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateCorrupt(f"item state has a malformed JSON tail: {exc!r}") from None
 

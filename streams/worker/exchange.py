@@ -33,8 +33,8 @@ by id.
 each record also carries the pairs of items its sender's users engaged one after the other,
 counted since the last take, in the partition of the pair's first item, by number or id like
 the other changes. Every worker adds the others' pairs, so each counts the whole group's
-co-visits. They are not in the item snapshots: a starting worker counts those of the log it
-reads past the fences, and the ones it learns from then on.
+co-visits. An item's snapshot holds its strongest neighbours (the model's ``covisit_candidates``,
+by number) and their counts, as of its offset like the rest of its state.
 
 **Snapshots and recovery.** The owner of item partition ``p`` (the worker that owns
 events partition ``p``) writes the state of its changed items to the compacted topic
@@ -664,9 +664,8 @@ class ItemExchange:
 
         A pair may name an item whose proposal is in another partition of the log, not read here yet:
         it waits until the item is known (at most ``max_waiting_pairs``; beyond, the oldest are dropped).
-        Unlike factors and popularity, the counts are not in the item snapshots: a replay after a restore
-        adds every pair it reads."""
-        batches = [(u.pair_src, u.pair_dst, u.pair_counts, u.pair_ids) for _, u in updates if len(u.pair_src)]
+        After a restore, a pair at or below its source item's snapshot offset is in that snapshot already."""
+        batches = [self._fresh_pairs(offset, u) for offset, u in updates if len(u.pair_src)]
         known_now = (sum(self._numbered), self.model.n_items)
         if self._waiting_pairs and known_now != self._waiting_known:
             batches, self._waiting_pairs = self._waiting_pairs + batches, []
@@ -693,6 +692,17 @@ class ItemExchange:
     def waiting_pairs(self) -> int:
         """Other workers' co-visit pairs waiting for an item this worker does not know yet."""
         return sum(len(src) for src, _, _, _ in self._waiting_pairs)
+
+    def _fresh_pairs(self, offset: int, u: ItemUpdate) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """The pairs of record ``u`` (at ``offset``) whose source item's restored state does not include them."""
+        if self._restored_offset is None:
+            return u.pair_src, u.pair_dst, u.pair_counts, u.pair_ids
+        rows = self._pair_rows(u.pair_src, u.pair_ids)
+        numbers = np.where(rows >= 0, self._numbers_of_model(np.maximum(rows, 0)), -1)
+        fresh = (numbers < 0) | (_lookup(self._restored_offset, np.maximum(numbers, 0)) < offset)
+        if fresh.all():
+            return u.pair_src, u.pair_dst, u.pair_counts, u.pair_ids
+        return u.pair_src[fresh], u.pair_dst[fresh], u.pair_counts[fresh], u.pair_ids
 
     def _pair_rows(self, ends: np.ndarray, ids: list[str]) -> np.ndarray:
         """Model rows of a record's pair ends (-1: unknown here)."""
@@ -795,9 +805,10 @@ class ItemExchange:
         if not updates:
             return
         dirty = self._dirty
-        numbers = np.concatenate([a for u in updates for a in (u.numbers, u.count_numbers)])
-        dirty[numbers[numbers < len(dirty)]] = True
+        numbers = np.concatenate([a for u in updates for a in (u.numbers, u.count_numbers, u.pair_src)])
+        dirty[numbers[(numbers >= 0) & (numbers < len(dirty))]] = True  # pairs: their source item's row changed
         ids = [i for u in updates for i in (*u.ids, *u.proposals)]
+        ids += [u.pair_ids[-1 - e] for u in updates for e in u.pair_src[u.pair_src < 0].tolist()]
         if ids:
             index = self.model.item_index(ids)
             numbers = np.where(index >= 0, self._numbers_of_model(np.maximum(index, 0)), -1)
@@ -874,6 +885,7 @@ class ItemExchange:
         numbers = np.asarray(numbers, np.int64)
         model_rows, pop_rows = self._model_index[numbers], self._pop_index[numbers]
         ids = self.model.item_ids_at(model_rows)
+        neighbours, covisit_counts = self._covisit_rows(model_rows)
         vectors, biases = self.model.item_vectors(ids)
         own_vectors, own_biases = self.model.peek_item_deltas(model_rows)
         vectors = vectors - own_vectors
@@ -901,8 +913,40 @@ class ItemExchange:
         meta = [self.item_meta.get(i, (None, ())) for i in ids]
         offset = self.positions.get(partition, -1)
         blobs = encode_items(vectors, biases, [m[0] for m in meta], [m[1] for m in meta], np.maximum(scores, 0.0),
-                             clock, [offset] * len(ids), numbers)
+                             clock, [offset] * len(ids), numbers, neighbours, covisit_counts)
         return [(i.encode(), blob) for i, blob in zip(ids, blobs)]
+
+    def _covisit_rows(self, model_rows: np.ndarray) -> tuple[list[list[int]], list[list[float]]]:
+        """Per item (model rows), its strongest ``covisit_candidates`` neighbours (numbers; those without one are
+        left out) and their counts, strongest first, as of the offsets applied now: the model's counts minus this
+        worker's own pairs the log does not hold yet (not taken, or in records not read back), clipped at 0."""
+        nbr, cnt = self.model.covisit_rows(model_rows)
+        src, dst, own = self.model.peek_covisit_deltas()
+        pairs = [(src, dst, own)] + [(self._pair_rows(u.pair_src, u.pair_ids), self._pair_rows(u.pair_dst, u.pair_ids),
+                                      u.pair_counts) for u in self._sent.values() if len(u.pair_src)]
+        src, dst, own = (np.concatenate(a) for a in zip(*pairs))
+        order = np.argsort(model_rows, kind="stable")
+        at = np.minimum(np.searchsorted(model_rows, src, sorter=order), len(order) - 1)
+        item = order[at]
+        mine = np.flatnonzero(model_rows[item] == src)
+        if len(mine):  # own pairs of these items: subtract each from its slot (if the pair still has one)
+            item, dst, own = item[mine], dst[mine], own[mine]
+            match = nbr[item] == dst[:, None]
+            slot = match.argmax(1)
+            found = match[np.arange(len(item)), slot]
+            np.subtract.at(cnt, (item[found], slot[found]), own[found])
+        numbers = np.where(nbr >= 0, self._numbers_of_model(np.maximum(nbr, 0).ravel()).reshape(nbr.shape), -1)
+        keep = (numbers >= 0) & (cnt > 0)
+        size = min(self.model.covisit_candidates, keep.shape[1])
+        if size < 1 or not keep.any():
+            return [[] for _ in model_rows], [[] for _ in model_rows]
+        key = np.where(keep, -cnt, np.inf)
+        top = np.argpartition(key, size - 1, axis=1)[:, :size] if size < key.shape[1] else np.argsort(key, axis=1)
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, 1), axis=1), 1)  # strongest first
+        kept = np.take_along_axis(keep, top, 1).sum(1).tolist()  # the kept come first
+        top_numbers = np.take_along_axis(numbers, top, 1).tolist()
+        top_counts = np.take_along_axis(cnt, top, 1).tolist()
+        return [row[:n] for row, n in zip(top_numbers, kept)], [row[:n] for row, n in zip(top_counts, kept)]
 
     def _decay(self, base_ms: float, clock_ms: float) -> float:
         """Factor from a count forward-decayed to ``base_ms`` to a score at ``clock_ms``."""
@@ -949,12 +993,34 @@ class ItemExchange:
             pop_rows = self.popularity.item_index(ids).tolist()
             numbers = np.array([s.number for _, s in states], np.int64)
             self._assign(numbers, np.array(model_rows, np.int64), np.array(pop_rows, np.int64))
+            self._restore_covisits(states, np.array(model_rows, np.int64))
             restored = np.full(int(numbers.max()) + 1, -1, np.int64)
             restored[numbers] = [s.offset for _, s in states]
             # (The count of numbers stays the fences': items numbered after a fence, some restored from newer
             # snapshot records, are counted again as the replay meets their first proposals, in log order.)
             self._restored_offset = restored
         return {p: (fences[p].offset if p in fences else -1) + 1 for p in range(self.partitions)}
+
+    def _restore_covisits(self, states: Sequence[tuple[str, ItemState]], model_rows: np.ndarray) -> None:
+        """Put the restored items' co-visit neighbours into the model. A neighbour not numbered here (numbered
+        past its partition's fence: the replay numbers it) waits for its number like other workers' pairs."""
+        with_rows = [j for j, (_, s) in enumerate(states) if s.neighbours]
+        if not with_rows:
+            return
+        width = max(len(states[j][1].neighbours) for j in with_rows)
+        numbers = np.full((len(with_rows), width), -1, np.int64)
+        counts = np.zeros((len(with_rows), width), np.float32)
+        for r, j in enumerate(with_rows):
+            state = states[j][1]
+            numbers[r, : len(state.neighbours)] = state.neighbours
+            counts[r, : len(state.neighbours)] = state.covisit_counts
+        rows = np.where(numbers >= 0, _lookup(self._model_index, np.maximum(numbers, 0).ravel()).reshape(numbers.shape), -1)
+        self.model.set_covisit_rows(model_rows[with_rows], rows, np.where(rows >= 0, counts, 0.0))
+        later = (rows < 0) & (numbers >= 0) & (counts > 0)
+        if later.any():
+            sources = np.array([states[j][1].number for j in with_rows], np.int64)
+            src = np.broadcast_to(sources[:, None], numbers.shape)[later]
+            self._waiting_pairs.append((src, numbers[later], counts[later], []))
 
     def restore_done(self) -> None:
         """The log has been read past every restored snapshot: records apply to every item from now on."""

@@ -55,3 +55,23 @@ def test_batch_encoders_are_byte_identical_and_round_trip():
         encode_users(vectors, histories[:3])
     with pytest.raises(ValueError):
         encode_items(vectors, biases, creators, tags, popularity, per_item_times[:3])
+
+
+def test_item_co_visit_neighbours_round_trip_and_records_without_them_still_decode():
+    state = ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7, offset=41, number=12,
+                      neighbours=(3, 2**40), covisit_counts=(5.0, 0.5))
+    back = decode_item(encode_item(state))
+    assert (back.neighbours, back.covisit_counts, back.number, back.offset) == ((3, 2**40), (5.0, 0.5), 12, 41)
+    blobs = encode_items(np.ones((2, 2)), [0.5, 0.5], ["c1", "c1"], [("a",), ("a",)], [2.0, 2.0], 7, [41, 41],
+                         [12, 13], neighbours=[[3, 2**40], []], covisit_counts=[[5.0, 0.5], []])
+    assert blobs[0] == encode_item(state)
+    assert blobs[1] == encode_item(ItemState(np.ones(2, np.float32), 0.5, "c1", ("a",), 2.0, 7, 41, 13))
+    assert b'"cn"' not in blobs[1]  # an item without neighbours costs no byte more than before
+    # A record written before the co-visit fields existed (its exact bytes): no neighbours.
+    old = b"SRI1\x02\x00" + np.ones(2, "<f4").tobytes() + b'{"b":0.5,"c":"c1","t":["a"],"p":2.0,"pt":7,"o":41,"n":12}'
+    back = decode_item(old)
+    assert (back.neighbours, back.covisit_counts, back.number, back.bias) == ((), (), 12, 0.5)
+    with pytest.raises(StateCorrupt):  # neighbours without their counts
+        decode_item(old[:-1] + b',"cn":[3]}')
+    with pytest.raises(ValueError):
+        encode_items(np.ones((1, 2)), [0.5], ["c1"], [()], [2.0], 7, neighbours=[[3]])

@@ -10,8 +10,17 @@ import numpy as np
 import orjson
 
 from streams.events import encode_event, kafka_partition
+from streams.state.codecs import decode_item, encode_item
 from streams.state.store import MemoryStateStore
-from streams.worker.exchange import ItemUpdate, decode_update, encode_update
+from streams.worker.exchange import (
+    FENCE_KEY_PREFIX,
+    ItemUpdate,
+    decode_update,
+    encode_fence,
+    encode_update,
+    fence_key,
+    parse_fence,
+)
 from streams.worker.item_log import ItemSync, MemoryItemLog
 from streams.worker.learner import Learner, RawMessage
 from tests.unit.streams.worker.support import SETTINGS
@@ -126,26 +135,98 @@ def test_pairs_respect_the_record_size():
     assert covisits(reader, False) == covisits(writer, False)
 
 
-def test_a_restored_replica_counts_the_pairs_of_the_log_past_the_fences_once():
-    """Not in the snapshots: the replay adds every pair it reads, once, and nothing from before the fences."""
+def full_rows(replica: Replica) -> set[str]:
+    """The items whose neighbours fill their row."""
+    full = (replica.model._covisit.nbr[: replica.model.n_items] >= 0).all(1)
+    return set(replica.model.item_ids_at(np.flatnonzero(full)))
+
+
+def whole_rows(*replicas: Replica) -> None:
+    """Snapshots keep every neighbour (not only the 16 strongest): the restored tables compare pair for pair."""
+    for replica in replicas:
+        replica.model.covisit_candidates = replica.model._covisit.k
+
+
+def test_a_restored_replica_has_the_writers_counts_from_the_snapshot_plus_the_log_past_the_fences_once():
+    """The snapshot holds the counts as of its offsets (the writer's own pairs not in the log yet left out);
+    the replay adds the pairs past them, once."""
     log, writer = Log(), Replica("writer")
-    events = stream(3000)
+    whole_rows(writer)
+    events = stream(4000)
     writer.learn(events[:1500])
     log.publish(writer)
     log.deliver(writer)
+    writer.learn(events[1500:2000])
+    log.publish(writer)  # sent, not read back when the snapshot is taken
+    writer.learn(events[2000:2500])  # not even taken
     writer.exchange.mark_dirty(range(PARTITIONS))
     state = snapshot_state(writer)
-    writer.learn(events[1500:])
+    log.deliver(writer)
+    writer.learn(events[2500:])
     log.publish(writer)
     log.deliver(writer)
     restored = Replica("restored")
     start = restored.exchange.restore(state)
+    assert covisits(restored) != {}  # from the snapshot alone
     log.deliver(restored, start)
     restored.exchange.restore_done()
-    table = covisits(restored, False)
-    rows = {src for src, _ in table}
-    after_fence = {pair: count for pair, count in logged_pairs(log, writer, start).items() if pair[0] in rows}
-    assert after_fence and table == after_fence
+    full = full_rows(writer)
+    table = {pair: count for pair, count in covisits(restored).items() if pair[0] not in full}
+    assert len({src for src, _ in table}) > 50 and table == covisits(writer, False)
+    after_fence = logged_pairs(log, writer, start)
+    assert any(count > after_fence.get(pair, 0.0) for pair, count in table.items())  # before the fences too
+
+
+def test_a_snapshot_written_past_its_fence_is_not_counted_again_by_the_replay():
+    """Items written after the log moved past the fence hold the pairs in between: the replay skips them (and
+    their neighbours numbered in between get their counts once the replay numbers them)."""
+    log, a, b = Log(), Replica("a"), Replica("b")
+    whole_rows(a, b)
+    events = stream(4000)
+    users_a = {e["user_id"] for e in events if hash(e["user_id"]) % 2 == 0}
+    for replica, mine in ((a, True), (b, False)):
+        replica.learn([e for e in events[:2000] if (e["user_id"] in users_a) == mine])
+        log.publish(replica)
+    log.deliver(a)
+    log.deliver(b)
+    a.exchange.mark_dirty(range(PARTITIONS))
+    items, fences = a.exchange.start_snapshot(range(PARTITIONS))
+    b.learn([e for e in events[2000:] if e["user_id"] not in users_a])
+    log.publish(b)
+    log.deliver(a)  # b's new pairs reach a before a writes the items: past the fences
+    state = {}
+    for partition, numbers in items.items():
+        state.update(a.exchange.snapshot(partition, numbers))
+        state[fence_key(partition)] = encode_fence(fences[partition])
+    restored = Replica("restored")
+    start = restored.exchange.restore(state)
+    assert restored.exchange.waiting_pairs > 0  # neighbours numbered past the fences: the replay numbers them
+    log.deliver(restored, start)
+    restored.exchange.restore_done()
+    assert restored.exchange.waiting_pairs == restored.exchange.pairs_dropped == 0
+    full = full_rows(a)
+    table = {pair: count for pair, count in covisits(restored).items() if pair[0] not in full}
+    assert len({src for src, _ in table}) > 50 and table == covisits(a, False)
+
+
+def test_an_item_snapshot_keeps_the_strongest_neighbours_ranking_uses_by_number():
+    log, writer = Log(), Replica("writer")
+    writer.learn(stream(3000))
+    log.publish(writer)
+    log.deliver(writer)
+    writer.exchange.mark_dirty(range(PARTITIONS))
+    states = {key.decode(): decode_item(value) for key, value in snapshot_state(writer).items()
+              if not key.startswith(FENCE_KEY_PREFIX)}
+    candidates = writer.model.covisit_candidates
+    assert max(len(s.neighbours) for s in states.values()) == candidates < writer.model._covisit.k
+    number_of = {s.number: item for item, s in states.items()}
+    for item, state in states.items():
+        (row,) = writer.model.item_index([item]).tolist()
+        strongest = writer.model._covisit.neighbours_of(row)
+        assert list(state.covisit_counts) == [count for _, count in strongest[:candidates]]
+        by_row = dict(strongest)
+        for number, count in zip(state.neighbours, state.covisit_counts):
+            assert by_row[writer.model.item_index([number_of[number]])[0]] == count
 
 
 def _messages(events, partition: int, first_offset: int) -> list[RawMessage]:
@@ -197,6 +278,70 @@ def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_use
     with_pairs, without = asyncio.run(run(True)), asyncio.run(run(False))
     # Seeded: y ranks 7th with the pairs, 16th from the factors alone (x is excluded: watched).
     assert y in with_pairs and y not in without, (with_pairs, without)
+
+
+def test_a_restarted_worker_still_pulls_the_pair_it_learned_before_the_snapshot():
+    """Worker A's users watch x then y; A snapshots the items; worker B restarts (nothing of the pairs in the
+    log past the fences): a new user of B who watches x still gets y, from the co-visit rows of the snapshot.
+    Restored from the same snapshot without those rows (records as written before them), y is not there."""
+    settings = dataclasses.replace(SETTINGS, partitions=2, top_n=10)
+    world_events = stream(4000)
+    x, y = "binge-x", "binge-y"
+    on = {p: [u for u in sorted({e["user_id"] for e in world_events}) if kafka_partition(u.encode(), 2) == p]
+          for p in (0, 1)}
+    reader = next(f"newcomer-{n}" for n in range(100) if kafka_partition(f"newcomer-{n}".encode(), 2) == 1)
+    t = world_events[-1]["ts"] + 1000
+    binge = [dict(world_events[0], event_id=f"{u}-{item}", user_id=u, item_id=item, ts=t + 2 * k + (item == y),
+                  tags=[], creator_id="c")
+             for k, u in enumerate(on[0][:40]) for item in (x, y)]
+    watch = dict(binge[0], event_id="reader-x", user_id=reader, item_id=x, ts=t + 10**6)
+
+    async def learn_and_snapshot() -> tuple[MemoryStateStore, MemoryItemLog]:
+        store, log = MemoryStateStore(), MemoryItemLog(settings.item_partitions)
+        a, b = Learner(settings, store), Learner(settings, store)
+        syncs = [ItemSync(settings, a.exchange, log), ItemSync(settings, b.exchange, log)]
+        for sync in syncs:
+            await sync.start()
+        syncs[0].assigned(set(range(settings.item_partitions)))
+        for learner, p in ((a, 0), (b, 1)):
+            mine = [e for e in world_events if kafka_partition(e["user_id"].encode(), 2) == p]
+            for lo in range(0, len(mine), 1000):
+                learner.process(_messages(mine[lo:lo + 1000], p, lo))
+        a.process(_messages(binge, 0, 10**6))
+        for sync in syncs:
+            await sync.publish(force=True)
+        while a.exchange.records_in_flight or b.exchange.records_in_flight:
+            await asyncio.sleep(0)
+        await syncs[0].snapshot_step(None)  # A read its pairs back: they are below the fences
+        for sync in syncs:
+            await sync.stop()
+        return store, log
+
+    async def restart(store: MemoryStateStore, log: MemoryItemLog) -> tuple[list[str], float]:
+        b = Learner(settings, store)
+        sync = ItemSync(settings, b.exchange, log)
+        await sync.start()
+        rows = b.model.item_index([x, y]).tolist()
+        strongest = dict(b.model._covisit.neighbours_of(rows[0])).get(rows[1], 0.0)
+        b.process(_messages([watch], 1, 10**6))
+        lists = b.recommendations([reader])[reader]
+        await sync.stop()
+        return [item for item, _ in lists], strongest
+
+    async def run() -> tuple[tuple[list[str], float], tuple[list[str], float]]:
+        store, log = await learn_and_snapshot()
+        fences = dict(filter(None, (parse_fence(key, value) for key, value in log.state.items())))
+        assert [fences[p].offset for p in range(len(log.updates))] == [len(r) - 1 for r in log.updates]  # no replay
+        without = MemoryItemLog(settings.item_partitions)
+        without.updates = [list(records) for records in log.updates]
+        without.state = {key: value if key.startswith(FENCE_KEY_PREFIX) else
+                         encode_item(dataclasses.replace(decode_item(value), neighbours=(), covisit_counts=()))
+                         for key, value in log.state.items()}
+        return await restart(store, log), await restart(store, without)
+
+    (with_rows, count), (without_rows, no_count) = asyncio.run(run())
+    assert (count, no_count) == (40.0, 0.0)
+    assert y in with_rows and y not in without_rows, (with_rows, without_rows)
 
 
 def test_pairs_naming_an_item_whose_proposal_comes_later_wait_for_it():
