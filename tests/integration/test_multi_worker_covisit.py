@@ -20,7 +20,7 @@ def _now_ms() -> int:
 
 
 def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_users_list(make_settings, start_worker):
-    """Fans on worker A watch x then y; a user of worker B watches x: y leads their list, though no user of
+    """New fans on worker A watch x then y; a user of worker B watches x: y leads their list, though no user of
     B ever watched x then y. The session pull is made to outweigh the factors (the pull is in units of the
     user's score spread, and this user's best factor scores are ~15 of them), so the list's head shows the
     counts alone; tests/unit/streams/worker/test_exchange_covisit.py compares with and without the pairs
@@ -32,7 +32,8 @@ def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_use
     produce(settings, background)
     wait_processed([a, b], len(background))
     n, owned_a, owned_b = settings.partitions, partitions_of(a), partitions_of(b)
-    fans = [u for u in world.user_ids if kafka_partition(u.encode(), n) in owned_a][:40]
+    # new users, so that x and y are each other's only co-visits (a fan's earlier items would pair with x too)
+    fans = [u for u in (f"pair-fan-{j}" for j in range(400)) if kafka_partition(u.encode(), n) in owned_a][:40]
     active = {e["user_id"] for e in background}
     reader = next(u for u in world.user_ids if u in active and kafka_partition(u.encode(), n) in owned_b)
     x, y, now = "pair-x", "pair-y", _now_ms()
