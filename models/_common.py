@@ -20,6 +20,15 @@ MAGIC = b"STREAMREC-MODEL\n"
 _SCORE_BLOCK = 1 << 22
 
 
+
+def grow_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """Return ``a`` with room for at least ``n`` rows (capacity doubling, zero-filled)."""
+    if n <= len(a):
+        return a
+    out = np.zeros((max(n, 2 * len(a), 16), *a.shape[1:]), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
 def check_ids(ids: object, name: str) -> None:
     if isinstance(ids, (str, bytes)):
         raise InvalidInputError(f"{name} must be a sequence of ids, not a single string")

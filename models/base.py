@@ -122,7 +122,9 @@ class WorkerModel(Protocol):
     """
 
     n_factors: int
-    covisit_candidates: int
+
+    @property
+    def covisit_candidates(self) -> int: ...
 
     @property
     def n_users(self) -> int: ...

@@ -1,13 +1,14 @@
 """Bayesian personalised ranking matrix factorisation trained by online SGD: the learner :class:`BPRMF`.
 
 This module is the model, its learning and its state in and out (rows, item deltas,
-``to_bytes`` / ``from_bytes``). Two parts live apart: :mod:`models.topn`, the exact
-pooled top-N search over a large catalog, and :mod:`models.tags`, where a new tagged
-item starts. Read the class docstring first (the model's maths), then
+``to_bytes`` / ``from_bytes``). Three parts live apart: :mod:`models.topn`, the exact
+pooled top-N search over a large catalog, :mod:`models.tags`, where a new tagged
+item starts, and :mod:`models.session`, each user's last events and what they pull
+into ranking. Read the class docstring first (the model's maths), then
 :meth:`BPRMF.learn_batch` and ``_learn``.
 
-Why one file of about 1,000 lines: it is one class whose methods share its arrays.
-About 150 lines are the class docstring, about 230 the learning step (one algorithm,
+Why one file of about 1,200 lines: it is one class whose methods share its arrays.
+About 170 lines are the class docstring, about 230 the learning step (one algorithm,
 kept in one place); the rest are short public methods. Splitting the class across
 files would scatter its state without making any part shorter to read.
 """
@@ -21,27 +22,15 @@ from typing import Any
 import numpy as np
 
 from . import _common as C
-from .covisit import CoVisitation
 from .errors import InvalidInputError, UnknownIdError
 from .idmap import IdMap
+from .session import STATS_EVERY, Session
 from .tags import TagIndex, register_tags, set_tags, tag_prior
 from .topn import pooled_top_n
 
 __all__ = ["BPRMF"]
 
 _KIND = "streamrec.models.BPRMF"
-#: The session's catalog statistics (score scale, tag shares, each tag's best items) are recomputed every
-#: this many learn calls: they move slowly, and computing them is O(items).
-_STATS_EVERY = 16
-
-
-def _grow(a: np.ndarray, n: int) -> np.ndarray:
-    """Return ``a`` with room for at least ``n`` rows (capacity doubling, zero-filled)."""
-    if n <= len(a):
-        return a
-    out = np.zeros((max(n, 2 * len(a), 16), *a.shape[1:]), dtype=a.dtype)
-    out[: len(a)] = a
-    return out
 
 
 def _clip_rows(g: np.ndarray, bound: np.ndarray | float) -> np.ndarray:
@@ -349,23 +338,14 @@ class BPRMF:
         self.tag_init = bool(tag_init)
         self.pooled_search_min_items = pooled_search_min_items
         self.pool_size = int(pool_size)
-        self.covisit_weight = float(covisit_weight)
-        self.covisit_window = int(covisit_window)
-        self.covisit_candidates = int(covisit_candidates)
-        self.session_events = int(session_events)
-        self.session_decay = float(session_decay)
-        self._covisit = CoVisitation(int(covisit_neighbours))
-        self.session_tag_weight = float(session_tag_weight)
-        self.session_tags = int(session_tags)
-        self.session_tag_items = int(session_tag_items)
-        self.session_boost = float(session_boost)
-        self._tag_top: dict[int, tuple[int, np.ndarray]] = {}  # tag -> (learn call, its best items by bias)
-        self._tag_share_cache: tuple[int, np.ndarray] | None = None  # (learn call, each tag's share of the items)
+        self.track_item_deltas = bool(track_item_deltas)
+        #: Each user's last events, the co-visitation counts and the pull they give ranking (models.session)
+        self.session = Session(
+            covisit_weight, covisit_neighbours, covisit_window, covisit_candidates, session_events, session_decay,
+            session_tag_weight, session_tags, session_tag_items, session_boost, dt, self.track_item_deltas,
+        )
         self._learn_calls = 0
         self._item_scale: tuple[int, float, float] | None = None  # (learn call, std of biases, rms item norm)
-        self._recent = np.zeros((0, self.session_events), np.int64)  # per user: ring of the latest engaged items
-        self._recent_w = np.zeros((0, self.session_events), dt)  # their weights (0: empty slot)
-        self._n_events = np.zeros(0, np.int64)  # per user: events learned
         self._rng = np.random.default_rng(seed)
         self._users = IdMap()
         self._items = IdMap()
@@ -379,16 +359,14 @@ class BPRMF:
         self._lut = np.empty(0, np.int64)  # scratch for _unique_items
         self._work: dict[str, np.ndarray] = {}  # reused scratch buffers of the batch update
         # Learning's own change to each item row since the last take_item_deltas (when tracked)
-        self.track_item_deltas = bool(track_item_deltas)
         self._dV = np.zeros((0, self.n_factors), dt)
         self._db = np.zeros(0, dt)
         self._dmask = np.zeros(0, bool)
-        # The co-visit pairs counted since the last take_covisit_deltas (when tracked): keys src << 32 | dst
-        # summed into _cv_keys/_cv_counts, the latest batches' pairs waiting in _cv_new until they are summed in
-        self._cv_keys = np.zeros(0, np.int64)
-        self._cv_counts = np.zeros(0, np.float32)
-        self._cv_new: list[tuple[np.ndarray, np.ndarray]] = []
-        self._cv_new_rows = 0
+
+    @property
+    def covisit_candidates(self) -> int:
+        """Co-visited items each recent item brings to ranking (its strongest): what an item snapshot keeps."""
+        return self.session.covisit_candidates
 
     # ------------------------------------------------------------------ ids
     @property
@@ -420,7 +398,7 @@ class BPRMF:
         return item in self._items
 
     def _init_rows(self, a: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        a = _grow(a, hi)
+        a = C.grow_rows(a, hi)
         if hi > lo:
             r = self._rng.standard_normal((hi - lo, self.n_factors), dtype=self.dtype)
             a[lo:hi] = r * self.dtype.type(self.init_std)
@@ -432,11 +410,8 @@ class BPRMF:
         if init:
             self._U = self._init_rows(self._U, lo, len(self._users))
         else:
-            self._U = _grow(self._U, len(self._users))
-        if len(self._n_events) < len(self._U):
-            self._recent = _grow(self._recent, len(self._U))
-            self._recent_w = _grow(self._recent_w, len(self._U))
-            self._n_events = _grow(self._n_events, len(self._U))
+            self._U = C.grow_rows(self._U, len(self._users))
+        self.session.grow_users(len(self._U))
         if len(self._last_ms) < len(self._U):
             last = np.full(len(self._U), np.nan)
             last[: len(self._last_ms)] = self._last_ms
@@ -449,16 +424,16 @@ class BPRMF:
         lo = len(self._items)
         i = self._items.index(items)
         hi = len(self._items)
-        self._V = _grow(self._V, hi)
+        self._V = C.grow_rows(self._V, hi)
         if init and hi > lo:
             # Drawn from the id, not the generator: every process starts an item at the same vector.
             noise = C.id_normals(self._items._ids[lo:hi], self.n_factors, self.seed)
             self._V[lo:hi] = (noise * self.init_std).astype(self.dtype)
-        self._b = _grow(self._b, hi)
+        self._b = C.grow_rows(self._b, hi)
         if self.track_item_deltas:
-            self._dV, self._db, self._dmask = _grow(self._dV, hi), _grow(self._db, hi), _grow(self._dmask, hi)
+            self._dV, self._db, self._dmask = C.grow_rows(self._dV, hi), C.grow_rows(self._db, hi), C.grow_rows(self._dmask, hi)
         self._tags.grow(len(self._items))
-        self._covisit.grow(hi)
+        self.session.grow_items(hi)
         if tags is not None:  # new items start at their tags' prior (see models.tags)
             register_tags(self._tags, self._V, self._b, i, tags, lo if init else hi, self.tag_init)
         return i
@@ -579,10 +554,7 @@ class BPRMF:
         >>> len(model.take_covisit_deltas()[0])
         0
         """
-        self._sum_covisit_deltas()
-        keys, counts = self._cv_keys, self._cv_counts
-        self._cv_keys, self._cv_counts = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        return keys >> 32, keys & 0xFFFFFFFF, counts
+        return self.session.take_pairs()
 
     def add_covisit_counts(self, src_rows: np.ndarray, dst_rows: np.ndarray, counts: np.ndarray) -> None:
         """Count ``counts[e]`` co-visits of the items at ``src_rows[e] -> dst_rows[e]`` (one direction each).
@@ -609,8 +581,8 @@ class BPRMF:
         if not (np.isfinite(w).all() and (w >= 0).all()):
             raise InvalidInputError("co-visit counts must be finite and >= 0")
         keep = (src != dst) & (w > 0)
-        if self.covisit_weight and keep.any():
-            self._covisit.add(src[keep], dst[keep], w[keep])
+        if self.session.covisit_weight and keep.any():
+            self.session.covisit.add(src[keep], dst[keep], w[keep])
 
     def peek_covisit_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pairs :meth:`take_covisit_deltas` would return now, without taking them (subtracted from an
@@ -621,9 +593,7 @@ class BPRMF:
         >>> [len(a) for a in model.peek_covisit_deltas()], [len(a) for a in model.take_covisit_deltas()]
         ([2, 2, 2], [2, 2, 2])
         """
-        self._sum_covisit_deltas()
-        keys = self._cv_keys
-        return keys >> 32, keys & 0xFFFFFFFF, self._cv_counts.copy()
+        return self.session.peek_pairs()
 
     def covisit_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The co-visit neighbours of the items at ``indices``: neighbour indices ``(n, covisit_neighbours)``
@@ -638,7 +608,7 @@ class BPRMF:
         i = np.asarray(indices, dtype=np.int64)
         if len(i) and not (0 <= i.min() and i.max() < len(self._items)):
             raise UnknownIdError("item indices out of range")
-        return self._covisit.nbr[i].astype(np.int64), self._covisit.cnt[i].copy()
+        return self.session.covisit.nbr[i].astype(np.int64), self.session.covisit.cnt[i].copy()
 
     def set_covisit_rows(self, rows: np.ndarray, neighbour_rows: np.ndarray, counts: np.ndarray) -> None:
         """Replace the co-visit neighbours of the items at ``rows`` (``(n,)``) by ``neighbour_rows`` (``(n, m)``
@@ -665,25 +635,8 @@ class BPRMF:
             raise UnknownIdError("item indices out of range")
         if not (np.isfinite(w).all() and (w >= 0).all()):
             raise InvalidInputError("co-visit counts must be finite and >= 0")
-        if self.covisit_weight and len(r):
-            self._covisit.set_rows(r, np.where(nbr == r[:, None], -1, nbr), w)
-
-    def _track_covisit(self, src: np.ndarray, dst: np.ndarray) -> None:
-        """Record one count of each pair ``src[e] -> dst[e]`` for :meth:`take_covisit_deltas`."""
-        self._cv_new.append(((src.astype(np.int64) << 32) | dst, np.ones(len(src), np.float32)))
-        self._cv_new_rows += len(src)
-        if self._cv_new_rows > max(1 << 16, len(self._cv_keys)):  # memory: at most about twice the distinct pairs
-            self._sum_covisit_deltas()
-
-    def _sum_covisit_deltas(self) -> None:
-        """Sum the waiting pairs into one row per pair."""
-        if not self._cv_new:
-            return
-        keys = np.concatenate([self._cv_keys, *(k for k, _ in self._cv_new)])
-        counts = np.concatenate([self._cv_counts, *(c for _, c in self._cv_new)])
-        self._cv_new, self._cv_new_rows = [], 0
-        self._cv_keys, inv = np.unique(keys, return_inverse=True)
-        self._cv_counts = np.bincount(inv, counts, len(self._cv_keys)).astype(np.float32)
+        if self.session.covisit_weight and len(r):
+            self.session.covisit.set_rows(r, np.where(nbr == r[:, None], -1, nbr), w)
 
     # ------------------------------------------------------------------ tags
     def set_item_tags(self, items: Sequence[str], tags: Sequence[Iterable[str] | None]) -> None:
@@ -813,7 +766,7 @@ class BPRMF:
         # each event's number among its user's events of the batch, users side by side
         by_user = np.argsort(u, kind="stable")
         ranked = C.run_ranks(u[by_user])
-        self._remember(u, i, ws, by_user, ranked, items_move)
+        self.session.remember(u, i, ws, by_user, ranked, items_move)
         self._learn_calls += 1
         if n < 2 or m == 0 or len(u) == 0:
             return
@@ -919,128 +872,6 @@ class BPRMF:
             self._db[uniq] += vb
             self._dmask[uniq] = True
 
-    def _remember(
-        self, u: np.ndarray, i: np.ndarray, ws: np.ndarray, by_user: np.ndarray, ranked: np.ndarray,
-        items_move: np.ndarray | None = None,
-    ) -> None:
-        """Count each event's item as co-visited with the user's previous ``covisit_window`` items (both
-        ways), then push the events into their users' rings of recent items with their relative weights
-        ``ws``. ``by_user`` orders the events by user (stably), ``ranked`` is each one's number among its
-        user's events of the batch, in that order. Events of ``items_move`` False count no pairs (their
-        item side, co-visits included, is known already); tracked pairs are kept for the next take."""
-        if len(u) == 0:
-            return
-        R, L = self.session_events, min(self.covisit_window, self.session_events)
-        if len(u) == 1:  # learn_one: the same steps on scalars, without the batch's sorting
-            user, item, n = int(u[0]), int(i[0]), int(self._n_events[u[0]])
-            if self.covisit_weight and L > 0 and (items_move is None or items_move[0]):
-                prev = [p for p in self._recent[user, [(n - d) % R for d in range(1, min(L, n) + 1)]].tolist() if p != item]
-                if prev:
-                    pair_src, pair_dst = np.array(prev + [item] * len(prev)), np.array([item] * len(prev) + prev)
-                    self._covisit.add(pair_src, pair_dst, np.ones(2 * len(prev)))
-                    if self.track_item_deltas:
-                        self._track_covisit(pair_src, pair_dst)
-            self._recent[user, n % R] = item
-            self._recent_w[user, n % R] = ws[0]
-            self._n_events[user] = n + 1
-            return
-        su, si = u[by_user], i[by_user]
-        pos = np.arange(len(su))
-        seq = self._n_events[su] + ranked  # each event's number among all its user's events
-        if self.covisit_weight and L > 0:
-            src, dst = [], []
-            moving = None if items_move is None else items_move[by_user]
-            for d in range(1, L + 1):
-                in_batch = ranked >= d
-                before = np.where(in_batch, si[np.maximum(pos - d, 0)], self._recent[su, (seq - d) % R])
-                ok = (in_batch | (seq - d >= 0)) & (before != si)
-                if moving is not None:
-                    ok &= moving
-                src.append(before[ok])
-                dst.append(si[ok])
-            a, b = np.concatenate(src), np.concatenate(dst)
-            pair_src, pair_dst = np.concatenate([a, b]), np.concatenate([b, a])
-            self._covisit.add(pair_src, pair_dst, np.ones(2 * len(a)))
-            if self.track_item_deltas and len(a):
-                self._track_covisit(pair_src, pair_dst)
-        self._recent[su, seq % R] = si  # a user's later events overwrite earlier ones in the same slot
-        self._recent_w[su, seq % R] = ws[by_user]
-        starts = np.flatnonzero(ranked == 0)
-        self._n_events[su[starts]] += np.diff(np.append(starts, len(su)))
-
-    def _session_pull(self, uidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates of users (rows) from their recent items and the pull of each, in units of the user's
-        score spread: co-visited items (``covisit_weight``) and the best items of the user's recent tags
-        (``session_tag_weight``). The same item may appear in several columns; its pull is the sum."""
-        R = self.session_events
-        age = (self._n_events[uidx, None] - 1 - np.arange(R)) % R
-        coef = self._recent_w[uidx] * (1.0 - self.session_decay) ** age
-        recent = self._recent[uidx]
-        parts = []
-        if self.covisit_weight:
-            cand, pull = self._covisit.pull(recent, coef, self.covisit_candidates)
-            parts.append((cand, pull * np.float32(self.covisit_weight)))
-        if self.session_tag_weight and len(self._tags.vocab):
-            parts.append(self._tag_pull(recent, coef))
-        if not parts:
-            return np.full((len(uidx), 0), -1, np.int64), np.zeros((len(uidx), 0), np.float32)
-        pull = np.concatenate([p for _, p in parts], 1)
-        if self.session_boost:
-            pull *= (1.0 + self.session_boost / np.maximum(self._n_events[uidx], 1)).astype(np.float32)[:, None]
-        return np.concatenate([c for c, _ in parts], 1), pull
-
-    def _tag_pull(self, recent: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ``session_tag_items`` best items (by bias) of each user's ``session_tags`` strongest recent
-        tags (an item's first two tags count), each pulled by ``session_tag_weight`` times the lift of
-        the tag's share of the user's recent weight over its share of the catalog."""
-        T, M, B = self.session_tags, self.session_tag_items, len(recent)
-        tags = self._tags.first_tags[recent].reshape(B, -1)  # (B, R * FIRST_TAGS)
-        weight = np.repeat(coef, self._tags.first_tags.shape[1], axis=1)
-        weight[tags < 0] = 0.0
-        order = np.argsort(tags, axis=1)
-        tags = np.take_along_axis(tags, order, 1)
-        last, sums = C.run_sums(tags, np.take_along_axis(weight, order, 1))
-        share = np.where(last & (tags >= 0), sums, 0.0) / np.maximum(coef.sum(1), 1e-30)[:, None]
-        # lift over the tag's share of the (tagged) catalog: a broad tag pulls little, a niche one fully
-        base = self._tag_shares()[np.maximum(tags, 0)]
-        lift = np.where(share > 0, (share - base) / np.maximum(1.0 - base, 1e-12), 0.0)
-        k = min(T, tags.shape[1])
-        pick = np.argpartition(-lift, k - 1, axis=1)[:, :k]
-        lift, tags = np.take_along_axis(lift, pick, 1), np.take_along_axis(tags, pick, 1)
-        on = lift > 0
-        cand = np.full((B, k, M), -1, np.int64)
-        pull = np.zeros((B, k, M), np.float32)
-        if on.any():
-            wanted, which = np.unique(tags[on], return_inverse=True)
-            best = np.full((len(wanted), M), -1, np.int64)
-            for row, t in enumerate(wanted.tolist()):
-                items = self._best_of_tag(t)
-                best[row, : len(items)] = items
-            cand[on] = best[which]
-            pull[on] = np.where(best[which] >= 0, self.session_tag_weight * lift[on][:, None], 0.0)
-        return cand.reshape(B, -1), pull.reshape(B, -1)
-
-    def _tag_shares(self) -> np.ndarray:
-        """Each tag's share of the tagged items, recomputed every ``_STATS_EVERY`` learn calls (or when tags appear)."""
-        cached = self._tag_share_cache
-        if cached is None or self._learn_calls - cached[0] >= _STATS_EVERY or len(cached[1]) < len(self._tags.members):
-            sizes = np.array([len(m) for m in self._tags.members], np.float64)
-            shares = sizes / max(int(self._tags.tagged[: len(self._items)].sum()), 1)
-            self._tag_share_cache = cached = (self._learn_calls, shares)
-        return cached[1]
-
-    def _best_of_tag(self, tag: int) -> np.ndarray:
-        """The ``session_tag_items`` items of ``tag`` with the highest bias, recomputed every ``_STATS_EVERY`` learn calls."""
-        cached = self._tag_top.get(tag)
-        if cached is not None and self._learn_calls - cached[0] < _STATS_EVERY:
-            return cached[1]
-        members = np.array(self._tags.members[tag], np.int64)
-        M = self.session_tag_items
-        if len(members) > M:
-            members = members[np.argpartition(-self._b[members], M - 1)[:M]]
-        self._tag_top[tag] = (self._learn_calls, members)
-        return members
-
     def _negatives(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """``(B, m)`` negatives: the ``m`` best-scored for the user of ``m * c`` uniform draws among
         the known items other than the positive (scored with the current user vectors)."""
@@ -1101,7 +932,7 @@ class BPRMF:
         if u is None:
             raise UnknownIdError(f"unknown user {user!r}")
         p, n = self._U[u], len(self._items)
-        session = self.covisit_weight > 0 or self.session_tag_weight > 0
+        session = self.session.covisit_weight > 0 or self.session.tag_weight > 0
         if items is None or session:
             scores: np.ndarray = self._V[:n] @ p + self._b[:n]
             if session:
@@ -1205,7 +1036,7 @@ class BPRMF:
         with ``uidx`` (the users of ``P``), their session's pull added."""
         ni = len(self._items)
         V, b = self._V[:ni], self._b[:ni]
-        blend = (self.covisit_weight > 0 or self.session_tag_weight > 0) and uidx is not None and n > 0 and len(P) > 0
+        blend = (self.session.covisit_weight > 0 or self.session.tag_weight > 0) and uidx is not None and n > 0 and len(P) > 0
         pooled = self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P) > 0
         # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
         excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)
@@ -1221,8 +1052,8 @@ class BPRMF:
     def _spread(self, uidx: np.ndarray) -> np.ndarray:
         """The scale of each user's scores, which the session's pull is measured in: the spread of the item
         biases plus the user's norm times the items' root-mean-square norm (the same whatever is excluded;
-        the item statistics are refreshed every ``_STATS_EVERY`` learn calls)."""
-        if self._item_scale is None or self._learn_calls - self._item_scale[0] >= _STATS_EVERY:
+        the item statistics are refreshed every ``STATS_EVERY`` learn calls)."""
+        if self._item_scale is None or self._learn_calls - self._item_scale[0] >= STATS_EVERY:
             n = len(self._items)
             V = self._V[:n]
             rms = math.sqrt(float(np.einsum("ij,ij->", V, V)) / max(n, 1))
@@ -1231,6 +1062,10 @@ class BPRMF:
         P = self._U[uidx]
         out: np.ndarray = std_b + np.sqrt(np.einsum("ij,ij->i", P, P)) * rms
         return out
+
+    def _session_pull(self, uidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The session's candidates for users ``uidx`` and their pull (:meth:`models.session.Session.pull`)."""
+        return self.session.pull(uidx, self._tags, self._b[: len(self._items)], self._learn_calls)
 
     def _add_pull(self, uidx: np.ndarray, scores: np.ndarray) -> None:
         """Add the session's pull to dense factor scores ``(len(uidx), n_items)``, in place."""
@@ -1350,7 +1185,7 @@ class BPRMF:
         if len(recent_items) != len(users):
             raise InvalidInputError(f"got {len(users)} users but {len(recent_items)} lists of items")
         uidx = self._known(self._users, users, "user")
-        R = self.session_events
+        R = self.session.events
         for u, items in zip(uidx.tolist(), recent_items):
             C.check_ids(items, "items")
             rows: list[int] = []  # newest first; a long history is read from its end only
@@ -1361,14 +1196,7 @@ class BPRMF:
                 if row is not None:
                     rows.append(row)
             rows.reverse()
-            n = max(len(items), 1)
-            # the newest in the slot of event n - 1 (age 0), the others in the slots before it
-            slots = (n - len(rows) + np.arange(len(rows))) % R
-            self._recent[u] = 0
-            self._recent_w[u] = 0
-            self._recent[u, slots] = rows
-            self._recent_w[u, slots] = 1.0
-            self._n_events[u] = n if rows else 0
+            self.session.restore(u, rows, max(len(items), 1))
 
     def set_item_vectors(self, items: Sequence[str], vectors: np.ndarray, biases: np.ndarray) -> None:
         """Overwrite (or create) item rows and biases; see :meth:`set_user_vectors`."""
@@ -1381,6 +1209,7 @@ class BPRMF:
 
     # -------------------------------------------------------- serialisation
     def _params(self) -> dict[str, Any]:
+        s = self.session
         return {
             "n_factors": self.n_factors, "learning_rate": self.learning_rate,
             "regularization": self.regularization, "n_negatives": self.n_negatives,
@@ -1390,12 +1219,10 @@ class BPRMF:
             "weight_exponent": self.weight_exponent, "normalize_weights": self.normalize_weights,
             "user_lr_scale": self.user_lr_scale, "user_decay": self.user_decay,
             "user_decay_half_life_s": self.user_decay_half_life_s, "tag_init": self.tag_init,
-            "covisit_weight": self.covisit_weight, "covisit_neighbours": self._covisit.k,
-            "covisit_window": self.covisit_window, "covisit_candidates": self.covisit_candidates,
-            "session_events": self.session_events,
-            "session_decay": self.session_decay, "session_tag_weight": self.session_tag_weight,
-            "session_tags": self.session_tags, "session_tag_items": self.session_tag_items,
-            "session_boost": self.session_boost,
+            "covisit_weight": s.covisit_weight, "covisit_neighbours": s.covisit.k,
+            "covisit_window": s.covisit_window, "covisit_candidates": s.covisit_candidates,
+            "session_events": s.events, "session_decay": s.decay, "session_tag_weight": s.tag_weight,
+            "session_tags": s.tags, "session_tag_items": s.tag_items, "session_boost": s.boost,
         }
 
     def to_bytes(self) -> bytes:
@@ -1409,8 +1236,7 @@ class BPRMF:
         }
         arrays = {
             "U": self._U[:nu], "V": self._V[:ni], "b": self._b[:ni], "last_ms": self._last_ms[:nu],
-            "tag_ptr": tag_ptr, "tag_idx": tag_idx, "recent": self._recent[:nu], "recent_w": self._recent_w[:nu],
-            "n_events": self._n_events[:nu], **self._covisit.to_arrays(ni),
+            "tag_ptr": tag_ptr, "tag_idx": tag_idx, **self.session.to_arrays(nu, ni),
         }
         return C.pack(_KIND, meta, arrays)
 
@@ -1432,15 +1258,10 @@ class BPRMF:
             w_sum, w_count = meta["weight_stats"]
             model._w_sum, model._w_count = float(w_sum), int(w_count)
             model._tags = TagIndex.from_arrays(meta["tags"], a["tag_ptr"], a["tag_idx"], ni)
-            recent, recent_w = np.array(a["recent"], np.int64), np.array(a["recent_w"], model.dtype)
-            n_events = np.array(a["n_events"], np.int64)
-            if recent.shape != (nu, model.session_events) or recent_w.shape != recent.shape or n_events.shape != (nu,):
-                raise ValueError("session arrays do not match the id map")
-            model._covisit = CoVisitation.from_arrays(a, ni)
+            model.session.load_arrays(a, nu, ni)
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidInputError(f"corrupt {_KIND} bytes: {e}") from e
         model._U, model._V, model._b, model._last_ms = U, V, b, last
-        model._recent, model._recent_w, model._n_events = recent, recent_w, n_events
         return model
 
     def __repr__(self) -> str:

@@ -70,7 +70,7 @@ def test_a_session_pulls_the_items_that_followed_its_items_for_others() -> None:
             m.learn_batch([f"u{n}"] * len(seq), seq)
     m.learn_batch(["new"], ["a"])
     with_session = [i for i, _ in m.top_n("new", 3, exclude=["a"])]
-    m.covisit_weight = 0.0
+    m.session.covisit_weight = 0.0
     without = [i for i, _ in m.top_n("new", 3, exclude=["a"])]
     assert "b" in with_session and with_session.index("b") <= (without.index("b") if "b" in without else 3)
 
@@ -98,7 +98,7 @@ def test_learn_batch_keeps_the_session_and_counts_learn_one_keeps() -> None:
         for model in (one, batch):
             assert model.has_user(user)
         a, b = one._users.get(user), batch._users.get(user)
-        assert one._n_events[a] == batch._n_events[b]
-        assert sorted(one._recent[a].tolist()) == sorted(batch._recent[b].tolist())
+        assert one.session.n_events[a] == batch.session.n_events[b]
+        assert sorted(one.session.recent[a].tolist()) == sorted(batch.session.recent[b].tolist())
     for item in range(one.n_items):
-        assert dict(one._covisit.neighbours_of(item)) == dict(batch._covisit.neighbours_of(item))
+        assert dict(one.session.covisit.neighbours_of(item)) == dict(batch.session.covisit.neighbours_of(item))

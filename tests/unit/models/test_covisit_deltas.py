@@ -16,7 +16,7 @@ def table(model: BPRMF, items: list[str]) -> dict[tuple[str, str], float]:
     out = {}
     for item in items:
         (row,) = model.item_index([item]).tolist()
-        for neighbour, count in model._covisit.neighbours_of(row):
+        for neighbour, count in model.session.covisit.neighbours_of(row):
             out[item, model.item_ids_at(np.array([neighbour]))[0]] = count
     return out
 
@@ -40,7 +40,7 @@ def test_taken_deltas_rebuild_the_learners_table_on_another_model() -> None:
         src, dst, counts = learner.take_covisit_deltas()
         assert len(set(zip(src.tolist(), dst.tolist()))) == len(src)  # one row per pair
         merged.add_covisit_counts(src, dst, counts)
-    assert (learner._covisit.nbr >= 0).sum(1).max() < 64  # no pair was evicted
+    assert (learner.session.covisit.nbr >= 0).sum(1).max() < 64  # no pair was evicted
     assert table(merged, catalog) == table(learner, catalog) != {}
 
 

@@ -52,7 +52,7 @@ def test_a_restored_session_goes_on_as_the_learned_one() -> None:
     restored.restore_sessions(["ann"], [["i0", "i1", "i2", "i60", "i61", *BINGE]])
     for model in (learned, restored):
         model.learn_batch(["ann", "ann"], ["i90", "i91"])
-    assert learned._covisit.neighbours_of(90) == restored._covisit.neighbours_of(90)
+    assert learned.session.covisit.neighbours_of(90) == restored.session.covisit.neighbours_of(90)
     np.testing.assert_allclose(restored.score("ann"), learned.score("ann"), rtol=1e-5)
 
 
@@ -68,10 +68,10 @@ def test_only_the_last_known_items_fill_the_session() -> None:
 
 def test_restoring_counts_no_co_visits_and_leaves_the_generator_alone() -> None:
     model = without_session(trained(), "ann")
-    counts = {k: v.copy() for k, v in model._covisit.to_arrays(model.n_items).items()}
+    counts = {k: v.copy() for k, v in model.session.covisit.to_arrays(model.n_items).items()}
     state = model._rng.bit_generator.state
     model.restore_sessions(["ann", "u1"], [BINGE, ["i1", "i2", "i3"]])
-    after = model._covisit.to_arrays(model.n_items)
+    after = model.session.covisit.to_arrays(model.n_items)
     assert counts.keys() == after.keys() and all(np.array_equal(counts[k], after[k]) for k in counts)
     assert model._rng.bit_generator.state == state
 
@@ -81,7 +81,7 @@ def test_an_empty_history_clears_the_session() -> None:
     restored = BPRMF.from_bytes(learned.to_bytes())
     restored.restore_sessions(["ann"], [[]])
     plain = BPRMF.from_bytes(learned.to_bytes())
-    plain.covisit_weight = plain.session_tag_weight = 0.0  # factors alone
+    plain.session.covisit_weight = plain.session.tag_weight = 0.0  # factors alone
     np.testing.assert_allclose(restored.score("ann"), plain.score("ann"), rtol=1e-6)
 
 

@@ -31,7 +31,7 @@ def covisits(replica: Replica, full_rows: bool = True) -> dict[tuple[str, str], 
     """The replica's co-visit table by item ids (without the items whose neighbours fill their row: which
     pairs such an item keeps depends on the order they came in, see :mod:`models.covisit`)."""
     model, out = replica.model, {}
-    table = model._covisit
+    table = model.session.covisit
     for row in range(model.n_items):
         if not full_rows and (table.nbr[row] >= 0).all():
             continue
@@ -137,14 +137,14 @@ def test_pairs_respect_the_record_size():
 
 def full_rows(replica: Replica) -> set[str]:
     """The items whose neighbours fill their row."""
-    full = (replica.model._covisit.nbr[: replica.model.n_items] >= 0).all(1)
+    full = (replica.model.session.covisit.nbr[: replica.model.n_items] >= 0).all(1)
     return set(replica.model.item_ids_at(np.flatnonzero(full)))
 
 
 def whole_rows(*replicas: Replica) -> None:
     """Snapshots keep every neighbour (not only the 16 strongest): the restored tables compare pair for pair."""
     for replica in replicas:
-        replica.model.covisit_candidates = replica.model._covisit.k
+        replica.model.session.covisit_candidates = replica.model.session.covisit.k
 
 
 def test_a_restored_replica_has_the_writers_counts_from_the_snapshot_plus_the_log_past_the_fences_once():
@@ -218,11 +218,11 @@ def test_an_item_snapshot_keeps_the_strongest_neighbours_ranking_uses_by_number(
     states = {key.decode(): decode_item(value) for key, value in snapshot_state(writer).items()
               if not key.startswith(FENCE_KEY_PREFIX)}
     candidates = writer.model.covisit_candidates
-    assert max(len(s.neighbours) for s in states.values()) == candidates < writer.model._covisit.k
+    assert max(len(s.neighbours) for s in states.values()) == candidates < writer.model.session.covisit.k
     number_of = {s.number: item for item, s in states.items()}
     for item, state in states.items():
         (row,) = writer.model.item_index([item]).tolist()
-        strongest = writer.model._covisit.neighbours_of(row)
+        strongest = writer.model.session.covisit.neighbours_of(row)
         assert list(state.covisit_counts) == [count for _, count in strongest[:candidates]]
         by_row = dict(strongest)
         for number, count in zip(state.neighbours, state.covisit_counts):
@@ -268,7 +268,7 @@ def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_use
             await asyncio.sleep(0)
         rows = b.model.item_index([x, y]).tolist()
         assert min(rows) >= 0  # b knows both items, from the log
-        assert b.model._covisit.neighbours_of(rows[0])[:1] == ([(rows[1], 40.0)] if exchange_pairs else [])
+        assert b.model.session.covisit.neighbours_of(rows[0])[:1] == ([(rows[1], 40.0)] if exchange_pairs else [])
         b.process(_messages([watch], 1, 10**6))
         lists = b.recommendations([reader])[reader]
         for sync in syncs:
@@ -322,7 +322,7 @@ def test_a_restarted_worker_still_pulls_the_pair_it_learned_before_the_snapshot(
         sync = ItemSync(settings, b.exchange, log)
         await sync.start()
         rows = b.model.item_index([x, y]).tolist()
-        strongest = dict(b.model._covisit.neighbours_of(rows[0])).get(rows[1], 0.0)
+        strongest = dict(b.model.session.covisit.neighbours_of(rows[0])).get(rows[1], 0.0)
         b.process(_messages([watch], 1, 10**6))
         lists = b.recommendations([reader])[reader]
         await sync.stop()
