@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_argv(workers: int | None) -> list[str]:
-    argv = [sys.executable, "-m", "streams.tools.serve", "--port", "{port}"]
+    argv = [sys.executable, "-m", "streams.tools.cli", "serve", "--port", "{port}"]
     return argv + (["--workers", str(workers)] if workers else [])
 
 

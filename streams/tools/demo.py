@@ -106,7 +106,7 @@ def _start_dashboard(settings: Settings, port: int, log: Path) -> subprocess.Pop
     port = port or free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(  # noqa: S603 - this interpreter, our own module, fixed arguments
-            [sys.executable, "-m", "streams.tools.serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "streams.tools.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env={**os.environ, **settings.to_env()}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     print(f"Dashboard: http://127.0.0.1:{port}/", file=sys.stderr, flush=True)
