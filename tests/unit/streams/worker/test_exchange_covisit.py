@@ -233,21 +233,27 @@ def _messages(events, partition: int, first_offset: int) -> list[RawMessage]:
     return [RawMessage(*encode_event(e), "t.events", partition, first_offset + n) for n, e in enumerate(events)]
 
 
-def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_users_list():
-    """Two workers on one item log: users of worker A watch x then y, many times; a new user of worker B who
-    watches x gets y in their list, though B never saw anyone watch x then y."""
-    settings = dataclasses.replace(SETTINGS, partitions=2, top_n=10)
+def _pair_scenario() -> tuple[list[dict], str, str, list[dict], dict]:
+    """Background events on 2 events partitions, then 40 users of partition 0 watching x then y, and a new
+    user of partition 1 watching x: ``(background, x, y, binge, watch)``."""
     world_events = stream(4000)
     x, y = "binge-x", "binge-y"
-    on = {p: [u for u in sorted({e["user_id"] for e in world_events}) if kafka_partition(u.encode(), 2) == p]
-          for p in (0, 1)}
-    fans = on[0][:40]
+    fans = [u for u in sorted({e["user_id"] for e in world_events}) if kafka_partition(u.encode(), 2) == 0][:40]
     reader = next(f"newcomer-{n}" for n in range(100) if kafka_partition(f"newcomer-{n}".encode(), 2) == 1)
     t = world_events[-1]["ts"] + 1000
     binge = [dict(world_events[0], event_id=f"{u}-{item}", user_id=u, item_id=item, ts=t + 2 * k + (item == y),
                   tags=[], creator_id="c")
              for k, u in enumerate(fans) for item in (x, y)]
     watch = dict(binge[0], event_id="reader-x", user_id=reader, item_id=x, ts=t + 10**6)
+    return world_events, x, y, binge, watch
+
+
+def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_users_list():
+    """Two workers on one item log: users of worker A watch x then y, many times; a new user of worker B who
+    watches x gets y in their list, though B never saw anyone watch x then y."""
+    settings = dataclasses.replace(SETTINGS, partitions=2, top_n=10)
+    world_events, x, y, binge, watch = _pair_scenario()
+    reader = watch["user_id"]
 
     async def run(exchange_pairs: bool) -> list[str]:
         store, log = MemoryStateStore(), MemoryItemLog(settings.item_partitions)
@@ -285,16 +291,8 @@ def test_a_restarted_worker_still_pulls_the_pair_it_learned_before_the_snapshot(
     log past the fences): a new user of B who watches x still gets y, from the co-visit rows of the snapshot.
     Restored from the same snapshot without those rows (records as written before them), y is not there."""
     settings = dataclasses.replace(SETTINGS, partitions=2, top_n=10)
-    world_events = stream(4000)
-    x, y = "binge-x", "binge-y"
-    on = {p: [u for u in sorted({e["user_id"] for e in world_events}) if kafka_partition(u.encode(), 2) == p]
-          for p in (0, 1)}
-    reader = next(f"newcomer-{n}" for n in range(100) if kafka_partition(f"newcomer-{n}".encode(), 2) == 1)
-    t = world_events[-1]["ts"] + 1000
-    binge = [dict(world_events[0], event_id=f"{u}-{item}", user_id=u, item_id=item, ts=t + 2 * k + (item == y),
-                  tags=[], creator_id="c")
-             for k, u in enumerate(on[0][:40]) for item in (x, y)]
-    watch = dict(binge[0], event_id="reader-x", user_id=reader, item_id=x, ts=t + 10**6)
+    world_events, x, y, binge, watch = _pair_scenario()
+    reader = watch["user_id"]
 
     async def learn_and_snapshot() -> tuple[MemoryStateStore, MemoryItemLog]:
         store, log = MemoryStateStore(), MemoryItemLog(settings.item_partitions)
