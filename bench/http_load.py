@@ -40,7 +40,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._machine import cpu_model  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.tools.dev import free_port  # noqa: E402
+from streams.tools.dev import free_port, stop_process  # noqa: E402
 
 PREFIX = "bench"
 ITEMS_PER_LIST = 50
@@ -163,13 +162,7 @@ class Server:
         return total / ticks
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
 
 
 def descendants(pid: int) -> list[int]:

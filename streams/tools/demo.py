@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from streams.client import AsyncRecsReader, EventProducer, Recommendations
 from streams.io.kafka import aiokafka_options, assign_all_partitions
 from streams.settings import Settings
-from streams.tools.dev import DevServices, free_port
+from streams.tools.dev import DevServices, free_port, stop_process
 from streams.tools.monitor import MetricsBoard
 from streams.tools.synthetic import SyntheticWorld, WorldConfig, malformed_payloads
 from streams.tools.worker_process import WorkerProcess
@@ -94,7 +94,7 @@ def run_demo(options: DemoOptions) -> int:
         finally:
             worker.stop()
             if dashboard is not None:
-                _stop(dashboard)
+                stop_process(dashboard, timeout=15)
     return 0
 
 
@@ -111,16 +111,6 @@ def _start_dashboard(settings: Settings, port: int, log: Path) -> subprocess.Pop
         )
     print(f"Dashboard: http://127.0.0.1:{port}/", file=sys.stderr, flush=True)
     return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 async def _play(settings: Settings, options: DemoOptions, state: DemoState) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from streams.settings import Settings
-from streams.tools.dev import free_port
+from streams.tools.dev import free_port, stop_process
 from tests.integration.helpers import wait_for
 
 
@@ -37,14 +36,7 @@ class Server:
             return False
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 @pytest.fixture
