@@ -248,6 +248,21 @@ def _pair_scenario() -> tuple[list[dict], str, str, list[dict], dict]:
     return world_events, x, y, binge, watch
 
 
+async def _learn_and_exchange(a: Learner, b: Learner, syncs: list[ItemSync], background: list[dict],
+                              binge: list[dict]) -> None:
+    """``a`` learns partition 0's background events, ``b`` partition 1's, then ``a`` the binge; both publish
+    and read back everything they sent."""
+    for learner, p in ((a, 0), (b, 1)):
+        mine = [e for e in background if kafka_partition(e["user_id"].encode(), 2) == p]
+        for lo in range(0, len(mine), 1000):
+            learner.process(_messages(mine[lo:lo + 1000], p, lo))
+    a.process(_messages(binge, 0, 10**6))
+    for sync in syncs:
+        await sync.publish(force=True)
+    while a.exchange.records_in_flight or b.exchange.records_in_flight:
+        await asyncio.sleep(0)
+
+
 def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_users_list():
     """Two workers on one item log: users of worker A watch x then y, many times; a new user of worker B who
     watches x gets y in their list, though B never saw anyone watch x then y."""
@@ -263,15 +278,7 @@ def test_a_pair_only_one_workers_users_co_visit_pulls_into_the_other_workers_use
         syncs = [ItemSync(settings, a.exchange, log), ItemSync(settings, b.exchange, log)]
         for sync in syncs:
             await sync.start()
-        for learner, p in ((a, 0), (b, 1)):
-            mine = [e for e in world_events if kafka_partition(e["user_id"].encode(), 2) == p]
-            for lo in range(0, len(mine), 1000):
-                learner.process(_messages(mine[lo:lo + 1000], p, lo))
-        a.process(_messages(binge, 0, 10**6))
-        for sync in syncs:
-            await sync.publish(force=True)
-        while a.exchange.records_in_flight or b.exchange.records_in_flight:
-            await asyncio.sleep(0)
+        await _learn_and_exchange(a, b, syncs, world_events, binge)
         rows = b.model.item_index([x, y]).tolist()
         assert min(rows) >= 0  # b knows both items, from the log
         assert b.model.session.covisit.neighbours_of(rows[0])[:1] == ([(rows[1], 40.0)] if exchange_pairs else [])
@@ -301,15 +308,7 @@ def test_a_restarted_worker_still_pulls_the_pair_it_learned_before_the_snapshot(
         for sync in syncs:
             await sync.start()
         syncs[0].assigned(set(range(settings.item_partitions)))
-        for learner, p in ((a, 0), (b, 1)):
-            mine = [e for e in world_events if kafka_partition(e["user_id"].encode(), 2) == p]
-            for lo in range(0, len(mine), 1000):
-                learner.process(_messages(mine[lo:lo + 1000], p, lo))
-        a.process(_messages(binge, 0, 10**6))
-        for sync in syncs:
-            await sync.publish(force=True)
-        while a.exchange.records_in_flight or b.exchange.records_in_flight:
-            await asyncio.sleep(0)
+        await _learn_and_exchange(a, b, syncs, world_events, binge)
         await syncs[0].snapshot_step(None)  # A read its pairs back: they are below the fences
         for sync in syncs:
             await sync.stop()
