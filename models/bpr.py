@@ -932,7 +932,7 @@ class BPRMF:
         if u is None:
             raise UnknownIdError(f"unknown user {user!r}")
         p, n = self._U[u], len(self._items)
-        session = self.session.covisit_weight > 0 or self.session.tag_weight > 0
+        session = self.session.active
         if items is None or session:
             scores: np.ndarray = self._V[:n] @ p + self._b[:n]
             if session:
@@ -1036,7 +1036,7 @@ class BPRMF:
         with ``uidx`` (the users of ``P``), their session's pull added."""
         ni = len(self._items)
         V, b = self._V[:ni], self._b[:ni]
-        blend = (self.session.covisit_weight > 0 or self.session.tag_weight > 0) and uidx is not None and n > 0 and len(P) > 0
+        blend = self.session.active and uidx is not None and n > 0 and len(P) > 0
         pooled = self.pooled_search_min_items is not None and ni >= self.pooled_search_min_items and len(P) > 0
         # Looked up once, here: an entry may be a one-shot iterator, and a second round needs it again.
         excluded = None if exclude is None else C.flatten_exclude(exclude, self._items)

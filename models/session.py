@@ -86,6 +86,11 @@ class Session:
         self._pairs_new: list[tuple[np.ndarray, np.ndarray]] = []
         self._pairs_new_rows = 0
 
+    @property
+    def active(self) -> bool:
+        """Whether the session pulls anything into ranking (a co-visitation or a tag weight above 0)."""
+        return self.covisit_weight > 0 or self.tag_weight > 0
+
     def grow_users(self, n_users: int) -> None:
         """Make room for user rows ``0 .. n_users - 1``."""
         if len(self.n_events) < n_users:
