@@ -29,7 +29,19 @@ import numpy as np
 
 from ._common import run_ranks, run_sums
 
-__all__ = ["CoVisitation"]
+__all__ = ["CoVisitation", "find_slots"]
+
+
+def find_slots(rows: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``items[e]``, its slot among the neighbours ``rows[e]`` (a row of a table's ``nbr``) and
+    whether it is there at all (where not, the slot is 0).
+
+    >>> find_slots(np.array([[4, 7, -1], [4, 7, -1]]), np.array([7, 5]))
+    (array([1, 0]), array([ True, False]))
+    """
+    match = rows == items[:, None]
+    slot = match.argmax(1)
+    return slot, match[np.arange(len(items)), slot]
 
 
 class CoVisitation:
@@ -67,9 +79,7 @@ class CoVisitation:
         key, inv = np.unique(src * n + dst, return_inverse=True)
         w = np.bincount(inv, weight, len(key)).astype(np.float32)
         s, d = key // n, key % n
-        match = self.nbr[s] == d[:, None]
-        slot = match.argmax(1)
-        found = match[np.arange(len(s)), slot]
+        slot, found = find_slots(self.nbr[s], d)
         self.cnt[s[found], slot[found]] += w[found]
         s, d, w = s[~found], d[~found], w[~found]
         if len(s) == 0:

@@ -80,6 +80,7 @@ import numpy as np
 import orjson
 
 from models import Popularity
+from models.covisit import find_slots
 from streams.errors import StreamrecError
 from streams.state.codecs import ItemState, StateCorrupt, decode_item, encode_items
 
@@ -931,9 +932,7 @@ class ItemExchange:
         mine = np.flatnonzero(model_rows[item] == src)
         if len(mine):  # own pairs of these items: subtract each from its slot (if the pair still has one)
             item, dst, own = item[mine], dst[mine], own[mine]
-            match = nbr[item] == dst[:, None]
-            slot = match.argmax(1)
-            found = match[np.arange(len(item)), slot]
+            slot, found = find_slots(nbr[item], dst)
             np.subtract.at(cnt, (item[found], slot[found]), own[found])
         numbers = np.where(nbr >= 0, self._numbers_of_model(np.maximum(nbr, 0).ravel()).reshape(nbr.shape), -1)
         keep = (numbers >= 0) & (cnt > 0)
