@@ -305,11 +305,14 @@ class SyntheticWorld:
         order = np.argsort(-taste, kind="stable")[:n]
         return [self.communities[c] for c in order.tolist() if taste[c] > 0]
 
+    def _community_block(self, tag: str) -> np.ndarray:
+        """Item indices of the community ``tag``, most popular first."""
+        c = self._community_index[tag]
+        return self._block_items[self._block_start[c] : self._block_end[c]]
+
     def community_items(self, tag: str) -> list[str]:
         """Items carrying ``tag``, most popular first."""
-        c = self._community_index[tag]
-        block = self._block_items[self._block_start[c] : self._block_end[c]]
-        return [self.item_ids[i] for i in block.tolist()]
+        return [self.item_ids[i] for i in self._community_block(tag).tolist()]
 
     def binge_next_odds(self, tag: str, seen: Iterable[str], n: int) -> float:
         """The chance that a binge of ``tag`` (:meth:`engage`) picks next one of the ``n`` likeliest items
@@ -323,8 +326,7 @@ class SyntheticWorld:
         >>> world.binge_next_odds(tag, items[:1], 1) < world.binge_next_odds(tag, [], 1)  # the favourite is gone
         True
         """
-        c = self._community_index[tag]
-        block = self._block_items[self._block_start[c] : self._block_end[c]]
+        block = self._community_block(tag)
         weights = self._popularity[block].astype(np.float64)
         gone = [self._item_index[i] for i in seen if i in self._item_index]
         weights[np.isin(block, gone)] = 0.0  # engage draws by popularity without replacement
@@ -411,9 +413,9 @@ class SyntheticWorld:
         community size), deterministically from (seed, tag, user_id). Returns
         view, like, share per item; ``user_id`` need not belong to the world.
         """
-        c = self._community_index[tag]
-        block = self._block_items[self._block_start[c] : self._block_end[c]]
+        block = self._community_block(tag)
         n_items = min(n_items, len(block))
+        c = self._community_index[tag]
         rng = np.random.default_rng([self.config.seed, 2, c, zlib.crc32(user_id.encode())])
         weights = self._popularity[block] / self._popularity[block].sum()
         picks = rng.choice(block, n_items, replace=False, p=weights).tolist()
